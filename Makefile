@@ -1,0 +1,34 @@
+# Two commands for a fresh Debian machine with Python 3.11+: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install system run test lint bench clean
+
+$(STAMP): pyproject.toml scripts/ensure-system.sh
+	@scripts/ensure-system.sh python
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+system:
+	@scripts/ensure-system.sh redis
+
+run: install system
+	$(BIN)/syndicate serve --demo
+
+lint: install
+	$(BIN)/ruff check .
+
+test: install system lint
+	$(BIN)/python -m pytest
+
+bench: install system
+	$(BIN)/python scripts/bench.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

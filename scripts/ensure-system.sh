@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Make sure the system pieces the project needs are there; install Debian's packages when missing and
+# running as root, otherwise say exactly what to install.
+#   ensure-system.sh python   - python3 with the venv module
+#   ensure-system.sh redis    - a redis-server binary (SYNDICATE_REDIS_SERVER overrides the name)
+set -euo pipefail
+
+need_root() {
+  echo "$1 is missing. Install it with: sudo apt-get install -y $2" >&2
+  exit 1
+}
+
+apt_install() {
+  if [ "$(id -u)" -ne 0 ]; then need_root "$1" "$2"; fi
+  echo "Installing Debian package $2 ..." >&2
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+}
+
+case "${1:-}" in
+  python)
+    py="${PYTHON:-python3}"
+    command -v "$py" >/dev/null || need_root "$py" python3
+    "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+      || { echo "Python 3.11 or newer is needed; $py is $("$py" --version 2>&1)" >&2; exit 1; }
+    "$py" -c 'import venv, ensurepip' 2>/dev/null || apt_install "the Python venv module" python3-venv
+    ;;
+  redis)
+    bin="${SYNDICATE_REDIS_SERVER:-redis-server}"
+    command -v "$bin" >/dev/null || apt_install "redis-server" redis-server
+    # Debian's package starts a service on port 6379; we never use it: the server runs its own.
+    ;;
+  *)
+    echo "usage: $0 python|redis" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,1 @@
+"""Syndicate: a news syndication and feed distribution server (aiohttp + Redis)."""

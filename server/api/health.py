@@ -1,0 +1,28 @@
+"""Liveness and readiness: ``/healthz`` does no I/O; ``/readyz`` checks Redis with a short timeout."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from server.state import EMBEDDED_REDIS, REDIS
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    checks: dict[str, str] = {}
+    try:
+        await asyncio.wait_for(request.app[REDIS].ping(), timeout=1.0)
+        checks["redis"] = "ok"
+    except Exception as exc:  # any failure means not ready; say which
+        checks["redis"] = f"failed: {type(exc).__name__}"
+    embedded = request.app[EMBEDDED_REDIS]
+    if embedded is not None:
+        checks["embeddedRedis"] = "ok" if embedded.running else "not running"
+    ready = all(v == "ok" for v in checks.values())
+    return web.json_response({"status": "ok" if ready else "unavailable", "checks": checks},
+                             status=200 if ready else 503)

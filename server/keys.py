@@ -1,0 +1,67 @@
+"""Every Redis key name the server uses is built here, and only here.
+
+Durable keys (articles, revisions, the change log) never get a TTL; cache keys (rendered feeds) always
+do, so that ``maxmemory-policy volatile-lru`` can only ever evict caches. ``docs/architecture.md``
+lists the layout.
+"""
+
+from __future__ import annotations
+
+PREFIX = "syn"
+
+# Pub/sub channel on which processes announce changes to each other (cache invalidation).
+CHANGES_CHANNEL = f"{PREFIX}:changes"
+
+
+def article(article_id: str) -> str:
+    """Hash: the article's current state (latest version, status, times, purge tombstone)."""
+    return f"{PREFIX}:article:{article_id}"
+
+
+def revisions(article_id: str) -> str:
+    """Hash: version number -> revision record (JSON), every revision ever stored."""
+    return f"{PREFIX}:article:{article_id}:revisions"
+
+
+def content_hashes(article_id: str) -> str:
+    """Hash: content hash -> version, to recognise retries of revisions already stored."""
+    return f"{PREFIX}:article:{article_id}:hashes"
+
+
+def article_ids_by_uri() -> str:
+    """Hash: ninjs uri -> article id."""
+    return f"{PREFIX}:articles:by-uri"
+
+
+def articles_by_change() -> str:
+    """Sorted set: article id scored by the ingest time (epoch microseconds) of its latest change."""
+    return f"{PREFIX}:articles:by-change"
+
+
+def articles_by_status(status: str) -> str:
+    """Sorted set per pubStatus (usable, withheld, canceled), scored like :func:`articles_by_change`."""
+    return f"{PREFIX}:articles:by-status:{status}"
+
+
+def revisions_with_bodies() -> str:
+    """Sorted set: ``<id>:<version>`` of superseded revisions that still hold a body, scored by ingest
+    time (epoch microseconds); the retention job drops their bodies once they are old enough."""
+    return f"{PREFIX}:revisions:with-bodies"
+
+
+def changelog() -> str:
+    """Stream: one entry per change; entry id ``<seq>-0`` where seq is the global change number."""
+    return f"{PREFIX}:changelog"
+
+
+def changelog_seq() -> str:
+    """Counter: the last change sequence number handed out."""
+    return f"{PREFIX}:changelog:seq"
+
+
+def maintenance_lock() -> str:
+    """Short-lived lock so that one process at a time runs the retention job."""
+    return f"{PREFIX}:lock:maintenance"
+
+
+STATUSES = ("usable", "withheld", "canceled")

@@ -1,0 +1,22 @@
+"""The application's shared state: one ``web.AppKey`` per object the handlers reach through the app."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from server.settings import Settings
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from server.auth import TokenTable
+    from server.embedded_redis import EmbeddedRedis
+    from server.store import ArticleStore
+
+SETTINGS = web.AppKey("settings", Settings)
+REDIS: web.AppKey[Redis] = web.AppKey("redis")
+EMBEDDED_REDIS: web.AppKey[EmbeddedRedis | None] = web.AppKey("embedded_redis")
+STORE: web.AppKey[ArticleStore] = web.AppKey("store")
+TOKENS: web.AppKey[TokenTable] = web.AppKey("tokens")

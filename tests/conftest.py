@@ -1,0 +1,131 @@
+"""Test fixtures: a real redis-server on a free port in a temp dir (never 6379), the app on it, and
+the seed article. Each test starts from an empty database."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+import redis as redis_sync
+
+from server.app import create_app
+from server.settings import PublisherToken, Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+ARTICLES = SHARED / "fixtures" / "articles"
+if not ARTICLES.exists():
+    ARTICLES = ROOT / "examples"
+SEED_V1 = ARTICLES / "serious-crime-convicts.v1.ninjs.json"
+SEED_V2 = ARTICLES / "serious-crime-convicts.v2-correction.ninjs.json"
+PUBLISHER_TOKEN = "test-publisher-token-0123456789"
+ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {PUBLISHER_TOKEN}"}
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_redis(directory: Path, *extra: str) -> tuple[subprocess.Popen, int]:
+    """A redis-server of the tests' own, durable like the embedded one."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.exit("redis-server is not installed: run `make test`, which installs it", returncode=3)
+    directory.mkdir(parents=True, exist_ok=True)
+    for _attempt in range(5):
+        port = free_port()
+        assert port != 6379
+        process = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory), "--save", "",
+             "--appendonly", "yes", "--appendfsync", "always", "--maxmemory-policy", "volatile-lru",
+             "--logfile", str(directory / "redis.log"), *extra],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis_sync.Redis(port=port)
+        for _ in range(200):
+            if process.poll() is not None:
+                break
+            try:
+                client.ping()
+                return process, port
+            except redis_sync.ConnectionError:
+                time.sleep(0.02)
+        process.kill()
+        process.wait()
+    raise RuntimeError("could not start a test redis-server")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    process, port = start_redis(tmp_path_factory.mktemp("redis"))
+    yield f"redis://127.0.0.1:{port}/0"
+    process.terminate()
+    process.wait(10)
+
+
+@pytest.fixture
+def redis_url(redis_server: str) -> str:
+    redis_sync.Redis.from_url(redis_server).flushall()
+    return redis_server
+
+
+@pytest.fixture
+def sync_redis(redis_url: str) -> Iterator[redis_sync.Redis]:
+    client = redis_sync.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def settings(redis_url: str, tmp_path: Path) -> Settings:
+    return Settings(
+        redis_url=redis_url,
+        data_dir=tmp_path / "var",
+        publisher_tokens=(PublisherToken("newsroom", PUBLISHER_TOKEN),),
+        admin_token=ADMIN_TOKEN,
+        feeds_dir=ROOT / "feeds",
+    )
+
+
+@pytest.fixture
+async def client(aiohttp_client, settings: Settings):
+    return await aiohttp_client(create_app(settings))
+
+
+@pytest.fixture
+def seed_v1() -> dict:
+    return orjson.loads(SEED_V1.read_bytes())
+
+
+@pytest.fixture
+def seed_v2() -> dict:
+    return orjson.loads(SEED_V2.read_bytes())
+
+
+def snapshot(url: str) -> dict[bytes, bytes]:
+    """Every key and its serialised value: equal snapshots mean an unchanged store. Short-lived locks
+    of background jobs are not part of the store."""
+    with redis_sync.Redis.from_url(url) as raw:
+        return {key: raw.dump(key) for key in sorted(raw.keys("*")) if not key.startswith(b"syn:lock:")}
+
+
+def cli_env(**overrides: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_") and k != "REDIS_URL"}
+    env.update(overrides)
+    return env
+
+
+def run_cli(*args: str, env: dict[str, str], timeout: float = 60, input: str | None = None):
+    return subprocess.run([sys.executable, "-m", "server.cli", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout, input=input)

@@ -1,0 +1,127 @@
+"""The ``syndicate`` CLI as a real process, and settings parsed from the environment."""
+
+from __future__ import annotations
+
+import shutil
+
+import orjson
+import pytest
+from conftest import SEED_V1, SEED_V2, cli_env, free_port, run_cli
+
+from server.models import article_id_for_uri
+from server.settings import Settings, SettingsError
+
+SEED_ID = article_id_for_uri(orjson.loads(SEED_V1.read_bytes())["uri"])
+
+
+@pytest.fixture
+def articles_dir(tmp_path):
+    folder = tmp_path / "articles"
+    folder.mkdir()
+    # Named so that alphabetical order is the wrong order: import must sort by versionCreated.
+    shutil.copy(SEED_V2, folder / "a-correction.json")
+    shutil.copy(SEED_V1, folder / "b-first.json")
+    return folder
+
+
+def test_import_applies_files_in_version_order(redis_url, articles_dir, tmp_path):
+    env = cli_env(REDIS_URL=redis_url, SYNDICATE_DATA_DIR=str(tmp_path / "var"))
+    result = run_cli("import", str(articles_dir), "--signal", "correction", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "created 1, revised 1, unchanged 0, rejected 0" in result.stdout
+
+    again = run_cli("import", str(articles_dir), env=env)
+    assert again.returncode == 0
+    assert "created 0, revised 0, unchanged 2, rejected 0" in again.stdout
+
+    shown = run_cli("show", SEED_ID, env=env)
+    assert shown.returncode == 0, shown.stderr
+    record = orjson.loads(shown.stdout)
+    assert record["version"] == 2
+    assert [v["signal"] for v in record["versions"]] == [None, "correction"]
+
+
+def test_import_reports_rejected_files_and_fails(redis_url, articles_dir, tmp_path):
+    (articles_dir / "broken.json").write_text('{"uri": "https://x.example/a", "flavour": 1}')
+    (articles_dir / "not-json.json").write_text("<xml/>")
+    env = cli_env(REDIS_URL=redis_url, SYNDICATE_DATA_DIR=str(tmp_path / "var"))
+    result = run_cli("import", str(articles_dir), env=env)
+    assert result.returncode == 1
+    assert "created 1, revised 1, unchanged 0, rejected 2" in result.stdout
+    assert "broken.json: /flavour" in result.stderr
+    assert "not-json.json: Malformed JSON" in result.stderr
+
+
+def test_purge_from_the_cli(redis_url, tmp_path):
+    env = cli_env(REDIS_URL=redis_url, SYNDICATE_DATA_DIR=str(tmp_path / "var"))
+    assert run_cli("import", str(SEED_V1), env=env).returncode == 0
+    refused = run_cli("purge", SEED_ID, "--reason", "court order", env=env, input="")
+    assert refused.returncode == 2 and "--yes" in refused.stderr
+    purged = run_cli("purge", SEED_ID, "--reason", "court order", "--yes", env=env)
+    assert purged.returncode == 0, purged.stderr
+    record = orjson.loads(run_cli("show", SEED_ID, env=env).stdout)
+    assert record["purgedAt"] and record["pubStatus"] == "canceled"
+    assert [v["hasBody"] for v in record["versions"]] == [False, False]
+
+
+def test_cli_uses_an_embedded_redis_without_redis_url(tmp_path):
+    env = cli_env(SYNDICATE_DATA_DIR=str(tmp_path / "var"))
+    assert run_cli("import", str(SEED_V1), env=env).returncode == 0
+    shown = run_cli("show", SEED_ID, env=env)  # a new embedded Redis on the same data: still there
+    assert shown.returncode == 0 and orjson.loads(shown.stdout)["version"] == 1
+
+
+@pytest.mark.parametrize(("args", "env_extra", "needle"), [
+    (["show", "NOT-AN-ID"], {}, "is not an article id"),
+    (["show", article_id_for_uri("https://never.example/")], {}, "No article"),
+    (["import", "/no/such/path"], {}, "no such file"),
+    (["serve"], {"SYNDICATE_PORT": "eighty"}, "SYNDICATE_PORT"),
+    (["serve"], {"SYNDICATE_REDIS_SERVER": "no-such-redis-binary"}, "apt-get install redis-server"),
+])
+def test_cli_errors_are_one_line_and_non_zero(redis_url, tmp_path, args, env_extra, needle):
+    env = cli_env(SYNDICATE_DATA_DIR=str(tmp_path / "var"), SYNDICATE_PORT=str(free_port()))
+    env.update(env_extra)
+    if "SYNDICATE_REDIS_SERVER" not in env_extra:
+        env["REDIS_URL"] = redis_url
+    result = run_cli(*args, env=env)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.startswith("syndicate:")]
+    assert len(lines) == 1 and needle in lines[0], result.stderr
+
+
+def test_settings_defaults():
+    settings = Settings.from_env({})
+    assert settings.redis_url is None
+    assert (settings.host, settings.port) == ("127.0.0.1", 8080)
+    assert settings.base_url == "http://127.0.0.1:8080"
+    assert settings.max_body_bytes == 2 * 1024 * 1024
+    assert settings.retention_days == 90
+
+
+def test_settings_parse_tokens():
+    settings = Settings.from_env({
+        "SYNDICATE_PUBLISHER_TOKENS": "desk:aaaaaaaaaaaaaaaa1, bbbbbbbbbbbbbbbb2",
+        "SYNDICATE_BASE_URL": "https://feeds.example.com/",
+    })
+    assert [(t.name, t.token) for t in settings.publisher_tokens] == [
+        ("desk", "aaaaaaaaaaaaaaaa1"), ("publisher2", "bbbbbbbbbbbbbbbb2")]
+    assert settings.base_url == "https://feeds.example.com"
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("SYNDICATE_PORT", "70000"),
+    ("SYNDICATE_PORT", "http"),
+    ("SYNDICATE_MAX_BODY_BYTES", "-1"),
+    ("SYNDICATE_RETENTION_DAYS", "nan"),
+    ("REDIS_URL", "http://localhost:6379"),
+    ("SYNDICATE_BASE_URL", "feeds.example.com"),
+    ("SYNDICATE_PUBLISHER_TOKENS", "desk:short"),
+    ("SYNDICATE_PUBLISHER_TOKENS", "a:aaaaaaaaaaaaaaaaaa,a:bbbbbbbbbbbbbbbbbbb"),
+    ("SYNDICATE_ADMIN_TOKEN", "tiny"),
+    ("SYNDICATE_LOG_LEVEL", "LOUD"),
+])
+def test_bad_settings_name_the_variable(name, value):
+    with pytest.raises(SettingsError) as error:
+        Settings.from_env({name: value})
+    message = str(error.value)
+    assert message.startswith(name + ":") and "\n" not in message
