@@ -9,18 +9,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
 from aiohttp import web
 
-from server.api import articles, health
+from server import keys
+from server.api import articles, feeds, health
 from server.auth import TokenTable
 from server.embedded_redis import start_embedded_redis
+from server.feed_builder import FeedBuilder
+from server.feed_cache import FeedCache
+from server.feeds import load_feed_definitions
 from server.problems import problem_middleware
 from server.redis_setup import connect, durability_warnings
 from server.settings import Settings
-from server.state import EMBEDDED_REDIS, REDIS, SETTINGS, STORE, TOKENS
+from server.state import (
+    CACHE_REDIS,
+    EMBEDDED_REDIS,
+    FEED_BUILDER,
+    FEED_CACHE,
+    FEEDS,
+    REDIS,
+    SETTINGS,
+    STORE,
+    TOKENS,
+)
 from server.store import ArticleStore
 
 log = logging.getLogger(__name__)
@@ -31,6 +46,7 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[problem_middleware])
     app[SETTINGS] = settings
     app[TOKENS] = TokenTable(settings)
+    app[FEEDS] = load_feed_definitions(settings.feeds_dir)
     app.cleanup_ctx.append(_redis_context)
     app.cleanup_ctx.append(_maintenance_context)
     _add_routes(app)
@@ -47,6 +63,9 @@ def _add_routes(app: web.Application) -> None:
     app.router.add_delete("/api/articles/{id}", articles.kill_article)
     app.router.add_get("/api/articles/{id}/versions", articles.list_versions)
     app.router.add_get("/api/articles/{id}/versions/{version}", articles.get_version)
+    app.router.add_get("/feeds/{name}/{format}", feeds.get_feed)
+    app.router.add_get("/items/{id}", feeds.get_item)
+    app.router.add_get("/items/{id}/newsml", feeds.get_item_newsml)
 
 
 async def _redis_context(app: web.Application) -> AsyncIterator[None]:
@@ -63,9 +82,18 @@ async def _redis_context(app: web.Application) -> AsyncIterator[None]:
         if embedded is None:
             for warning in await durability_warnings(redis):
                 log.warning("%s (see README, 'Using your own Redis')", warning)
-        app[REDIS] = redis
-        app[STORE] = ArticleStore(redis)
+        cache_redis = await connect(settings.cache_redis_url or url, decode_responses=False)
+        store = ArticleStore(redis, app[FEEDS])
+        builder = FeedBuilder(store, settings)
+        cache = FeedCache(redis, cache_redis, builder, app[FEEDS], settings.feed_cache_ttl_seconds,
+                          settings.memory_cache_bytes)
+        store.on_change = cache.apply_notice  # read-your-writes on the process that took the write
+        app[REDIS], app[CACHE_REDIS], app[STORE] = redis, cache_redis, store
+        app[FEED_BUILDER], app[FEED_CACHE] = builder, cache
+        await cache.start()
         yield
+        await cache.stop()
+        await cache_redis.aclose()
         await redis.aclose()
     finally:
         if embedded is not None:
@@ -75,29 +103,31 @@ async def _redis_context(app: web.Application) -> AsyncIterator[None]:
 async def _maintenance_context(app: web.Application) -> AsyncIterator[None]:
     """Retention in the background: drop old revision bodies and trim the change log, one process at
     a time (a short Redis lock), at start-up and then every ``maintenance_interval_seconds``."""
-    task = asyncio.create_task(_maintenance_loop(app))
+    stop = asyncio.Event()
+    task = asyncio.create_task(_maintenance_loop(app, stop))
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    # An event, not a cancellation: redis-py can swallow a CancelledError in the middle of a command.
+    stop.set()
+    with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+        await asyncio.wait_for(task, timeout=10)
 
 
-async def _maintenance_loop(app: web.Application) -> None:
-    from server import keys
-
+async def _maintenance_loop(app: web.Application, stop: asyncio.Event) -> None:
     settings = app[SETTINGS]
     store = app[STORE]
-    while True:
+    lock = keys.maintenance_lock()
+    while not stop.is_set():
+        token = secrets.token_hex(8)
         try:
-            if await store.redis.set(keys.maintenance_lock(), "1", nx=True, ex=300):
+            if await store.redis.set(lock, token, nx=True, ex=300):
                 dropped = await store.drop_old_bodies(timedelta(days=settings.retention_days))
                 trimmed = await store.trim_changelog(timedelta(days=settings.changelog_retention_days))
                 if dropped or trimmed:
                     log.info("retention: dropped %d old revision bodies, trimmed %d change-log entries",
                              dropped, trimmed)
-                await store.redis.delete(keys.maintenance_lock())
-        except asyncio.CancelledError:
-            raise
+                if await store.redis.get(lock) == token:
+                    await store.redis.delete(lock)
         except Exception:
             log.exception("retention job failed; will try again")
-        await asyncio.sleep(settings.maintenance_interval_seconds)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=settings.maintenance_interval_seconds)

@@ -20,6 +20,7 @@ from aiohttp import web
 
 from server.credentials import with_local_credentials
 from server.embedded_redis import EmbeddedRedisError, start_embedded_redis
+from server.feeds import FeedDefinitionError, load_feed_definitions
 from server.models import is_article_id
 from server.ninjs import DocumentError, IncomingDocument, parse_json_object, read_document
 from server.problems import Problem
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings.from_env()
         logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         return args.run(args, settings)
-    except (SettingsError, CommandError, EmbeddedRedisError) as exc:
+    except (SettingsError, CommandError, EmbeddedRedisError, FeedDefinitionError) as exc:
         print(f"syndicate: {exc}", file=sys.stderr)
         return 2
     except Problem as exc:
@@ -166,7 +167,7 @@ async def _store_session(settings: Settings) -> AsyncIterator[_Session]:
     try:
         redis = await connect(url)
         try:
-            yield _Session(ArticleStore(redis))
+            yield _Session(ArticleStore(redis, load_feed_definitions(settings.feeds_dir)))
         finally:
             await redis.aclose()
     finally:

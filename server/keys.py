@@ -65,3 +65,19 @@ def maintenance_lock() -> str:
 
 
 STATUSES = ("usable", "withheld", "canceled")
+
+
+def feed_generation(feed_name: str) -> str:
+    """Counter: bumped (atomically with the revision) whenever an article enters, changes in or leaves
+    the feed; a cached render is current while its generation is."""
+    return f"{PREFIX}:feed:{feed_name}:generation"
+
+
+def rendered_feed(feed_name: str, fmt: str, page: str, generation: int, variant: str = "full") -> str:
+    """Hash (cache, with a TTL): the rendered bytes of one feed page in every encoding, and its metadata."""
+    return f"{PREFIX}:cache:feed:{feed_name}:{generation}:{variant}:{fmt}:{page}"
+
+
+def render_lock(cache_key: str) -> str:
+    """Single-flight lock (with a TTL) so that concurrent misses render a page once."""
+    return f"{PREFIX}:lock:render:{cache_key}"

@@ -46,6 +46,7 @@ class Settings:
     feed_max_age_seconds: int = 60
     kill_visible_days: float = 7.0
     since_page_limit: int = 100
+    memory_cache_bytes: int = 256 * 1024 * 1024
     log_level: str = "INFO"
 
     @property
@@ -89,6 +90,7 @@ class Settings:
             feed_max_age_seconds=_int(env, "SYNDICATE_FEED_MAX_AGE", 60, low=0),
             kill_visible_days=_float(env, "SYNDICATE_KILL_VISIBLE_DAYS", 7.0, low=0.0),
             since_page_limit=_int(env, "SYNDICATE_SINCE_PAGE_LIMIT", 100, low=1, high=1000),
+            memory_cache_bytes=_int(env, "SYNDICATE_MEMORY_CACHE_MB", 256, low=1) * 1024 * 1024,
             log_level=_choice(env, "SYNDICATE_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
         )
 

@@ -13,6 +13,9 @@ if TYPE_CHECKING:
 
     from server.auth import TokenTable
     from server.embedded_redis import EmbeddedRedis
+    from server.feed_builder import FeedBuilder
+    from server.feed_cache import FeedCache
+    from server.feeds import FeedDefinition
     from server.store import ArticleStore
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -20,3 +23,7 @@ REDIS: web.AppKey[Redis] = web.AppKey("redis")
 EMBEDDED_REDIS: web.AppKey[EmbeddedRedis | None] = web.AppKey("embedded_redis")
 STORE: web.AppKey[ArticleStore] = web.AppKey("store")
 TOKENS: web.AppKey[TokenTable] = web.AppKey("tokens")
+FEEDS: web.AppKey[dict[str, FeedDefinition]] = web.AppKey("feeds")
+CACHE_REDIS: web.AppKey[Redis] = web.AppKey("cache_redis")
+FEED_BUILDER: web.AppKey[FeedBuilder] = web.AppKey("feed_builder")
+FEED_CACHE: web.AppKey[FeedCache] = web.AppKey("feed_cache")

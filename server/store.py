@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from server import keys
+from server.feeds import BUILT_IN_LATEST, LATEST, FeedDefinition
 from server.models import (
     CANCELED,
     CORRECTION,
@@ -40,19 +42,39 @@ from server.problems import Conflict, NotFound, PreconditionFailed, Problem
 log = logging.getLogger(__name__)
 
 CREATED, REVISED, UNCHANGED = "created", "revised", "unchanged"
+CLASSIFICATION_FIELDS = ("language", "slugline", "subjects", "places")
 SIGNALS = ("update", "correction")
 
+# Bumps the generation of every feed the change touches and announces it on the changes channel, in
+# the same script as the change itself, so no cache can outlive a committed change by more than the
+# time pub/sub takes. Expects `seq`, `first_feed_key` (index into KEYS) and `feed_args` (index into
+# ARGV of the first feed name; the channel follows the feed names).
+_BUMP_FEEDS_LUA = """
+local notice = {tostring(seq)}
+for i = first_feed_key, #KEYS do
+  local generation = redis.call('INCR', KEYS[i])
+  notice[#notice + 1] = ARGV[feed_args + i - first_feed_key] .. '=' .. generation
+end
+redis.call('PUBLISH', ARGV[feed_args + #KEYS - first_feed_key + 1], table.concat(notice, ' '))
+return table.concat(notice, ' ')
+"""
+
 # KEYS: 1 article, 2 revisions, 3 hashes, 4 by-uri, 5 by-change, 6-8 by-status usable/withheld/canceled,
-#       9 revisions-with-bodies, 10 changelog seq, 11 changelog stream
+#       9 revisions-with-bodies, 10 changelog seq, 11 changelog stream, 12.. feed generations
 # ARGV: 1 expected version, 2 new version, 3 revision JSON, 4 content hash, 5 id, 6 uri, 7 pubStatus,
-#       8 ingest micros, 9 kind, 10 ingestedAt, 11 previous revision's ingest micros or "", 12.. article fields
+#       8 ingest micros, 9 kind, 10 ingestedAt, 11 previous revision's ingest micros or "",
+#       12 n = count of article field items, 13..12+n article fields, then feed names, then the channel
+# Returns {0, current version} when the article moved on, else {seq, previous version, notice}.
 _COMMIT_LUA = """
 local current = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
 if current ~= tonumber(ARGV[1]) then return {0, current} end
 local seq = redis.call('INCR', KEYS[10])
+local field_count = tonumber(ARGV[12])
+local fields = {}
+for i = 13, 12 + field_count do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
 redis.call('HSET', KEYS[3], ARGV[4], ARGV[2])
-redis.call('HSET', KEYS[1], 'version', ARGV[2], 'changeSeq', seq, unpack(ARGV, 12))
+redis.call('HSET', KEYS[1], 'version', ARGV[2], 'changeSeq', seq, unpack(fields))
 redis.call('HSET', KEYS[4], ARGV[6], ARGV[5])
 redis.call('ZADD', KEYS[5], ARGV[8], ARGV[5])
 for i = 6, 8 do redis.call('ZREM', KEYS[i], ARGV[5]) end
@@ -62,15 +84,16 @@ if current > 0 and ARGV[11] ~= '' then
   redis.call('ZADD', KEYS[9], ARGV[11], ARGV[5] .. ':' .. current)
 end
 redis.call('XADD', KEYS[11], seq .. '-0', 'id', ARGV[5], 'version', ARGV[2], 'kind', ARGV[9], 'at', ARGV[10])
-return {seq, current}
-"""
+local first_feed_key, feed_args = 12, 13 + field_count
+""" + _BUMP_FEEDS_LUA.replace("return table.concat(notice, ' ')", "return {seq, current, table.concat(notice, ' ')}")
 
-# KEYS: 1 changelog seq, 2 changelog stream. ARGV: id, version, kind, at. Returns the new seq.
+# KEYS: 1 changelog seq, 2 changelog stream, 3.. feed generations.
+# ARGV: id, version, kind, at, feed names..., channel. Returns the change notice.
 _APPEND_CHANGE_LUA = """
 local seq = redis.call('INCR', KEYS[1])
 redis.call('XADD', KEYS[2], seq .. '-0', 'id', ARGV[1], 'version', ARGV[2], 'kind', ARGV[3], 'at', ARGV[4])
-return seq
-"""
+local first_feed_key, feed_args = 3, 5
+""" + _BUMP_FEEDS_LUA
 
 # KEYS: 1 article, 2 revisions. Returns {article fields, latest revision JSON}, or nil: one round trip.
 _READ_LATEST_LUA = """
@@ -94,10 +117,18 @@ class ArticlePage:
 
 
 class ArticleStore:
-    """Reads and writes articles, revisions and the change log. ``redis`` must decode responses."""
+    """Reads and writes articles, revisions and the change log. ``redis`` must decode responses.
 
-    def __init__(self, redis: Redis) -> None:
+    ``feeds`` are the feed definitions: each commit bumps the generation of every feed the article is
+    in now or was in before, and ``on_change`` (if set) hears the change notice at once, so the
+    process that took a write reads its own writes.
+    """
+
+    def __init__(self, redis: Redis, feeds: Mapping[str, FeedDefinition] | None = None,
+                 on_change: Callable[[str], None] | None = None) -> None:
         self.redis = redis
+        self.feeds = dict(feeds) if feeds is not None else {LATEST: BUILT_IN_LATEST}
+        self.on_change = on_change
         self._commit = redis.register_script(_COMMIT_LUA)
         self._append_change = redis.register_script(_APPEND_CHANGE_LUA)
         self._read_latest = redis.register_script(_READ_LATEST_LUA)
@@ -145,8 +176,11 @@ class ArticleStore:
             now = utc_now()
             latest = current.latest
             tombstone = {"uri": current.uri, "type": "text", "pubStatus": CANCELED, "versionCreated": iso(now)}
-            if latest.document and latest.document.get("language"):
-                tombstone["language"] = latest.document["language"]
+            # Only the classification stays (feeds select by it, so the kill reaches the feeds that
+            # carried the story); no headline, summary or body.
+            for name in CLASSIFICATION_FIELDS:
+                if latest.document and latest.document.get(name):
+                    tombstone[name] = latest.document[name]
             revision = Revision(
                 article_id=current.id, uri=current.uri, version=current.version + 1, kind=KILL, signal=None,
                 first_created=latest.first_created, version_created=now, ingested_at=now, pub_status=CANCELED,
@@ -175,9 +209,12 @@ class ArticleStore:
                 pipe.hset(keys.revisions(article_id), version, stripped.to_json())
                 pipe.zrem(keys.revisions_with_bodies(), f"{article_id}:{version}")
             pipe.hset(keys.article(article_id), mapping={"purgedAt": iso(now), "purgeReason": reason})
-            await self._append_change(keys=[keys.changelog_seq(), keys.changelog()],
-                                      args=[article_id, current.version, PURGE, iso(now)], client=pipe)
-            await pipe.execute()
+            touched = self.feeds_touched(current.latest, None)
+            await self._append_change(
+                keys=[keys.changelog_seq(), keys.changelog(), *(keys.feed_generation(f) for f in touched)],
+                args=[article_id, current.version, PURGE, iso(now), *touched, keys.CHANGES_CHANNEL], client=pipe)
+            results = await pipe.execute()
+        self._announce(results[-1])
         log.info("purged article %s (%d revisions) by %s", article_id, len(stored), actor)
         return await self.require(article_id)
 
@@ -189,6 +226,21 @@ class ArticleStore:
             return None
         flat, raw = found
         return _article(dict(zip(flat[::2], flat[1::2], strict=True)), Revision.from_json(raw))
+
+    async def get_many(self, article_ids: list[str]) -> list[Article]:
+        """The articles that exist among ``article_ids``, in that order, in one round trip."""
+        if not article_ids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for article_id in article_ids:
+                await self._read_latest(keys=[keys.article(article_id), keys.revisions(article_id)], client=pipe)
+            found = await pipe.execute()
+        return [_article(dict(zip(flat[::2], flat[1::2], strict=True)), Revision.from_json(raw))
+                for flat, raw in (f for f in found if f)]
+
+    async def ids_by_change(self, offset: int, count: int) -> list[str]:
+        """Article ids, newest change first."""
+        return await self.redis.zrange(keys.articles_by_change(), offset, offset + count - 1, desc=True)
 
     async def require(self, article_id: str) -> Article:
         article = await self.get(article_id)
@@ -319,6 +371,14 @@ class ArticleStore:
 
     # ----- internals -----------------------------------------------------------------------------
 
+    def feeds_touched(self, before: Revision | None, after: Revision | None) -> list[str]:
+        """The feeds an article is in now or was in before: the ones a change must invalidate."""
+        return [name for name, feed in self.feeds.items() if feed.holds(before) or feed.holds(after)]
+
+    def _announce(self, notice: str) -> None:
+        if self.on_change is not None:
+            self.on_change(notice)
+
     async def _known_revision(self, current: Article, digest: str) -> Article | None:
         """The article, if ``digest`` is the content hash of a revision already stored (a retry)."""
         if current.latest.content_hash == digest:
@@ -359,21 +419,26 @@ class ArticleStore:
         if current is None:
             fields["createdAt"] = iso(revision.ingested_at)
         article_id = revision.article_id
-        seq, _seen = await self._commit(
+        touched = self.feeds_touched(current.latest if current else None, revision)
+        field_items = [item for pair in fields.items() for item in pair]
+        result = await self._commit(
             keys=[keys.article(article_id), keys.revisions(article_id), keys.content_hashes(article_id),
                   keys.article_ids_by_uri(), keys.articles_by_change(),
                   *(keys.articles_by_status(s) for s in keys.STATUSES),
-                  keys.revisions_with_bodies(), keys.changelog_seq(), keys.changelog()],
+                  keys.revisions_with_bodies(), keys.changelog_seq(), keys.changelog(),
+                  *(keys.feed_generation(f) for f in touched)],
             args=[current.version if current else 0, revision.version, revision.to_json(),
                   revision.content_hash, article_id, revision.uri, revision.pub_status,
                   to_micros(revision.ingested_at), revision.kind, iso(revision.ingested_at),
                   to_micros(current.latest.ingested_at) if current else "",
-                  *(item for pair in fields.items() for item in pair)],
+                  len(field_items), *field_items, *touched, keys.CHANGES_CHANNEL],
         )
+        seq = int(result[0])
         if seq == 0:
             return None
+        self._announce(result[2])
         created_at = current.created_at if current else revision.ingested_at
-        return Article(article_id, revision.uri, revision, created_at, int(seq))
+        return Article(article_id, revision.uri, revision, created_at, seq)
 
 
 def _check_if_match(current: Article | None, if_match: int | None) -> None:

@@ -1,0 +1,105 @@
+"""Feeds and items for partners: ``/feeds/{name}/{format}`` and ``/items/{id}[/newsml]``.
+
+Thin handlers: they parse the request, ask the feed cache (or the store, for items) and hand the
+representation to :func:`server.http_caching.respond`.
+"""
+
+from __future__ import annotations
+
+import orjson
+from aiohttp import web
+
+from server.feed_builder import Representation, in_feed
+from server.feeds import FORMATS, FeedDefinition
+from server.http_caching import respond
+from server.models import Article, is_article_id, utc_now
+from server.problems import NotFound, Problem
+from server.render import NEWSML_MESSAGE_MEDIA_TYPE, FeedView, ItemView, render_newsml_item
+from server.state import FEED_BUILDER, FEED_CACHE, FEEDS, SETTINGS, STORE
+
+NINJS_MEDIA_TYPE = "application/json"
+
+
+async def get_feed(request: web.Request) -> web.Response:
+    feed = _feed(request)
+    fmt = request.match_info["format"]
+    if fmt not in FORMATS:
+        raise NotFound(f"No format {fmt!r}; this feed comes as {', '.join(FORMATS)}.", formats=list(FORMATS))
+    since = _since(request)
+    rendered = await request.app[FEED_CACHE].get(feed, fmt, since)
+    return respond(request, rendered, _cache_control(request, feed))
+
+
+async def get_item(request: web.Request) -> web.Response:
+    """The stored ninjs of the latest revision; a killed (or purged) article gives its tombstone."""
+    article = await _visible_article(request)
+    document = article.latest.document or {"uri": article.uri, "type": "text", "pubStatus": "canceled"}
+    representation = Representation.encode(NINJS_MEDIA_TYPE, orjson.dumps(document), article.latest.ingested_at)
+    return respond(request, representation, _item_cache_control(request),
+                   {"X-Syndicate-Version": str(article.version)})
+
+
+async def get_item_newsml(request: web.Request) -> web.Response:
+    """The article alone as NewsML-G2 (a newsMessage with the article and its pictures), latest or
+    ``?version=N``; once an article is killed every version answers with the tombstone."""
+    article = await _visible_article(request)
+    revision = article.latest
+    raw_version = request.query.get("version")
+    if raw_version is not None:
+        if not raw_version.isdigit() or not 1 <= int(raw_version) <= article.version:
+            raise Problem(f"version must be a whole number from 1 to {article.version}.", parameter="version")
+        if not article.killed:
+            revision = await request.app[STORE].revision(article.id, int(raw_version))
+            if revision.document is None:
+                raise Problem(f"Version {raw_version} is no longer kept (only its metadata is); "
+                              f"the latest is version {article.version}.", status=410, slug="version-gone")
+    builder = request.app[FEED_BUILDER]
+    item_url = builder.item_url(article.id)
+    view = FeedView(
+        name=f"item-{article.id}", title=f"Article {article.id}", description="One article",
+        language=None, self_url=f"{item_url}/newsml", alternate_url=item_url, hub_url=None,
+        built_at=revision.ingested_at, render_id=f"{article.id}-{revision.version}")
+    body = render_newsml_item(view, ItemView.from_revision(revision, item_url))
+    representation = Representation.encode(NEWSML_MESSAGE_MEDIA_TYPE, body, revision.ingested_at)
+    return respond(request, representation, _item_cache_control(request),
+                   {"X-Syndicate-Version": str(revision.version)})
+
+
+def _feed(request: web.Request) -> FeedDefinition:
+    feeds = request.app[FEEDS]
+    name = request.match_info["name"]
+    feed = feeds.get(name)
+    if feed is None:
+        raise NotFound(f"No feed {name!r}; the feeds are {', '.join(sorted(feeds))}.", feeds=sorted(feeds))
+    return feed
+
+
+def _since(request: web.Request) -> int | None:
+    raw = request.query.get("since")
+    if raw is None:
+        return None
+    if not raw.isdigit() or len(raw) > 18:
+        raise Problem("since must be the cursor a feed handed out (a whole number).", parameter="since")
+    return int(raw)
+
+
+async def _visible_article(request: web.Request) -> Article:
+    """The article, if some feed shows it: items under embargo or withheld are not served."""
+    article_id = request.match_info["id"]
+    if not is_article_id(article_id):
+        raise NotFound(f"{article_id!r} is not an item id of this server.")
+    article = await request.app[STORE].get(article_id)
+    feeds = request.app[FEEDS].values()
+    if article is None or not in_feed(article, utc_now(), None) or not any(f.holds(article.latest) for f in feeds):
+        raise NotFound(f"No item {article_id}.")
+    return article
+
+
+def _cache_control(request: web.Request, feed: FeedDefinition) -> str:
+    scope = "public" if feed.public else "private"
+    return f"{scope}, max-age={request.app[SETTINGS].feed_max_age_seconds}"
+
+
+def _item_cache_control(request: web.Request) -> str:
+    return f"private, max-age={request.app[SETTINGS].feed_max_age_seconds}"
+

@@ -1,0 +1,240 @@
+"""``schemas/openapi.yaml`` is valid OpenAPI 3.1 and stays true to the server.
+
+Three kinds of check: the file validates; its paths and methods are exactly the routes the application
+registers (so a new endpoint fails here until it is described); and real responses, from the app on a
+real Redis, match the documented schemas, status codes, media types and headers, with no field the
+description does not name.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+import pytest
+import yaml
+from aiohttp import web
+from conftest import AUTH
+from jsonschema import Draft202012Validator
+from openapi_spec_validator import validate
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+from server import keys, models, store
+from server.app import create_app
+from server.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+SPEC_PATH = ROOT / "schemas" / "openapi.yaml"
+HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+SPEC_URI = "urn:syndicate:openapi"
+
+
+@pytest.fixture(scope="module")
+def spec() -> dict[str, Any]:
+    return yaml.safe_load(SPEC_PATH.read_text(encoding="utf-8"))
+
+
+def test_the_description_is_valid_openapi_3_1(spec):
+    assert str(spec["openapi"]).startswith("3.1.")
+    validate(spec, base_uri=SPEC_PATH.as_uri())
+
+
+# ----- the description and the router agree ------------------------------------------------------
+
+
+def registered_operations() -> set[tuple[str, str]]:
+    """(path template, method) of every route the app registers; HEAD (added by aiohttp beside each
+    GET) and static file routes left out. Creating the app does not connect to Redis."""
+    app = create_app(Settings(feeds_dir=ROOT / "feeds"))
+    operations = set()
+    for route in app.router.routes():
+        resource = route.resource
+        if route.method == "HEAD" or resource is None or isinstance(resource, web.StaticResource):
+            continue
+        info = resource.get_info()
+        operations.add((info.get("path") or info.get("formatter"), route.method.lower()))
+    return operations
+
+
+def described_operations(spec: dict[str, Any]) -> set[tuple[str, str]]:
+    return {(path, method) for path, item in spec["paths"].items() for method in item if method in HTTP_METHODS}
+
+
+def test_every_route_of_the_app_is_described(spec):
+    missing = sorted(registered_operations() - described_operations(spec))
+    assert not missing, f"routes registered in server/app.py but not in schemas/openapi.yaml: {missing}"
+
+
+def test_every_described_operation_exists_in_the_app(spec):
+    extra = sorted(described_operations(spec) - registered_operations())
+    assert not extra, f"operations in schemas/openapi.yaml that the app does not serve: {extra}"
+
+
+def test_operation_ids_are_unique(spec):
+    ids = [op["operationId"] for item in spec["paths"].values() for m, op in item.items() if m in HTTP_METHODS]
+    assert len(ids) == len(set(ids))
+
+
+def test_files_the_description_points_to_exist(spec):
+    """Relative ``$ref``s and ``externalDocs`` links (the ninjs profiles) name files next to it."""
+    targets: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and not ref.startswith("#"):
+                targets.append(ref)
+            docs = node.get("externalDocs")
+            if isinstance(docs, dict) and not urlsplit(docs.get("url", "")).scheme:
+                targets.append(docs["url"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(spec)
+    assert "ninjs-profile-3.json" in targets
+    for target in targets:
+        assert (SPEC_PATH.parent / urlsplit(target).path).is_file(), f"{target} does not exist"
+
+
+def test_enumerations_match_the_code(spec):
+    schemas = spec["components"]["schemas"]
+    params = spec["components"]["parameters"]
+    listing = {p["name"]: p for p in spec["paths"]["/api/articles"]["get"]["parameters"]}
+    revision = schemas["RevisionFields"]["properties"]
+    assert listing["status"]["schema"]["enum"] == list(keys.STATUSES)
+    assert revision["pubStatus"]["enum"] == list(keys.STATUSES)
+    assert params["Signal"]["schema"]["enum"] == list(store.SIGNALS)
+    assert revision["kind"]["enum"] == [models.NEW, models.UPDATE, models.CORRECTION, models.KILL]
+    outcome = schemas["IngestResult"]["allOf"][1]["properties"]["outcome"]
+    assert outcome["enum"] == [store.CREATED, store.REVISED, store.UNCHANGED]
+    assert listing["limit"]["schema"]["default"] == 50
+
+
+# ----- real responses match the description ------------------------------------------------------
+
+
+class Conformance:
+    """Checks a response against the operation the description gives for it."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.spec = spec
+        self.registry = Registry().with_resource(SPEC_URI, Resource(contents=spec, specification=DRAFT202012))
+
+    def deref(self, node: Any) -> Any:
+        while isinstance(node, dict) and isinstance(node.get("$ref"), str) and node["$ref"].startswith("#/"):
+            target = self.spec
+            for part in node["$ref"][2:].split("/"):
+                target = target[part.replace("~1", "/").replace("~0", "~")]
+            node = target
+        return node
+
+    def properties(self, schema: Any) -> dict[str, Any]:
+        schema = self.deref(schema)
+        found = dict(schema.get("properties", {}))
+        for part in schema.get("allOf", []):
+            found.update(self.properties(part))
+        return found
+
+    def undocumented(self, value: Any, schema: Any, where: str = "") -> list[str]:
+        """Members of ``value`` that the schema does not name (free-form objects are not descended)."""
+        schema = self.deref(schema)
+        if isinstance(value, list) and "items" in schema:
+            return [f for i, item in enumerate(value) for f in self.undocumented(item, schema["items"], f"{where}/{i}")]
+        named = self.properties(schema)
+        if not isinstance(value, dict) or not named:
+            return []
+        found = [f"{where}/{k}" for k in value if k not in named]
+        for k, v in value.items():
+            if k in named:
+                found += self.undocumented(v, named[k], f"{where}/{k}")
+        return found
+
+    async def check(self, response, path: str, method: str) -> Any:
+        operation = self.spec["paths"][path][method]
+        responses = operation["responses"]
+        status = str(response.status)
+        assert status in responses, f"{method.upper()} {path} answered {status}, which is not documented"
+        documented = self.deref(responses[status])
+        for name in documented.get("headers", {}):
+            if name != "Link":  # only present when there is a next page
+                assert name in response.headers, f"{method.upper()} {path} {status}: no {name} header"
+        media_type = response.content_type
+        assert media_type in documented["content"], f"{method.upper()} {path} {status}: {media_type} not documented"
+        body = orjson.loads(await response.read())
+        schema = documented["content"][media_type]["schema"]
+        pointer = schema["$ref"] if "$ref" in schema else None
+        assert pointer, "response schemas are expected to be components"
+        validator = Draft202012Validator({"$ref": f"{SPEC_URI}{pointer}"}, registry=self.registry)
+        errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(body)]
+        assert not errors, f"{method.upper()} {path} {status} does not match {pointer}: {errors}"
+        if pointer != "#/components/schemas/Problem":  # problems may carry more extension members
+            extra = self.undocumented(body, schema)
+            assert not extra, f"{method.upper()} {path} {status}: fields not in schemas/openapi.yaml: {extra}"
+        return body
+
+
+JSON_AUTH = {**AUTH, "Content-Type": "application/json"}
+
+
+async def test_responses_match_the_description(spec, client, seed_v1, seed_v2):
+    conformance = Conformance(spec)
+    check = conformance.check
+    articles, article = "/api/articles", "/api/articles/{id}"
+    versions, version = "/api/articles/{id}/versions", "/api/articles/{id}/versions/{version}"
+
+    await check(await client.get("/healthz"), "/healthz", "get")
+    await check(await client.get("/readyz"), "/readyz", "get")
+
+    created = await check(await client.post(articles, data=orjson.dumps(seed_v1), headers=JSON_AUTH), articles, "post")
+    article_id = created["id"]
+    assert created["outcome"] == "created"
+    again = await check(await client.post(articles, data=orjson.dumps(seed_v1), headers=JSON_AUTH), articles, "post")
+    assert again["outcome"] == "unchanged"
+    corrected = await check(await client.put(f"{articles}/{article_id}?signal=correction", data=orjson.dumps(seed_v2),
+                                             headers={**JSON_AUTH, "If-Match": '"1"'}), article, "put")
+    assert corrected["version"] == 2 and corrected["signal"] == "correction"
+
+    await check(await client.get(f"{articles}/{article_id}", headers=AUTH), article, "get")
+    listing = await check(await client.get(f"{articles}?limit=1&status=usable", headers=AUTH), articles, "get")
+    assert [a["id"] for a in listing["items"]] == [article_id]
+    history = await check(await client.get(f"{articles}/{article_id}/versions", headers=AUTH), versions, "get")
+    assert [v["version"] for v in history["versions"]] == [1, 2]
+    await check(await client.get(f"{articles}/{article_id}/versions/1", headers=AUTH), version, "get")
+
+    killed = await check(await client.delete(f"{articles}/{article_id}", data=orjson.dumps({"reason": "legal"}),
+                                             headers=JSON_AUTH), article, "delete")
+    assert killed["kind"] == "kill" and killed["killReason"] == "legal"
+
+    # Problems: each documented status answers with the documented shape.
+    stale = copy.deepcopy(seed_v1)
+    stale["uri"] = seed_v1["uri"] + "-other"
+    await check(await client.post(articles, data=orjson.dumps(stale), headers=JSON_AUTH), articles, "post")
+    stale["versionCreated"] = "2000-01-01T00:00:00Z"
+    problem = await check(await client.post(articles, data=orjson.dumps(stale), headers=JSON_AUTH), articles, "post")
+    assert problem["status"] == 409 and problem["currentVersion"] == 1
+    problem = await check(await client.post(articles, data=b"{", headers=JSON_AUTH), articles, "post")
+    assert problem["status"] == 400
+    problem = await check(await client.post(articles, data=orjson.dumps({"uri": "relative", "bogus": 1}),
+                                            headers=JSON_AUTH), articles, "post")
+    assert problem["status"] == 422 and {e["pointer"] for e in problem["errors"]} >= {"/uri", "/bogus"}
+    problem = await check(await client.post(articles, data=b"{}", headers={**AUTH, "Content-Type": "text/plain"}),
+                          articles, "post")
+    assert problem["status"] == 415
+    problem = await check(await client.post(articles, data=b" " * (2 * 1024 * 1024 + 1), headers=JSON_AUTH),
+                          articles, "post")
+    assert problem["status"] == 413
+    problem = await check(await client.put(f"{articles}/{article_id}", data=orjson.dumps(seed_v2),
+                                           headers={**JSON_AUTH, "If-Match": '"1"'}), article, "put")
+    assert problem["status"] == 412
+    problem = await check(await client.get(f"{articles}?limit=0", headers=AUTH), articles, "get")
+    assert problem["parameter"] == "limit"
+    await check(await client.get(articles), articles, "get")
+    await check(await client.get(f"{articles}/{article_id}/versions/9", headers=AUTH), version, "get")
+    await check(await client.get(f"{articles}/not-an-id", headers=AUTH), article, "get")
