@@ -21,7 +21,7 @@ from aiohttp import web
 from server.credentials import with_local_credentials
 from server.embedded_redis import EmbeddedRedisError, start_embedded_redis
 from server.feeds import FeedDefinitionError, load_feed_definitions
-from server.models import is_article_id
+from server.models import is_article_id, iso
 from server.ninjs import DocumentError, IncomingDocument, parse_json_object, read_document
 from server.problems import Problem
 from server.redis_setup import connect
@@ -252,7 +252,7 @@ def _show(args: argparse.Namespace, settings: Settings) -> int:
             "uri": article.uri,
             "version": article.version,
             "pubStatus": article.latest.pub_status,
-            "purgedAt": article.purged_at.isoformat() if article.purged_at else None,
+            "purgedAt": iso(article.purged_at),
             "versions": [{k: v for k, v in r.to_record().items() if k != "document"} | {"hasBody": r.has_body}
                          for r in history],
             "document": article.latest.document,

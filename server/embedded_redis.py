@@ -160,9 +160,12 @@ def _stop_leftover(directory: Path) -> None:
         return
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except FileNotFoundError:
+        working_dir = Path(os.readlink(f"/proc/{pid}/cwd"))
+    except (FileNotFoundError, PermissionError):
         return
-    if b"redis-server" not in cmdline:
+    # redis-server changes into its --dir: only a Redis on *our* data is ours to stop (the pid may
+    # have been reused by the system's Redis or another checkout's).
+    if b"redis-server" not in cmdline or working_dir != directory:
         return
     log.warning("stopping leftover embedded redis-server pid %d", pid)
     with contextlib.suppress(ProcessLookupError):

@@ -134,7 +134,11 @@ def scrub_xml_forbidden(value: Any) -> tuple[Any, int]:
             removed += count
             return cleaned
         if isinstance(node, dict):
-            return {clean(k): clean(v) for k, v in node.items()}
+            cleaned_dict = {clean(k): clean(v) for k, v in node.items()}
+            if len(cleaned_dict) != len(node):
+                raise DocumentError("Two keys of one object differ only by characters XML forbids.",
+                                    [{"pointer": "", "detail": "duplicate key after cleaning"}])
+            return cleaned_dict
         if isinstance(node, list):
             return [clean(v) for v in node]
         return node

@@ -150,13 +150,16 @@ class ArticleStore:
             current = await self.get(article_id)
             if current is None and expected_id is not None:
                 raise NotFound(f"No article {article_id}; create it with POST /api/articles.")
-            _check_if_match(current, if_match)
             if current is not None:
                 if current.uri != document["uri"]:
                     raise Conflict(f"Article id {article_id} is already taken by another uri.")
+                # A retry of a request that already succeeded is recognised before If-Match is
+                # checked: its If-Match named the version before its own.
                 known = await self._known_revision(current, incoming.content_hash)
                 if known is not None:
                     return IngestResult(known, UNCHANGED, incoming.removed_characters)
+            _check_if_match(current, if_match)
+            if current is not None:
                 _check_can_revise(current, document)
             revision = self._new_revision(current, document, incoming, publisher, signal)
             article = await self._commit_revision(current, revision)

@@ -52,7 +52,7 @@ async def kill_article(request: web.Request) -> web.Response:
             if "reason" in body and not isinstance(body["reason"], str | None):
                 raise Problem("reason must be a string.", status=422,
                               errors=[{"pointer": "/reason", "detail": "must be a string"}])
-            reason = body.get("reason", reason)
+            reason = body.get("reason") or reason
     result = await request.app[STORE].kill(article_id, caller.name, reason, if_match=_if_match(request))
     return _ingest_response(request, result)
 
@@ -132,7 +132,7 @@ async def _read_incoming(request: web.Request):
                       status=415, slug="unsupported-media-type")
     limit = request.app[SETTINGS].max_body_bytes
     if request.content_length is not None and request.content_length > limit:
-        raise Problem(f"The body is larger than the limit of {limit} bytes.", status=413, slug="too-large")
+        raise Problem(f"The body is larger than the limit of {limit} bytes.", status=413, slug="content-too-large")
     raw = await request.read()
     try:
         return read_document(parse_json_object(raw))

@@ -6,7 +6,7 @@ import asyncio
 
 from aiohttp import web
 
-from server.state import EMBEDDED_REDIS, REDIS
+from server.state import CACHE_REDIS, EMBEDDED_REDIS, REDIS
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -20,6 +20,11 @@ async def readyz(request: web.Request) -> web.Response:
         checks["redis"] = "ok"
     except Exception as exc:  # any failure means not ready; say which
         checks["redis"] = f"failed: {type(exc).__name__}"
+    try:
+        await asyncio.wait_for(request.app[CACHE_REDIS].ping(), timeout=1.0)
+        checks["cacheRedis"] = "ok"
+    except Exception as exc:
+        checks["cacheRedis"] = f"failed: {type(exc).__name__}"
     embedded = request.app[EMBEDDED_REDIS]
     if embedded is not None:
         checks["embeddedRedis"] = "ok" if embedded.running else "not running"

@@ -1,0 +1,331 @@
+"""Feeds and items over real HTTP on a real Redis: content, corrections, kills, conditional GET,
+compression, since cursors, caching and invalidation."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import gzip
+
+import brotli
+import feedparser
+import orjson
+import pytest
+import redis as redis_sync
+from conftest import AUTH
+from render_helpers import newsml_errors, parse_xml
+
+from server.feeds import FeedDefinitionError, load_feed_definitions
+from server.models import article_id_for_uri
+from server.state import FEED_BUILDER
+
+JSON_HEADERS = {**AUTH, "Content-Type": "application/json"}
+NAR = "{http://iptc.org/std/nar/2006-10-01/}"
+
+
+async def post(client, doc, query=""):
+    response = await client.post(f"/api/articles{query}", data=orjson.dumps(doc), headers=JSON_HEADERS)
+    assert response.status in (200, 201), await response.text()
+    return await response.json()
+
+
+def other_article(n: int, **fields) -> dict:
+    doc = {
+        "uri": f"https://news.example.com/other/{n}",
+        "type": "text",
+        "versionCreated": f"2024-01-01T00:00:{n:02d}Z",
+        "language": "en",
+        "headlines": [{"role": "main", "value": f"Other story {n}"}],
+        "subjects": [{"name": "economy", "literal": "economy"}],
+        "bodies": [{"role": "main", "contentType": "text/html", "value": f"<p>Body of story {n}</p>"}],
+    }
+    doc.update(fields)
+    return doc
+
+
+def next_cursor(response) -> int:
+    for part in response.headers["Link"].split(","):
+        url, _, rel = part.partition(";")
+        if 'rel="next"' in rel:
+            return int(url.strip(" <>").rsplit("since=", 1)[1])
+    raise AssertionError("no rel=next link")
+
+
+async def test_seed_in_every_format_then_the_correction(client, seed_v1, seed_v2):
+    await post(client, seed_v1)
+    atom = await client.get("/feeds/latest/atom")
+    assert atom.status == 200 and atom.content_type == "application/atom+xml"
+    parsed = feedparser.parse(await atom.read())
+    assert parsed.bozo == 0 and len(parsed.entries) == 1
+    assert parsed.entries[0].id == seed_v1["uri"]
+    assert "Nearly 200,00 people" in parsed.entries[0].content[0].value
+
+    await post(client, seed_v2, "?signal=correction")
+    # read-your-writes: the very next GET on this process shows version 2
+    atom = feedparser.parse(await (await client.get("/feeds/latest/atom")).read())
+    entry = atom.entries[0]
+    assert "200,000 people" in entry.content[0].value
+    assert "Correction: an earlier version" in entry.content[0].value
+    assert entry.syndicate_version == "2" and entry.syndicate_signal == "correction"
+
+    rss = await client.get("/feeds/latest/rss")
+    assert rss.content_type == "application/rss+xml"
+    parsed = feedparser.parse(await rss.read())
+    assert parsed.bozo == 0 and parsed.entries[0].id == seed_v1["uri"]
+    assert "200,000 people" in parsed.entries[0].content[0].value
+
+    newsml = await client.get("/feeds/latest/newsml")
+    assert newsml.content_type == "application/vnd.iptc.g2.newsmessage+xml"
+    body = await newsml.read()
+    assert newsml_errors(body) == []
+    root = parse_xml(body)
+    article = next(i for i in root.iter(f"{NAR}newsItem") if i.get("guid") == seed_v1["uri"])
+    assert article.get("version") == "2"
+    assert article.find(f"{NAR}itemMeta/{NAR}signal").get("qcode") == "sig:correction"
+
+    json_feed = await client.get("/feeds/latest/json")
+    assert json_feed.content_type == "application/feed+json"
+    document = orjson.loads(await json_feed.read())
+    assert document["version"] == "https://jsonfeed.org/version/1.1"
+    assert document["items"][0]["_syndicate"]["version"] == 2
+
+
+async def test_conditional_get_compression_and_head(client, seed_v1):
+    await post(client, seed_v1)
+    first = await client.get("/feeds/latest/atom", headers={"Accept-Encoding": "identity"})
+    identity = await first.read()
+    etag, last_modified = first.headers["ETag"], first.headers["Last-Modified"]
+    assert etag.startswith('"') and first.headers["Vary"] == "Accept-Encoding"
+    assert "max-age=60" in first.headers["Cache-Control"]
+
+    again = await client.get("/feeds/latest/atom", headers={"If-None-Match": etag, "Accept-Encoding": "identity"})
+    assert again.status == 304 and await again.read() == b""
+    assert again.headers["ETag"] == etag
+    since = await client.get("/feeds/latest/atom", headers={"If-Modified-Since": last_modified,
+                                                              "Accept-Encoding": "identity"})
+    assert since.status == 304
+
+    gz = await client.get("/feeds/latest/atom", headers={"Accept-Encoding": "gzip"}, auto_decompress=False)
+    assert gz.headers["Content-Encoding"] == "gzip" and gz.headers["ETag"] != etag
+    assert gzip.decompress(await gz.read()) == identity
+    br = await client.get("/feeds/latest/atom", headers={"Accept-Encoding": "gzip, br"}, auto_decompress=False)
+    assert br.headers["Content-Encoding"] == "br" and br.headers["ETag"] not in (etag, gz.headers["ETag"])
+    assert brotli.decompress(await br.read()) == identity
+    not_gzip = await client.get("/feeds/latest/atom", headers={"Accept-Encoding": "gzip",
+                                                                 "If-None-Match": etag}, auto_decompress=False)
+    assert not_gzip.status == 200  # the identity ETag does not validate the gzip representation
+
+    head = await client.head("/feeds/latest/atom", headers={"Accept-Encoding": "identity"})
+    assert head.status == 200 and head.headers["ETag"] == etag
+    assert int(head.headers["Content-Length"]) == len(identity) and await head.read() == b""
+
+
+async def test_since_cursor_returns_exactly_what_changed(client, seed_v1, seed_v2):
+    await post(client, seed_v1)
+    for n in range(3):
+        await post(client, other_article(n))
+    first_poll = await client.get("/feeds/latest/atom")
+    cursor = next_cursor(first_poll)
+    assert len(feedparser.parse(await first_poll.read()).entries) == 4
+
+    nothing = await client.get(f"/feeds/latest/atom?since={cursor}")
+    assert feedparser.parse(await nothing.read()).entries == [] and next_cursor(nothing) == cursor
+    empty_newsml = await client.get(f"/feeds/latest/newsml?since={cursor}")
+    assert empty_newsml.status == 204 and next_cursor(empty_newsml) == cursor
+
+    await post(client, seed_v2, "?signal=correction")
+    page = await client.get(f"/feeds/latest/atom?since={cursor}")
+    entries = feedparser.parse(await page.read()).entries
+    assert [e.id for e in entries] == [seed_v1["uri"]]
+    assert entries[0].syndicate_version == "2"
+    cursor = next_cursor(page)
+
+    killed_id = article_id_for_uri(other_article(1)["uri"])
+    assert (await client.delete(f"/api/articles/{killed_id}", headers=AUTH)).status == 200
+    page = await client.get(f"/feeds/latest/newsml?since={cursor}")
+    root = parse_xml(await page.read())
+    items = [i for i in root.iter(f"{NAR}newsItem") if i.find(f"{NAR}itemMeta/{NAR}itemClass").get("qcode") == "ninat:text"]
+    assert [i.get("guid") for i in items] == [other_article(1)["uri"]]
+    assert items[0].find(f"{NAR}itemMeta/{NAR}pubStatus").get("qcode") == "stat:canceled"
+
+
+async def test_since_pages_are_oldest_first_and_chain_without_gaps(client, settings):
+    for n in range(7):
+        await post(client, other_article(n))
+    from dataclasses import replace
+
+    # with a page limit of 3 changes, follow rel=next until it stops moving
+    client.server.app[FEED_BUILDER].settings = replace(settings, since_page_limit=3)
+    seen, cursor = [], 0
+    for _ in range(10):
+        page = await client.get(f"/feeds/latest/json?since={cursor}")
+        items = orjson.loads(await page.read())["items"]
+        seen += [i["id"] for i in items]
+        new_cursor = next_cursor(page)
+        if new_cursor == cursor:
+            break
+        cursor = new_cursor
+    assert seen == [other_article(n)["uri"] for n in range(7)]
+
+
+async def test_cursor_outside_the_log_is_410_and_bad_cursor_400(client, settings, seed_v1):
+    from datetime import timedelta
+
+    from server.models import utc_now
+    from server.state import STORE
+
+    await post(client, seed_v1)
+    for n in range(3):
+        await post(client, other_article(n))
+    future = await client.get("/feeds/latest/atom?since=99")
+    assert future.status == 410 and future.content_type == "application/problem+json"
+    store = client.server.app[STORE]
+    await store.trim_changelog(timedelta(days=1), now=utc_now() + timedelta(days=2))  # keeps only seq 4
+    expired = await client.get("/feeds/latest/atom?since=1")
+    assert expired.status == 410
+    problem = await expired.json()
+    assert "resynchronise" in problem["detail"] and problem["parameter"] == "since"
+    assert (await client.get("/feeds/latest/atom?since=3")).status == 200
+    for bad in ("-1", "abc", "1.5"):
+        response = await client.get(f"/feeds/latest/atom?since={bad}")
+        assert response.status == 400 and (await response.json())["parameter"] == "since"
+
+
+async def test_order_kill_embargo_and_withheld(client, seed_v1, seed_v2):
+    await post(client, seed_v1)
+    await post(client, other_article(1))
+    await post(client, other_article(2, embargoedUntil="2099-01-01T00:00:00Z"))
+    await post(client, other_article(3, pubStatus="withheld"))
+    ids = [e.id for e in feedparser.parse(await (await client.get("/feeds/latest/atom")).read()).entries]
+    assert ids == [other_article(1)["uri"], seed_v1["uri"]]  # no embargoed, no withheld
+
+    await post(client, seed_v2, "?signal=correction")
+    ids = [e.id for e in feedparser.parse(await (await client.get("/feeds/latest/atom")).read()).entries]
+    assert ids == [seed_v1["uri"], other_article(1)["uri"]]  # the correction is back on top
+
+    await client.delete(f"/api/articles/{article_id_for_uri(seed_v1['uri'])}", headers=AUTH)
+    body = await (await client.get("/feeds/latest/atom")).read()
+    entry = feedparser.parse(body).entries[0]
+    assert entry.id == seed_v1["uri"] and entry.title.startswith("Withdrawn")
+    assert b"Putin" not in body and b"200,000" not in body
+    world = await (await client.get("/feeds/world/rss")).read()
+    assert b"Withdrawn" in world and b"Putin" not in world  # the kill reaches the filtered feed too
+
+    embargoed = article_id_for_uri(other_article(2)["uri"])
+    assert (await client.get(f"/items/{embargoed}")).status == 404
+    assert (await client.get(f"/items/{embargoed}/newsml")).status == 404
+
+
+async def test_items(client, seed_v1, seed_v2):
+    article_id = (await post(client, seed_v1))["id"]
+    await post(client, seed_v2, "?signal=correction")
+    item = await client.get(f"/items/{article_id}")
+    assert item.status == 200 and item.headers["X-Syndicate-Version"] == "2"
+    assert "200,000" in (await item.json())["bodies"][0]["value"]
+
+    latest = await client.get(f"/items/{article_id}/newsml")
+    assert newsml_errors(await latest.read()) == []
+    first = await client.get(f"/items/{article_id}/newsml?version=1")
+    body = await first.read()
+    assert newsml_errors(body) == [] and b"Nearly 200,00 people" in body
+    assert (await client.get(f"/items/{article_id}/newsml?version=3")).status == 400
+    etag = latest.headers["ETag"]
+    assert (await client.get(f"/items/{article_id}/newsml", headers={"If-None-Match": etag})).status == 304
+
+    await client.delete(f"/api/articles/{article_id}", headers=AUTH)
+    tombstone = await client.get(f"/items/{article_id}")
+    assert tombstone.status == 200
+    document = await tombstone.json()
+    assert document["pubStatus"] == "canceled" and "bodies" not in document
+    old = await client.get(f"/items/{article_id}/newsml?version=1")
+    old_body = await old.read()
+    assert old.status == 200 and b"stat:canceled" in old_body and b"Putin" not in old_body
+    assert newsml_errors(old_body) == []
+    assert (await client.get("/items/notanid")).status == 404
+
+
+async def test_unknown_feed_or_format_lists_the_valid_ones(client):
+    response = await client.get("/feeds/sport/atom")
+    assert response.status == 404 and set((await response.json())["feeds"]) == {"latest", "world", "headlines"}
+    response = await client.get("/feeds/latest/xml")
+    assert response.status == 404 and (await response.json())["formats"] == ["rss", "atom", "newsml", "json"]
+    public = await client.get("/feeds/headlines/rss")
+    assert public.headers["Cache-Control"].startswith("public")
+    private = await client.get("/feeds/world/rss")
+    assert private.headers["Cache-Control"].startswith("private")
+
+
+async def test_a_change_invalidates_exactly_the_feeds_it_touches(client, sync_redis, seed_v1):
+    def generations():
+        return {name: int(sync_redis.get(f"syn:feed:{name}:generation") or 0) for name in ("latest", "world", "headlines")}
+
+    before = generations()
+    await post(client, other_article(1))  # economy, English: latest and headlines, not world
+    after = generations()
+    assert after["latest"] == before["latest"] + 1 and after["headlines"] == before["headlines"] + 1
+    assert after["world"] == before["world"]
+
+    await post(client, seed_v1)  # armed conflict: world too
+    assert generations()["world"] == after["world"] + 1
+
+    moved = copy.deepcopy(other_article(1, versionCreated="2024-02-01T00:00:00Z", language="fr"))
+    before = generations()
+    await post(client, moved)  # leaves headlines (now French): headlines must still be invalidated
+    after = generations()
+    assert after["headlines"] == before["headlines"] + 1 and after["world"] == before["world"]
+
+
+async def test_cached_get_makes_no_redis_round_trip(client, redis_url, seed_v1):
+    await post(client, seed_v1)
+    assert (await client.get("/feeds/latest/atom")).status == 200  # warm
+    probe = redis_sync.Redis.from_url(redis_url)
+
+    def commands() -> int:
+        return int(probe.info("stats")["total_commands_processed"])
+
+    before = commands()
+    for _ in range(50):
+        response = await client.get("/feeds/latest/atom")
+        assert response.status == 200
+    assert commands() - before <= 3  # the INFO calls themselves and at most one background resync
+
+
+async def test_concurrent_misses_render_once(client, seed_v1):
+    await post(client, seed_v1)
+    builder = client.server.app[FEED_BUILDER]
+    calls = 0
+    original = builder.build
+
+    async def counting_build(*args, **kwargs):
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.05)
+        return await original(*args, **kwargs)
+
+    builder.build = counting_build
+    responses = await asyncio.gather(*(client.get("/feeds/latest/rss") for _ in range(20)))
+    assert [r.status for r in responses] == [200] * 20
+    assert calls == 1
+    assert len({r.headers["ETag"] for r in responses}) == 1
+
+
+def test_broken_feed_definitions_name_file_and_field(tmp_path):
+    (tmp_path / "ok.toml").write_text('title = "OK"\n')
+    assert set(load_feed_definitions(tmp_path)) == {"latest", "ok"}
+    cases = {
+        "bad-toml.toml": ("title = ", "not valid TOML"),
+        "no-title.toml": ('description = "x"\n', "title: is required"),
+        "bad-limit.toml": ('title = "x"\nlimit = 0\n', "limit:"),
+        "bad-public.toml": ('title = "x"\npublic = "yes"\n', "public:"),
+        "bad-filter.toml": ('title = "x"\n[filters]\nsubject = ["a"]\n', "filters.subject:"),
+        "bad-list.toml": ('title = "x"\n[filters]\nplaces = "Ukraine"\n', "filters.places:"),
+        "Bad Name.toml": ('title = "x"\n', "name:"),
+        "extra.toml": ('title = "x"\ncolour = "red"\n', "colour:"),
+    }
+    for file_name, (text, needle) in cases.items():
+        folder = tmp_path / file_name.replace(".toml", "")
+        folder.mkdir()
+        (folder / file_name).write_text(text)
+        with pytest.raises(FeedDefinitionError) as error:
+            load_feed_definitions(folder)
+        assert file_name in str(error.value) and needle in str(error.value), str(error.value)
