@@ -230,7 +230,9 @@ async def test_responses_match_the_description(spec, client, seed_v1, seed_v2):
     problem = await check(await client.post(articles, data=b" " * (2 * 1024 * 1024 + 1), headers=JSON_AUTH),
                           articles, "post")
     assert problem["status"] == 413
-    problem = await check(await client.put(f"{articles}/{article_id}", data=orjson.dumps(seed_v2),
+    changed = copy.deepcopy(seed_v2)
+    changed["headlines"][0]["value"] = "A headline no revision has had"
+    problem = await check(await client.put(f"{articles}/{article_id}", data=orjson.dumps(changed),
                                            headers={**JSON_AUTH, "If-Match": '"1"'}), article, "put")
     assert problem["status"] == 412
     problem = await check(await client.get(f"{articles}?limit=0", headers=AUTH), articles, "get")
