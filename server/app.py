@@ -16,21 +16,30 @@ from datetime import timedelta
 from aiohttp import web
 
 from server import keys
-from server.api import articles, feeds, health
+from server.access import AccessControl
+from server.api import articles, feeds, health, partners
 from server.auth import TokenTable
 from server.embedded_redis import start_embedded_redis
 from server.feed_builder import FeedBuilder
 from server.feed_cache import FeedCache
 from server.feeds import load_feed_definitions
+from server.ledger import PollLedger, drop_old_manifests
+from server.models import utc_now
+from server.notifications import Subscriber
+from server.partners import PartnerStore
 from server.problems import problem_middleware
+from server.ratelimit import RateLimiter
 from server.redis_setup import connect, durability_warnings
 from server.settings import Settings
 from server.state import (
+    ACCESS,
     CACHE_REDIS,
     EMBEDDED_REDIS,
     FEED_BUILDER,
     FEED_CACHE,
     FEEDS,
+    LEDGER,
+    PARTNERS,
     REDIS,
     SETTINGS,
     STORE,
@@ -39,6 +48,7 @@ from server.state import (
 from server.store import ArticleStore
 
 log = logging.getLogger(__name__)
+EMBARGO_POLL_SECONDS = 0.2
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -49,6 +59,7 @@ def create_app(settings: Settings) -> web.Application:
     app[FEEDS] = load_feed_definitions(settings.feeds_dir)
     app.cleanup_ctx.append(_redis_context)
     app.cleanup_ctx.append(_maintenance_context)
+    app.cleanup_ctx.append(_embargo_context)
     _add_routes(app)
     return app
 
@@ -63,6 +74,13 @@ def _add_routes(app: web.Application) -> None:
     app.router.add_delete("/api/articles/{id}", articles.kill_article)
     app.router.add_get("/api/articles/{id}/versions", articles.list_versions)
     app.router.add_get("/api/articles/{id}/versions/{version}", articles.get_version)
+    app.router.add_post("/api/partners", partners.create_partner)
+    app.router.add_get("/api/partners", partners.list_partners)
+    app.router.add_get("/api/partners/{name}", partners.get_partner)
+    app.router.add_patch("/api/partners/{name}", partners.update_partner)
+    app.router.add_post("/api/partners/{name}/keys", partners.issue_key)
+    app.router.add_delete("/api/partners/{name}/keys/{key_id}", partners.revoke_key)
+    app.router.add_get("/api/partners/{name}/status", partners.get_partner_status)
     app.router.add_get("/feeds/{name}/{format}", feeds.get_feed)
     app.router.add_get("/items/{id}", feeds.get_item)
     app.router.add_get("/items/{id}/newsml", feeds.get_item_newsml)
@@ -88,16 +106,68 @@ async def _redis_context(app: web.Application) -> AsyncIterator[None]:
         cache = FeedCache(redis, cache_redis, builder, app[FEEDS], settings.feed_cache_ttl_seconds,
                           settings.memory_cache_bytes)
         store.on_change = cache.apply_notice  # read-your-writes on the process that took the write
+        partner_store = PartnerStore(redis, app[FEEDS])
+        ledger = PollLedger(redis)
+        access = AccessControl(partner_store, app[TOKENS], ledger, RateLimiter(redis), settings.default_rate_limit)
         app[REDIS], app[CACHE_REDIS], app[STORE] = redis, cache_redis, store
         app[FEED_BUILDER], app[FEED_CACHE] = builder, cache
-        await cache.start()
+        app[PARTNERS], app[LEDGER], app[ACCESS] = partner_store, ledger, access
+        subscriber = Subscriber(redis)
+        subscriber.on(keys.CHANGES_CHANNEL, cache.apply_notice, cache.resync)
+        subscriber.on(keys.PARTNERS_CHANNEL, access.apply_notice, access.reload)
+        await access.reload(force=True)
+        await subscriber.start()
+        stop_flushing = asyncio.Event()
+        flusher = asyncio.create_task(_flush_loop(access, settings.flush_interval_seconds, stop_flushing))
         yield
-        await cache.stop()
+        stop_flushing.set()
+        with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(flusher, timeout=10)
+        await _flush(access)  # what this process counted and recorded, before it goes
+        await subscriber.stop()
         await cache_redis.aclose()
         await redis.aclose()
     finally:
         if embedded is not None:
             embedded.stop()
+
+
+async def _embargo_context(app: web.Application) -> AsyncIterator[None]:
+    """Lift embargoes when they pass: every process looks a few times a second; the store's lift is a
+    WATCHed transaction, so each embargo is lifted exactly once whichever process sees it first."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(_embargo_loop(app[STORE], stop))
+    yield
+    stop.set()
+    with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+        await asyncio.wait_for(task, timeout=10)
+
+
+async def _embargo_loop(store: ArticleStore, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        try:
+            for article_id in await store.due_embargoes(utc_now()):
+                await store.release_embargo(article_id)
+        except Exception:
+            log.exception("lifting embargoes failed; will try again")
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=EMBARGO_POLL_SECONDS)
+
+
+async def _flush_loop(access: AccessControl, interval: float, stop: asyncio.Event) -> None:
+    """Rate-limit counts and ledger lines go to Redis off the request path, every ``interval``."""
+    while not stop.is_set():
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=interval)
+        await _flush(access)
+
+
+async def _flush(access: AccessControl) -> None:
+    try:
+        await access.limiter.flush()
+        await access.ledger.flush()
+    except Exception:
+        log.exception("flushing rate limits and the poll ledger failed; will try again")
 
 
 async def _maintenance_context(app: web.Application) -> AsyncIterator[None]:
@@ -122,6 +192,7 @@ async def _maintenance_loop(app: web.Application, stop: asyncio.Event) -> None:
             if await store.redis.set(lock, token, nx=True, ex=300):
                 dropped = await store.drop_old_bodies(timedelta(days=settings.retention_days))
                 trimmed = await store.trim_changelog(timedelta(days=settings.changelog_retention_days))
+                await drop_old_manifests(store.redis)
                 if dropped or trimmed:
                     log.info("retention: dropped %d old revision bodies, trimmed %d change-log entries",
                              dropped, trimmed)

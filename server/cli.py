@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -21,13 +22,16 @@ from aiohttp import web
 from server.credentials import with_local_credentials
 from server.embedded_redis import EmbeddedRedisError, start_embedded_redis
 from server.feeds import FeedDefinitionError, load_feed_definitions
-from server.models import is_article_id, iso
+from server.models import article_id_for_uri, is_article_id, iso, parse_iso, utc_now
 from server.ninjs import DocumentError, IncomingDocument, parse_json_object, read_document
+from server.partners import PartnerStore
 from server.problems import Problem
 from server.redis_setup import connect
 from server.settings import Settings, SettingsError
-from server.state import SETTINGS, STORE
+from server.state import ACCESS, PARTNERS, SETTINGS, STORE
 from server.store import CREATED, REVISED, UNCHANGED, ArticleStore
+
+DEMO_PARTNER_KEY = web.AppKey("demo_partner_key", str)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_ARTICLE = "serious-crime-convicts.v1.ninjs.json"
@@ -76,6 +80,35 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("article_id", metavar="ID")
     show.set_defaults(run=_show)
 
+    partner = commands.add_parser("partner", help="manage partners and their keys")
+    partner_commands = partner.add_subparsers(required=True, metavar="ACTION")
+    add = partner_commands.add_parser("add", help="create a partner and print its first key")
+    add.add_argument("name")
+    add.add_argument("--feeds", required=True, help="comma-separated feed names, or *")
+    add.add_argument("--formats", required=True, help="comma-separated formats (rss,atom,newsml,json), or *")
+    add.add_argument("--no-media", action="store_true", help="no photo rights: feeds without the photos")
+    add.add_argument("--contact")
+    add.add_argument("--notes")
+    add.add_argument("--rate-limit", type=int, help="requests per minute (default: the server's)")
+    add.add_argument("--expires", help="the key's expiry, an RFC 3339 date-time")
+    add.set_defaults(run=_partner_add)
+    partner_commands.add_parser("list", help="list partners").set_defaults(run=_partner_list)
+    show_partner = partner_commands.add_parser("show", help="one partner, its keys and its status")
+    show_partner.add_argument("name")
+    show_partner.set_defaults(run=_partner_show)
+    key = partner_commands.add_parser("key", help="issue another key")
+    key.add_argument("name")
+    key.add_argument("--expires", help="the key's expiry, an RFC 3339 date-time")
+    key.set_defaults(run=_partner_key)
+    revoke = partner_commands.add_parser("revoke", help="revoke one key")
+    revoke.add_argument("name")
+    revoke.add_argument("key_id", metavar="KEYID")
+    revoke.set_defaults(run=_partner_revoke)
+    for action, active in (("disable", False), ("enable", True)):
+        toggle = partner_commands.add_parser(action, help=f"{action} a partner (all its keys)")
+        toggle.add_argument("name")
+        toggle.set_defaults(run=_partner_toggle, active=active)
+
     purge = commands.add_parser("purge", help="legal takedown: remove the bodies of every revision")
     purge.add_argument("article_id", metavar="ID")
     purge.add_argument("--reason", required=True, help="why, kept on the tombstone")
@@ -100,6 +133,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     app = create_app(settings)
     if args.demo:
         app.on_startup.append(_publish_demo)
+        app.on_startup.append(_ensure_demo_partner)
     app.on_startup.append(_print_banner)
     web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None)
     return 0
@@ -120,16 +154,34 @@ async def _publish_demo(app: web.Application) -> None:
         logging.getLogger("syndicate").info("demo article not published again: %s", exc.detail)
 
 
+async def _ensure_demo_partner(app: web.Application) -> None:
+    """A partner named "demo", entitled to everything, made once; its key is kept in a 0600 file under
+    the data dir (keys are shown only once) and printed on every run."""
+    settings, access = app[SETTINGS], app[ACCESS]
+    path = settings.data_dir / "demo-partner.json"
+    if path.exists():
+        key = orjson.loads(path.read_bytes()).get("key", "")
+        if access.table.authenticate(key, utc_now()) is not None:
+            app[DEMO_PARTNER_KEY] = key
+            return
+    try:
+        issued = await app[PARTNERS].create("demo", ["*"], ["*"], contact="make run", notes="demo partner")
+    except Problem:  # it exists (its key file was lost, or its key revoked): give it a new key
+        await app[PARTNERS].update("demo", active=True)
+        issued = await app[PARTNERS].issue_key("demo")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(orjson.dumps({"partner": "demo", "key": issued.key, "key_id": issued.key_id}))
+    await access.reload(force=True)
+    app[DEMO_PARTNER_KEY] = issued.key
+
+
 async def _print_banner(app: web.Application) -> None:
     settings = app[SETTINGS]
     base = settings.base_url
     publisher = settings.publisher_tokens[0]
-    demo_id = None
-    if app[STORE] is not None:
-        from server.models import article_id_for_uri
-
-        demo = orjson.loads(demo_article_path().read_bytes())
-        demo_id = article_id_for_uri(demo["uri"])
+    demo = orjson.loads(demo_article_path().read_bytes())
+    demo_id = article_id_for_uri(demo["uri"])
     lines = [
         "",
         f"syndicate serving on {base}",
@@ -138,6 +190,14 @@ async def _print_banner(app: web.Application) -> None:
         f"  health:   {base}/healthz   ready: {base}/readyz",
         f"  articles: curl -H 'Authorization: Bearer {publisher.token}' {base}/api/articles",
     ]
+    if DEMO_PARTNER_KEY in app:
+        key = app[DEMO_PARTNER_KEY]
+        lines += [
+            f"  demo partner key: {key}",
+            f"  feeds:    {base}/feeds/latest/atom?key={key}",
+            f"            (also rss, newsml, json; the public feed {base}/feeds/headlines/rss needs no key)",
+            f"  partner status: curl -H 'Authorization: Bearer {settings.admin_token}' {base}/api/partners/demo/status",
+        ]
     if demo_id:
         correction = demo_article_path(DEMO_CORRECTION)
         lines += [
@@ -155,6 +215,7 @@ async def _print_banner(app: web.Application) -> None:
 @dataclass
 class _Session:
     store: ArticleStore
+    partners: PartnerStore
 
 
 @contextlib.asynccontextmanager
@@ -167,7 +228,8 @@ async def _store_session(settings: Settings) -> AsyncIterator[_Session]:
     try:
         redis = await connect(url)
         try:
-            yield _Session(ArticleStore(redis, load_feed_definitions(settings.feeds_dir)))
+            feeds = load_feed_definitions(settings.feeds_dir)
+            yield _Session(ArticleStore(redis, feeds), PartnerStore(redis, feeds))
         finally:
             await redis.aclose()
     finally:
@@ -279,6 +341,84 @@ def _purge(args: argparse.Namespace, settings: Settings) -> int:
         return 0
 
     return asyncio.run(run())
+
+
+# ----- partners -------------------------------------------------------------------------------------
+
+
+def _partner_command(settings: Settings, action) -> int:
+    async def run() -> int:
+        async with _store_session(settings) as session:
+            await action(session)
+        return 0
+
+    return asyncio.run(run())
+
+
+def _print_json(value) -> None:
+    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def _expiry(text: str | None):
+    if text is None:
+        return None
+    try:
+        return parse_iso(text)
+    except ValueError:
+        raise CommandError(f"--expires: {text!r} is not an RFC 3339 date-time with a timezone") from None
+
+
+def _print_issued(issued) -> None:
+    print(f"partner {issued.partner.name}: key {issued.key_id} (shown once, keep it safe)")
+    print(issued.key)
+
+
+def _partner_add(args: argparse.Namespace, settings: Settings) -> int:
+    async def action(session: _Session) -> None:
+        _print_issued(await session.partners.create(
+            args.name, _csv(args.feeds), _csv(args.formats), media=not args.no_media, contact=args.contact,
+            notes=args.notes, rate_limit=args.rate_limit, expires_at=_expiry(args.expires)))
+    return _partner_command(settings, action)
+
+
+def _partner_list(args: argparse.Namespace, settings: Settings) -> int:
+    async def action(session: _Session) -> None:
+        partners, _generation = await session.partners.load_all()
+        for partner in partners:
+            live = sum(1 for k in partner.keys if k.usable(utc_now()))
+            print(f"{partner.name}\t{'active' if partner.active else 'disabled'}\tfeeds={','.join(partner.feeds)}"
+                  f"\tformats={','.join(partner.formats)}\tmedia={'yes' if partner.media else 'no'}\tkeys={live}")
+    return _partner_command(settings, action)
+
+
+def _partner_show(args: argparse.Namespace, settings: Settings) -> int:
+    async def action(session: _Session) -> None:
+        _print_json((await session.partners.get(args.name)).public_view())
+    return _partner_command(settings, action)
+
+
+def _partner_key(args: argparse.Namespace, settings: Settings) -> int:
+    async def action(session: _Session) -> None:
+        _print_issued(await session.partners.issue_key(args.name, _expiry(args.expires)))
+    return _partner_command(settings, action)
+
+
+def _partner_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    async def action(session: _Session) -> None:
+        await session.partners.revoke_key(args.name, args.key_id)
+        print(f"revoked key {args.key_id} of {args.name}")
+    return _partner_command(settings, action)
+
+
+def _partner_toggle(args: argparse.Namespace, settings: Settings) -> int:
+    async def action(session: _Session) -> None:
+        await session.partners.update(args.name, active=args.active)
+        print(f"{args.name} {'enabled' if args.active else 'disabled'}")
+    return _partner_command(settings, action)
+
+
+def _csv(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def _check_id(article_id: str) -> None:

@@ -4,8 +4,9 @@ process memory (the hot path, which makes no Redis round trip).
 Freshness is tracked with one generation counter per feed, bumped in the same Lua script that commits
 a change (see :mod:`server.store`). Each process keeps the generations in memory: the process that
 took a write learns them at once (read-your-writes); every other learns them from the change notice
-on Redis pub/sub, and re-reads them all whenever its subscription (re)connects, so a missed message
-cannot leave it stale. A page cached at an older generation is never served.
+on Redis pub/sub (:mod:`server.notifications`), and re-reads them all whenever its subscription
+(re)connects, so a missed message cannot leave it stale. A page cached at an older generation is
+never served.
 
 Concurrent misses render once: in-process callers share one task, and processes share a Redis lock
 (``SET NX PX``) while the others wait for the lock holder's result to appear in Redis.
@@ -14,7 +15,6 @@ Concurrent misses render once: in-process callers share one task, and processes 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 import time
@@ -31,7 +31,6 @@ log = logging.getLogger(__name__)
 
 LOCK_MILLISECONDS = 15_000
 WAIT_FOR_OTHER_RENDER_SECONDS = 5.0
-RESYNC_SECONDS = 5.0
 
 _RELEASE_LOCK_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -68,29 +67,13 @@ class FeedCache:
         self.generations: dict[str, int] = {}
         self.last_seq_seen = 0
         self.notice_received_at = 0.0  # monotonic time of the last notice, for staleness measurements
-        self._memory: OrderedDict[tuple[str, str, str, str], RenderedFeed] = OrderedDict()
+        self._memory: OrderedDict[tuple[str, str, str, str], tuple[RenderedFeed, float]] = OrderedDict()
         self._memory_used = 0
         self._inflight: dict[tuple, asyncio.Task[RenderedFeed]] = {}
-        self._listener: asyncio.Task | None = None
-        self._stopping = False
         self._release_lock = cache_redis.register_script(_RELEASE_LOCK_LUA)
         self.hits = self.misses = 0
 
-    # ----- lifecycle -----------------------------------------------------------------------------
-
-    async def start(self) -> None:
-        await self.resync()
-        ready = asyncio.Event()
-        self._listener = asyncio.create_task(self._listen(ready))
-        await asyncio.wait_for(ready.wait(), timeout=10)
-
-    async def stop(self) -> None:
-        # redis-py's pub/sub read may swallow a cancellation, so the loop also checks a flag.
-        self._stopping = True
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
-                await asyncio.wait_for(self._listener, timeout=RESYNC_SECONDS + 1)
+    # ----- keeping generations current --------------------------------------------------------------
 
     async def resync(self) -> None:
         """Read every feed's generation from Redis (at start, and after any reconnect)."""
@@ -113,10 +96,11 @@ class FeedCache:
         generation = self.generations.get(feed.name, 0)
         memory_key = (feed.name, variant, fmt, page)
         cached = self._memory.get(memory_key)
-        if cached is not None and cached.generation == generation:
+        # Beside the generation, a render also ages out (kills leave the head page after a while).
+        if cached is not None and cached[0].generation == generation and cached[1] > time.monotonic():
             self._memory.move_to_end(memory_key)
             self.hits += 1
-            return cached
+            return cached[0]
         self.misses += 1
         flight_key = (*memory_key, generation)
         task = self._inflight.get(flight_key)
@@ -141,7 +125,7 @@ class FeedCache:
             if stored:
                 return RenderedFeed.from_redis(stored)
         try:
-            rendered = await self.builder.build(feed, fmt, since, generation)
+            rendered = await self.builder.build(feed, fmt, since, generation, include_photos=variant == "full")
             async with self.cache_redis.pipeline(transaction=False) as pipe:
                 pipe.hset(cache_key, mapping=rendered.to_redis())
                 pipe.expire(cache_key, self.ttl_seconds)
@@ -168,35 +152,9 @@ class FeedCache:
     def _remember(self, key: tuple[str, str, str, str], rendered: RenderedFeed) -> None:
         old = self._memory.pop(key, None)
         if old is not None:
-            self._memory_used -= old.size
-        self._memory[key] = rendered
+            self._memory_used -= old[0].size
+        self._memory[key] = (rendered, time.monotonic() + self.ttl_seconds)
         self._memory_used += rendered.size
         while self._memory_used > self.memory_bytes and len(self._memory) > 1:
-            _, evicted = self._memory.popitem(last=False)
+            _, (evicted, _expires) = self._memory.popitem(last=False)
             self._memory_used -= evicted.size
-
-    async def _listen(self, ready: asyncio.Event) -> None:
-        """Follow change notices for as long as the process lives, reconnecting with backoff."""
-        delay = 0.1
-        while not self._stopping:
-            pubsub = self.store_redis.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(keys.CHANGES_CHANNEL)
-                await self.resync()  # whatever was announced while we were not listening
-                ready.set()
-                delay = 0.1
-                while not self._stopping:
-                    message = await pubsub.get_message(timeout=RESYNC_SECONDS)
-                    if message is None:
-                        await self.resync()  # a cheap safety net; normally a no-op
-                    elif message.get("type") == "message":
-                        self.apply_notice(message["data"])
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("change notices: subscription lost (%s); reconnecting in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()

@@ -49,6 +49,12 @@ def revisions_with_bodies() -> str:
     return f"{PREFIX}:revisions:with-bodies"
 
 
+def embargoes() -> str:
+    """Sorted set: id of each article whose latest revision is under embargo, scored by the embargo's
+    end (epoch microseconds); the embargo scheduler releases them when it passes."""
+    return f"{PREFIX}:articles:embargoed"
+
+
 def changelog() -> str:
     """Stream: one entry per change; entry id ``<seq>-0`` where seq is the global change number."""
     return f"{PREFIX}:changelog"
@@ -81,3 +87,49 @@ def rendered_feed(feed_name: str, fmt: str, page: str, generation: int, variant:
 def render_lock(cache_key: str) -> str:
     """Single-flight lock (with a TTL) so that concurrent misses render a page once."""
     return f"{PREFIX}:lock:render:{cache_key}"
+
+
+# ----- partners (issue 4) -------------------------------------------------------------------------
+
+# Pub/sub channel announcing a new partners generation (any partner or key changed).
+PARTNERS_CHANNEL = f"{PREFIX}:partners:changes"
+
+
+def partner(name: str) -> str:
+    """String (JSON): one partner, its entitlements and its keys (digests only)."""
+    return f"{PREFIX}:partner:{name}"
+
+
+def partner_names() -> str:
+    """Set: every partner's name."""
+    return f"{PREFIX}:partners"
+
+
+def partners_generation() -> str:
+    """Counter: bumped on every partner or key change; processes reload their key table on it."""
+    return f"{PREFIX}:partners:generation"
+
+
+def partner_last_used(name: str) -> str:
+    """Hash: key id -> when it was last used (written in the background, at most every flush)."""
+    return f"{PREFIX}:partner:{name}:last-used"
+
+
+def poll_ledger(name: str) -> str:
+    """Stream (capped): one entry per authorised feed or item response to the partner."""
+    return f"{PREFIX}:partner:{name}:polls"
+
+
+def manifest(render_id: str) -> str:
+    """String (JSON): which article versions one render holds, written once per render."""
+    return f"{PREFIX}:manifest:{render_id}"
+
+
+def manifests_by_time() -> str:
+    """Sorted set: render id scored by when its manifest was written, for the retention job."""
+    return f"{PREFIX}:manifests"
+
+
+def rate_window(name: str, window_start: int) -> str:
+    """Counter (with a TTL): tenths of requests the partner made in one rate-limit window."""
+    return f"{PREFIX}:ratelimit:{name}:{window_start}"

@@ -144,6 +144,11 @@ class Article:
     change_seq: int  # change-log sequence number of the latest change
     purged_at: datetime | None = None
     purge_reason: str | None = None
+    changed_at: datetime | None = None  # the latest change: an ingest, or an embargo lifting
+
+    @property
+    def last_changed(self) -> datetime:
+        return self.changed_at or self.latest.ingested_at
 
     @property
     def version(self) -> int:

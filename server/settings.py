@@ -47,6 +47,8 @@ class Settings:
     kill_visible_days: float = 7.0
     since_page_limit: int = 100
     memory_cache_bytes: int = 256 * 1024 * 1024
+    default_rate_limit: int = 600
+    flush_interval_seconds: float = 0.1
     log_level: str = "INFO"
 
     @property
@@ -91,6 +93,8 @@ class Settings:
             kill_visible_days=_float(env, "SYNDICATE_KILL_VISIBLE_DAYS", 7.0, low=0.0),
             since_page_limit=_int(env, "SYNDICATE_SINCE_PAGE_LIMIT", 100, low=1, high=1000),
             memory_cache_bytes=_int(env, "SYNDICATE_MEMORY_CACHE_MB", 256, low=1) * 1024 * 1024,
+            default_rate_limit=_int(env, "SYNDICATE_DEFAULT_RATE_LIMIT", 600, low=1),
+            flush_interval_seconds=_int(env, "SYNDICATE_FLUSH_INTERVAL_MS", 100, low=10, high=100) / 1000,
             log_level=_choice(env, "SYNDICATE_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
         )
 

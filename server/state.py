@@ -11,11 +11,14 @@ from server.settings import Settings
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
+    from server.access import AccessControl
     from server.auth import TokenTable
     from server.embedded_redis import EmbeddedRedis
     from server.feed_builder import FeedBuilder
     from server.feed_cache import FeedCache
     from server.feeds import FeedDefinition
+    from server.ledger import PollLedger
+    from server.partners import PartnerStore
     from server.store import ArticleStore
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -27,3 +30,6 @@ FEEDS: web.AppKey[dict[str, FeedDefinition]] = web.AppKey("feeds")
 CACHE_REDIS: web.AppKey[Redis] = web.AppKey("cache_redis")
 FEED_BUILDER: web.AppKey[FeedBuilder] = web.AppKey("feed_builder")
 FEED_CACHE: web.AppKey[FeedCache] = web.AppKey("feed_cache")
+ACCESS: web.AppKey[AccessControl] = web.AppKey("access")
+PARTNERS: web.AppKey[PartnerStore] = web.AppKey("partners")
+LEDGER: web.AppKey[PollLedger] = web.AppKey("ledger")

@@ -16,12 +16,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import WatchError
 
 from server import keys
 from server.feeds import BUILT_IN_LATEST, LATEST, FeedDefinition
 from server.models import (
     CANCELED,
     CORRECTION,
+    EMBARGO_LIFT,
     KILL,
     NEW,
     PURGE,
@@ -60,10 +62,11 @@ return table.concat(notice, ' ')
 """
 
 # KEYS: 1 article, 2 revisions, 3 hashes, 4 by-uri, 5 by-change, 6-8 by-status usable/withheld/canceled,
-#       9 revisions-with-bodies, 10 changelog seq, 11 changelog stream, 12.. feed generations
+#       9 revisions-with-bodies, 10 changelog seq, 11 changelog stream, 12 embargoes, 13.. feed generations
 # ARGV: 1 expected version, 2 new version, 3 revision JSON, 4 content hash, 5 id, 6 uri, 7 pubStatus,
 #       8 ingest micros, 9 kind, 10 ingestedAt, 11 previous revision's ingest micros or "",
-#       12 n = count of article field items, 13..12+n article fields, then feed names, then the channel
+#       12 n = count of article field items, 13..12+n article fields, then the embargo's end in micros
+#       (or "" when not embargoed), then feed names, then the channel
 # Returns {0, current version} when the article moved on, else {seq, previous version, notice}.
 _COMMIT_LUA = """
 local current = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
@@ -84,7 +87,9 @@ if current > 0 and ARGV[11] ~= '' then
   redis.call('ZADD', KEYS[9], ARGV[11], ARGV[5] .. ':' .. current)
 end
 redis.call('XADD', KEYS[11], seq .. '-0', 'id', ARGV[5], 'version', ARGV[2], 'kind', ARGV[9], 'at', ARGV[10])
-local first_feed_key, feed_args = 12, 13 + field_count
+local embargo = ARGV[13 + field_count]
+if embargo ~= '' then redis.call('ZADD', KEYS[12], embargo, ARGV[5]) else redis.call('ZREM', KEYS[12], ARGV[5]) end
+local first_feed_key, feed_args = 13, 14 + field_count
 """ + _BUMP_FEEDS_LUA.replace("return table.concat(notice, ' ')", "return {seq, current, table.concat(notice, ' ')}")
 
 # KEYS: 1 changelog seq, 2 changelog stream, 3.. feed generations.
@@ -221,6 +226,43 @@ class ArticleStore:
         log.info("purged article %s (%d revisions) by %s", article_id, len(stored), actor)
         return await self.require(article_id)
 
+    async def due_embargoes(self, now: datetime, limit: int = 100) -> list[str]:
+        return await self.redis.zrange(keys.embargoes(), "-inf", to_micros(now), byscore=True, offset=0, num=limit)
+
+    async def release_embargo(self, article_id: str, now: datetime | None = None) -> bool:
+        """If the article's embargo has passed, lift it once (whichever process gets there first): an
+        ``embargo-lift`` change in the log, its feeds invalidated, and it counts as changed now, so it
+        enters the feeds on top and reaches every ``since`` poller."""
+        now = now or utc_now()
+        async with self.redis.pipeline(transaction=True) as pipe:
+            await pipe.watch(keys.embargoes(), keys.article(article_id))
+            score = await pipe.zscore(keys.embargoes(), article_id)
+            if score is None or score > to_micros(now):
+                return False
+            article = await self.get(article_id)
+            if article is None:
+                pipe.multi()
+                pipe.zrem(keys.embargoes(), article_id)
+                await pipe.execute()
+                return False
+            touched = self.feeds_touched(None, article.latest)
+            pipe.multi()
+            pipe.zrem(keys.embargoes(), article_id)
+            pipe.hset(keys.article(article_id), "changedAt", iso(now))
+            pipe.zadd(keys.articles_by_change(), {article_id: to_micros(now)})
+            pipe.zadd(keys.articles_by_status(article.latest.pub_status), {article_id: to_micros(now)})
+            await self._append_change(
+                keys=[keys.changelog_seq(), keys.changelog(), *(keys.feed_generation(f) for f in touched)],
+                args=[article_id, article.version, EMBARGO_LIFT, iso(now), *touched, keys.CHANGES_CHANNEL],
+                client=pipe)
+            try:
+                results = await pipe.execute()
+            except WatchError:
+                return False  # a new revision came in meanwhile; the scheduler looks again
+        self._announce(results[-1])
+        log.info("embargo lifted on article %s version %d", article_id, article.version)
+        return True
+
     # ----- reading -------------------------------------------------------------------------------
 
     async def get(self, article_id: str) -> Article | None:
@@ -309,7 +351,7 @@ class ArticleStore:
         if len(articles) > limit:
             articles = articles[:limit]
             last = articles[-1]
-            next_cursor = f"{to_micros(last.latest.ingested_at)}.{last.id}"
+            next_cursor = f"{to_micros(last.last_changed)}.{last.id}"
         return ArticlePage(articles, next_cursor)
 
     async def last_change_seq(self) -> int:
@@ -417,6 +459,7 @@ class ArticleStore:
             "pubStatus": revision.pub_status,
             "versionCreated": iso(revision.version_created),
             "ingestedAt": iso(revision.ingested_at),
+            "changedAt": iso(revision.ingested_at),
             "firstCreated": iso(revision.first_created),
         }
         if current is None:
@@ -424,24 +467,27 @@ class ArticleStore:
         article_id = revision.article_id
         touched = self.feeds_touched(current.latest if current else None, revision)
         field_items = [item for pair in fields.items() for item in pair]
+        embargo = ""
+        if revision.embargoed_until is not None and revision.embargoed_until > revision.ingested_at:
+            embargo = to_micros(revision.embargoed_until)
         result = await self._commit(
             keys=[keys.article(article_id), keys.revisions(article_id), keys.content_hashes(article_id),
                   keys.article_ids_by_uri(), keys.articles_by_change(),
                   *(keys.articles_by_status(s) for s in keys.STATUSES),
-                  keys.revisions_with_bodies(), keys.changelog_seq(), keys.changelog(),
+                  keys.revisions_with_bodies(), keys.changelog_seq(), keys.changelog(), keys.embargoes(),
                   *(keys.feed_generation(f) for f in touched)],
             args=[current.version if current else 0, revision.version, revision.to_json(),
                   revision.content_hash, article_id, revision.uri, revision.pub_status,
                   to_micros(revision.ingested_at), revision.kind, iso(revision.ingested_at),
                   to_micros(current.latest.ingested_at) if current else "",
-                  len(field_items), *field_items, *touched, keys.CHANGES_CHANNEL],
+                  len(field_items), *field_items, embargo, *touched, keys.CHANGES_CHANNEL],
         )
         seq = int(result[0])
         if seq == 0:
             return None
         self._announce(result[2])
         created_at = current.created_at if current else revision.ingested_at
-        return Article(article_id, revision.uri, revision, created_at, seq)
+        return Article(article_id, revision.uri, revision, created_at, seq, changed_at=revision.ingested_at)
 
 
 def _check_if_match(current: Article | None, if_match: int | None) -> None:
@@ -472,7 +518,7 @@ def _article(state: dict[str, str], latest: Revision) -> Article:
     return Article(
         id=latest.article_id, uri=state["uri"], latest=latest, created_at=parse_iso(state["createdAt"]),
         change_seq=int(state.get("changeSeq", 0)), purged_at=parse_iso(state.get("purgedAt")),
-        purge_reason=state.get("purgeReason"))
+        purge_reason=state.get("purgeReason"), changed_at=parse_iso(state.get("changedAt")))
 
 
 def _change(entry_id: str, fields: dict[str, str]) -> Change:

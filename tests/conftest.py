@@ -113,11 +113,42 @@ def seed_v2() -> dict:
     return orjson.loads(SEED_V2.read_bytes())
 
 
-def snapshot(url: str) -> dict[bytes, bytes]:
-    """Every key and its serialised value: equal snapshots mean an unchanged store. Short-lived locks
+def snapshot(url: str) -> dict[bytes, object]:
+    """Every key and its value, read by type: equal snapshots mean an unchanged store. (DUMP is not
+    used: a hash's serialised order can change when Redis rehashes it on a read.) Short-lived locks
     of background jobs are not part of the store."""
+    readers = {
+        b"string": lambda r, k: r.get(k),
+        b"hash": lambda r, k: r.hgetall(k),
+        b"zset": lambda r, k: r.zrange(k, 0, -1, withscores=True),
+        b"set": lambda r, k: sorted(r.smembers(k)),
+        b"list": lambda r, k: r.lrange(k, 0, -1),
+        b"stream": lambda r, k: r.xrange(k),
+    }
     with redis_sync.Redis.from_url(url) as raw:
-        return {key: raw.dump(key) for key in sorted(raw.keys("*")) if not key.startswith(b"syn:lock:")}
+        return {key: (raw.type(key), readers[raw.type(key)](raw, key))
+                for key in sorted(raw.keys("*")) if not key.startswith(b"syn:lock:")}
+
+
+async def make_partner(redis_url: str, name: str = "reader", feeds=("*",), formats=("*",), **options) -> str:
+    """A partner made straight in Redis (as the CLI does); returns its key."""
+    from server.feeds import load_feed_definitions
+    from server.partners import PartnerStore
+    from server.redis_setup import connect
+
+    redis = await connect(redis_url)
+    try:
+        store = PartnerStore(redis, load_feed_definitions(ROOT / "feeds"))
+        return (await store.create(name, list(feeds), list(formats), **options)).key
+    finally:
+        await redis.aclose()
+
+
+@pytest.fixture
+async def partner_client(aiohttp_client, settings: Settings, redis_url: str):
+    """A client that reads feeds with the key of a partner entitled to everything."""
+    key = await make_partner(redis_url)
+    return await aiohttp_client(create_app(settings), headers={"X-API-Key": key})
 
 
 def cli_env(**overrides: str) -> dict[str, str]:

@@ -9,7 +9,7 @@ import time
 
 import http_helpers as http
 import orjson
-from conftest import ADMIN_TOKEN, PUBLISHER_TOKEN, ROOT, SEED_V1, SEED_V2, cli_env, free_port
+from conftest import ADMIN_TOKEN, PUBLISHER_TOKEN, ROOT, SEED_V1, SEED_V2, cli_env, free_port, make_partner
 
 HEADERS = {"Authorization": f"Bearer {PUBLISHER_TOKEN}", "Content-Type": "application/json"}
 
@@ -29,32 +29,81 @@ def start_server(redis_url: str, data_dir, port: int) -> subprocess.Popen:
     raise AssertionError("server did not become ready")
 
 
-def feed_version(port: int) -> str | None:
-    status, body = http.get(port, "/feeds/latest/json")
+def feed_version(port: int, key: str) -> str | None:
+    status, body = http.get(port, "/feeds/latest/json", {"X-API-Key": key})
     assert status == 200
     items = orjson.loads(body)["items"]
     return str(items[0]["_syndicate"]["version"]) if items else None
 
 
-def test_a_change_reaches_the_other_process(redis_url, tmp_path):
+async def test_a_change_reaches_the_other_process(redis_url, tmp_path):
+    key = await make_partner(redis_url)
     port_a, port_b = free_port(), free_port()
     a = start_server(redis_url, tmp_path / "a", port_a)
     b = start_server(redis_url, tmp_path / "b", port_b)
     try:
         assert http.request(port_a, "POST", "/api/articles", SEED_V1.read_bytes(), HEADERS)[0] == 201
         deadline = time.monotonic() + 10
-        while feed_version(port_b) != "1" and time.monotonic() < deadline:
+        while feed_version(port_b, key) != "1" and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert feed_version(port_b) == "1"  # B has rendered and holds version 1 in memory
-        assert feed_version(port_b) == "1"
+        assert feed_version(port_b, key) == "1"  # B has rendered and holds version 1 in memory
+        assert feed_version(port_b, key) == "1"
 
         status, _ = http.request(port_a, "POST", "/api/articles?signal=correction", SEED_V2.read_bytes(), HEADERS)
         assert status == 200
-        assert feed_version(port_a) == "2"  # read-your-writes on the process that took it
+        assert feed_version(port_a, key) == "2"  # read-your-writes on the process that took it
         deadline = time.monotonic() + 10  # generous slack; the benchmark measures the real delay
-        while feed_version(port_b) != "2" and time.monotonic() < deadline:
+        while feed_version(port_b, key) != "2" and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert feed_version(port_b) == "2"
+        assert feed_version(port_b, key) == "2"
+    finally:
+        for process in (a, b):
+            process.terminate()
+            process.wait(20)
+
+
+def test_revocation_and_disabling_reach_every_process(redis_url, tmp_path):
+    port_a, port_b = free_port(), free_port()
+    a = start_server(redis_url, tmp_path / "a", port_a)
+    b = start_server(redis_url, tmp_path / "b", port_b)
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"}
+    try:
+        status, body = http.request(port_a, "POST", "/api/partners", orjson.dumps(
+            {"name": "acme", "feeds": ["latest"], "formats": ["json"]}), admin)
+        assert status == 201
+        created = orjson.loads(body)
+        key = {"X-API-Key": created["key"]}
+
+        def allowed_on(port: int) -> int:
+            return http.get(port, "/feeds/latest/json", key)[0]
+
+        assert allowed_on(port_a) == 200
+        deadline = time.monotonic() + 5
+        while allowed_on(port_b) != 200 and time.monotonic() < deadline:  # B learns of the new partner
+            time.sleep(0.01)
+        assert allowed_on(port_b) == 200
+
+        status, _ = http.request(port_a, "DELETE", f"/api/partners/acme/keys/{created['key_id']}", None, admin)
+        assert status == 200
+        assert allowed_on(port_a) == 401  # at once on the process that revoked it
+        revoked_at = time.monotonic()
+        while allowed_on(port_b) != 401 and time.monotonic() - revoked_at < 5:
+            time.sleep(0.01)
+        assert allowed_on(port_b) == 401
+        assert time.monotonic() - revoked_at < 5  # the target is under a second; slack for a loaded machine
+
+        status, body = http.request(port_b, "POST", "/api/partners/acme/keys", None, admin)
+        key = {"X-API-Key": orjson.loads(body)["key"]}
+        deadline = time.monotonic() + 5
+        while allowed_on(port_a) != 200 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert allowed_on(port_a) == 200
+        status, _ = http.request(port_b, "PATCH", "/api/partners/acme", orjson.dumps({"active": False}), admin)
+        assert status == 200 and allowed_on(port_b) == 401
+        deadline = time.monotonic() + 5
+        while allowed_on(port_a) != 401 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert allowed_on(port_a) == 401
     finally:
         for process in (a, b):
             process.terminate()

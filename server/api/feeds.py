@@ -9,13 +9,14 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
+from server.access import Grant
 from server.feed_builder import Representation, in_feed
 from server.feeds import FORMATS, FeedDefinition
 from server.http_caching import respond
 from server.models import Article, is_article_id, utc_now
 from server.problems import NotFound, Problem
 from server.render import NEWSML_MESSAGE_MEDIA_TYPE, FeedView, ItemView, render_newsml_item
-from server.state import FEED_BUILDER, FEED_CACHE, FEEDS, SETTINGS, STORE
+from server.state import ACCESS, FEED_BUILDER, FEED_CACHE, FEEDS, SETTINGS, STORE
 
 NINJS_MEDIA_TYPE = "application/json"
 
@@ -26,23 +27,31 @@ async def get_feed(request: web.Request) -> web.Response:
     if fmt not in FORMATS:
         raise NotFound(f"No format {fmt!r}; this feed comes as {', '.join(FORMATS)}.", formats=list(FORMATS))
     since = _since(request)
-    rendered = await request.app[FEED_CACHE].get(feed, fmt, since)
-    return respond(request, rendered, _cache_control(request, feed))
+    access = request.app[ACCESS]
+    grant = access.authorise(request, feed, fmt)
+    rendered = await request.app[FEED_CACHE].get(feed, fmt, since, grant.variant)
+    response = respond(request, rendered, _cache_control(feed, grant, request.app[SETTINGS].feed_max_age_seconds))
+    access.delivered(grant, response, feed.name, fmt, rendered.render_id, rendered.manifest)
+    return response
 
 
 async def get_item(request: web.Request) -> web.Response:
     """The stored ninjs of the latest revision; a killed (or purged) article gives its tombstone."""
-    article = await _visible_article(request)
+    article, grant = await _visible_article(request, None)
     document = article.latest.document or {"uri": article.uri, "type": "text", "pubStatus": "canceled"}
+    if not grant.include_photos and "associations" in document:
+        document = {k: v for k, v in document.items() if k != "associations"}
     representation = Representation.encode(NINJS_MEDIA_TYPE, orjson.dumps(document), article.latest.ingested_at)
-    return respond(request, representation, _item_cache_control(request),
-                   {"X-Syndicate-Version": str(article.version)})
+    response = respond(request, representation, _item_cache_control(request),
+                       {"X-Syndicate-Version": str(article.version)})
+    _item_delivered(request, grant, response, article.id, article.version, None)
+    return response
 
 
 async def get_item_newsml(request: web.Request) -> web.Response:
     """The article alone as NewsML-G2 (a newsMessage with the article and its pictures), latest or
     ``?version=N``; once an article is killed every version answers with the tombstone."""
-    article = await _visible_article(request)
+    article, grant = await _visible_article(request, "newsml")
     revision = article.latest
     raw_version = request.query.get("version")
     if raw_version is not None:
@@ -58,11 +67,14 @@ async def get_item_newsml(request: web.Request) -> web.Response:
     view = FeedView(
         name=f"item-{article.id}", title=f"Article {article.id}", description="One article",
         language=None, self_url=f"{item_url}/newsml", alternate_url=item_url, hub_url=None,
-        built_at=revision.ingested_at, render_id=f"{article.id}-{revision.version}")
+        built_at=revision.ingested_at, render_id=f"{article.id}-{revision.version}",
+        include_photos=grant.include_photos)
     body = render_newsml_item(view, ItemView.from_revision(revision, item_url))
     representation = Representation.encode(NEWSML_MESSAGE_MEDIA_TYPE, body, revision.ingested_at)
-    return respond(request, representation, _item_cache_control(request),
-                   {"X-Syndicate-Version": str(revision.version)})
+    response = respond(request, representation, _item_cache_control(request),
+                       {"X-Syndicate-Version": str(revision.version)})
+    _item_delivered(request, grant, response, article.id, revision.version, "newsml")
+    return response
 
 
 def _feed(request: web.Request) -> FeedDefinition:
@@ -83,21 +95,33 @@ def _since(request: web.Request) -> int | None:
     return int(raw)
 
 
-async def _visible_article(request: web.Request) -> Article:
-    """The article, if some feed shows it: items under embargo or withheld are not served."""
+async def _visible_article(request: web.Request, fmt: str | None) -> tuple[Article, Grant]:
+    """The article and the caller's grant, if a feed the caller may read shows it. Items under embargo
+    or withheld are not served; the key is checked before the store is asked anything."""
     article_id = request.match_info["id"]
     if not is_article_id(article_id):
         raise NotFound(f"{article_id!r} is not an item id of this server.")
+    access = request.app[ACCESS]
+    access.authorise(request, None, fmt, list(request.app[FEEDS].values()))  # any key at all, first
     article = await request.app[STORE].get(article_id)
-    feeds = request.app[FEEDS].values()
-    if article is None or not in_feed(article, utc_now(), None) or not any(f.holds(article.latest) for f in feeds):
+    if article is None or not in_feed(article, utc_now(), None):
         raise NotFound(f"No item {article_id}.")
-    return article
+    holding = [f for f in request.app[FEEDS].values() if f.holds(article.latest)]
+    if not holding:
+        raise NotFound(f"No item {article_id}.")
+    return article, access.authorise(request, None, fmt, holding)
 
 
-def _cache_control(request: web.Request, feed: FeedDefinition) -> str:
-    scope = "public" if feed.public else "private"
-    return f"{scope}, max-age={request.app[SETTINGS].feed_max_age_seconds}"
+def _item_delivered(request: web.Request, grant: Grant, response: web.StreamResponse, article_id: str,
+                    version: int, fmt: str | None) -> None:
+    render_id = f"item-{article_id}-{version}-{grant.variant}"
+    request.app[ACCESS].delivered(grant, response, f"item:{article_id}", fmt, render_id, ((article_id, version),))
+
+
+def _cache_control(feed: FeedDefinition, grant: Grant, max_age: int) -> str:
+    # A response that needed a key must not be kept by shared caches.
+    scope = "public" if feed.public and grant.partner is None else "private"
+    return f"{scope}, max-age={max_age}"
 
 
 def _item_cache_control(request: web.Request) -> str:

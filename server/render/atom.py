@@ -19,12 +19,16 @@ withdrawn (and why, when a reason was given), no content, no photos.
 
 from __future__ import annotations
 
+import copy
+
 from feedgen.entry import FeedEntry
 from feedgen.ext.base import BaseEntryExtension, BaseExtension
 from feedgen.feed import FeedGenerator
 from lxml import etree
 
-from server.render.mediarss import MEDIA_RSS_NS, register_media_rss
+from server.render.mediarss import EXTENSION_NAME as MEDIA_RSS_EXTENSION
+from server.render.mediarss import MEDIA_RSS_NS, MediaRssEntryExtension, register_media_rss
+from server.render.memo import FragmentMemo
 from server.render.view import FeedView, ItemView, photos_to_show
 
 ATOM_NS = "http://www.w3.org/2005/Atom"
@@ -73,11 +77,49 @@ def register_revision_extension(generator: FeedGenerator, atom: bool = True, rss
                                  atom=atom, rss=rss)
 
 
+class CopiedEntry(FeedEntry):
+    """A feedgen entry whose element was built earlier (and is memoised): ``atom_entry``/``rss_entry``
+    return a deep copy of it. Its extensions are already in the element, so none are registered."""
+
+    def __init__(self, element: etree._Element) -> None:
+        super().__init__()
+        self._element = element
+
+    def atom_entry(self, extensions: bool = True) -> etree._Element:
+        return copy.deepcopy(self._element)
+
+    def rss_entry(self, extensions: bool = True) -> etree._Element:
+        return copy.deepcopy(self._element)
+
+    def register_extension(self, namespace: str, extension_class_entry: type | None = None,
+                           atom: bool = True, rss: bool = True) -> None:
+        return None
+
+
+_ENTRIES = FragmentMemo()
+
+
 def render_atom(feed: FeedView, items: list[ItemView]) -> bytes:
     generator = _feed_generator(feed)
     for item in items:
-        _add_entry(generator, feed, item)
+        generator.add_entry(CopiedEntry(_entry_element(feed, item)), order="append")
     return generator.atom_str(pretty=False, encoding="UTF-8", xml_declaration=True)
+
+
+def _entry_element(feed: FeedView, item: ItemView) -> etree._Element:
+    """The item's ``entry`` element, memoised: it depends on the item and, of the feed, only on who
+    entries without a byline are credited to and whether photos are shown."""
+    key = (item, None if item.byline else feed.author_name, feed.include_photos)
+    (element,) = _ENTRIES.shared(key, lambda: (_build_entry(feed, item),))
+    return element
+
+
+def _build_entry(feed: FeedView, item: ItemView) -> etree._Element:
+    entry = FeedEntry()
+    entry.register_extension(MEDIA_RSS_EXTENSION, MediaRssEntryExtension, atom=True, rss=True)
+    entry.register_extension(REVISION_EXTENSION, RevisionEntryExtension, atom=True, rss=False)
+    _fill_entry(entry, feed, item)
+    return entry.atom_entry()
 
 
 def render_atom_entry(feed: FeedView, item: ItemView) -> bytes:
@@ -119,8 +161,7 @@ def _feed_generator(feed: FeedView) -> FeedGenerator:
     return generator
 
 
-def _add_entry(generator: FeedGenerator, feed: FeedView, item: ItemView) -> FeedEntry:
-    entry = generator.add_entry(order="append")
+def _fill_entry(entry: FeedEntry, feed: FeedView, item: ItemView) -> FeedEntry:
     entry.id(item.uri)
     entry.title(item.display_title)
     entry.published(item.first_created)

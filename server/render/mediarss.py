@@ -59,11 +59,16 @@ class MediaRssEntryExtension(BaseEntryExtension):
 
     def _append_contents(self, parent: etree._Element) -> None:
         for photo in self._photos:
-            parent.append(media_content(photo))
+            media_content(photo, parent)
 
 
-def media_content(photo: Photo) -> etree._Element:
-    content = etree.Element(_media("content"), url=photo.href, medium="image")
+def media_content(photo: Photo, parent: etree._Element | None = None) -> etree._Element:
+    """The photo's ``media:content``, as a new child of ``parent`` when given."""
+    attributes = {"url": photo.href, "medium": "image"}
+    if parent is None:
+        content = etree.Element(_media("content"), attributes)
+    else:
+        content = etree.SubElement(parent, _media("content"), attributes)
     if photo.content_type:
         content.set("type", photo.content_type)
     if photo.width is not None:

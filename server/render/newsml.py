@@ -41,6 +41,7 @@ import lxml.html
 from lxml import etree
 
 from server.models import CANCELED, CORRECTION, UPDATE, WITHHELD, iso
+from server.render.memo import FragmentMemo
 from server.render.view import CORRECTION_NOTE_CLASS, FeedView, ItemView, Photo, Subject, photos_to_show
 
 NEWSML_MESSAGE_MEDIA_TYPE = "application/vnd.iptc.g2.newsmessage+xml"
@@ -64,6 +65,7 @@ IPTC_SCHEME_ALIASES = {
 
 _XS_LANGUAGE = re.compile(r"[a-zA-Z]{1,8}(-[a-zA-Z0-9]{1,8})*")
 _XML_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9._-]*")
+_LOWER_XML_NAME = re.compile(r"[a-z_][a-z0-9._-]*")
 _HTML_PARSER = lxml.html.HTMLParser(encoding="utf-8", remove_comments=True, remove_pis=True, no_network=True)
 
 
@@ -85,7 +87,7 @@ def render_newsml_message(feed: FeedView, items: list[ItemView]) -> bytes:
     _text_child(header, "transmitId", feed.render_id)
     item_set = etree.SubElement(message, _tag("itemSet"))
     for item in items:
-        item_set.extend(_article_with_pictures(feed, item))
+        item_set.extend(_MEMO.copies(_memo_key(feed, item), lambda item=item: _article_with_pictures(feed, item)))
     return _serialise(message)
 
 
@@ -99,8 +101,18 @@ def render_newsml_news_item(feed: FeedView, item: ItemView) -> bytes:
     return _serialise(_article_item(feed, item))
 
 
-def _article_with_pictures(feed: FeedView, item: ItemView) -> list[etree._Element]:
-    return [_article_item(feed, item)] + [_picture_item(item, photo) for photo in photos_to_show(feed, item)]
+_MEMO = FragmentMemo()
+
+
+def _memo_key(feed: FeedView, item: ItemView) -> tuple:
+    """Everything an item's newsItems depend on: the item, and the feed's language, name and photo
+    choice where the item itself leaves them open."""
+    return (item, None if item.language else feed.language, None if item.publisher else feed.name,
+            feed.include_photos)
+
+
+def _article_with_pictures(feed: FeedView, item: ItemView) -> tuple[etree._Element, ...]:
+    return (_article_item(feed, item), *(_picture_item(item, photo) for photo in photos_to_show(feed, item)))
 
 
 def _article_item(feed: FeedView, item: ItemView) -> etree._Element:
@@ -192,11 +204,39 @@ def xhtml_document(item: ItemView) -> etree._Element:
     if item.body_html:
         fragment = lxml.html.fragment_fromstring(item.body_html.encode("utf-8"), create_parent="div",
                                                  parser=_HTML_PARSER)
-        _copy_as_xhtml(fragment, body)
+        if _plain_xml_names(fragment):
+            _move_as_xhtml(fragment, body)
+        else:
+            _copy_as_xhtml(fragment, body)
     elif item.body_text:
         for paragraph in item.body_text.split("\n\n"):
             etree.SubElement(body, f"{{{XHTML_NS}}}p").text = paragraph
     return html
+
+
+def _plain_xml_names(fragment: lxml.html.HtmlElement) -> bool:
+    """Whether every node under ``fragment`` is an element whose tag and attribute names are already
+    what :func:`_copy_as_xhtml` would write (lowercase XML names, no ``xml*`` attribute): the usual
+    case for a sanitised body, which can then be renamed in place rather than copied."""
+    for element in fragment.iterdescendants():
+        tag = element.tag
+        if not isinstance(tag, str) or not _LOWER_XML_NAME.fullmatch(tag):
+            return False
+        for attribute in element.attrib:
+            if not _LOWER_XML_NAME.fullmatch(attribute) or attribute.startswith("xml"):
+                return False
+    return True
+
+
+def _move_as_xhtml(fragment: lxml.html.HtmlElement, target: etree._Element) -> None:
+    """Put ``fragment``'s text and children under ``target``, renamed into the XHTML namespace: the
+    same elements :func:`_copy_as_xhtml` makes, without building a second tree. Only for a fragment
+    that passes :func:`_plain_xml_names`."""
+    fragment.tag = f"{{{XHTML_NS}}}div"  # declares the namespace once, for the descendants to reuse
+    for element in fragment.iterdescendants():
+        element.tag = f"{{{XHTML_NS}}}{element.tag}"
+    _append_text(target, fragment.text)
+    target.extend(list(fragment))
 
 
 def _copy_as_xhtml(source: lxml.html.HtmlElement, target: etree._Element) -> None:

@@ -35,11 +35,19 @@ from __future__ import annotations
 
 from feedgen.entry import FeedEntry
 from feedgen.ext.base import BaseEntryExtension, BaseExtension
+from feedgen.ext.dc import DcEntryExtension, DcExtension
 from feedgen.feed import FeedGenerator
 from lxml import etree
 
-from server.render.atom import REVISION_EXTENSION, register_revision_extension
-from server.render.mediarss import register_media_rss
+from server.render.atom import (
+    REVISION_EXTENSION,
+    CopiedEntry,
+    RevisionEntryExtension,
+    register_revision_extension,
+)
+from server.render.mediarss import EXTENSION_NAME as MEDIA_RSS_EXTENSION
+from server.render.mediarss import MediaRssEntryExtension, register_media_rss
+from server.render.memo import FragmentMemo
 from server.render.view import FeedView, ItemView, photos_to_show
 
 ATOM_NS = "http://www.w3.org/2005/Atom"
@@ -81,18 +89,38 @@ class RssAtomUpdatedExtension(BaseEntryExtension):
         return item
 
 
+_ITEMS = FragmentMemo()
+
+
 def render_rss(feed: FeedView, items: list[ItemView]) -> bytes:
     generator = _feed_generator(feed)
     for item in items:
-        _add_item(generator, feed, item)
+        generator.add_entry(CopiedEntry(_item_element(feed, item)), order="append")
     return generator.rss_str(pretty=False, encoding="UTF-8", xml_declaration=True)
+
+
+def _item_element(feed: FeedView, item: ItemView) -> etree._Element:
+    """The item's ``item`` element, memoised: of the feed it depends only on whether photos are shown."""
+    (element,) = _ITEMS.shared((item, feed.include_photos), lambda: (_build_item(feed, item),))
+    return element
+
+
+def _build_item(feed: FeedView, item: ItemView) -> etree._Element:
+    # The entry extensions in the order _feed_generator registers them: feedgen writes them in order.
+    entry = FeedEntry()
+    entry.register_extension(MEDIA_RSS_EXTENSION, MediaRssEntryExtension, atom=True, rss=True)
+    entry.register_extension(REVISION_EXTENSION, RevisionEntryExtension, atom=False, rss=True)
+    entry.register_extension("dc", DcEntryExtension, atom=False, rss=True)
+    entry.register_extension(EXTENSION_NAME, RssAtomUpdatedExtension, atom=False, rss=True)
+    _fill_item(entry, feed, item)
+    return entry.rss_entry()
 
 
 def _feed_generator(feed: FeedView) -> FeedGenerator:
     generator = FeedGenerator()
     register_media_rss(generator)
     register_revision_extension(generator, atom=False, rss=True)
-    generator.load_extension("dc", atom=False, rss=True)
+    generator.register_extension("dc", DcExtension, DcEntryExtension, atom=False, rss=True)  # = load_extension("dc")
     generator.register_extension(EXTENSION_NAME, RssAtomLinksExtension, RssAtomUpdatedExtension,
                                  atom=False, rss=True)
     generator.title(feed.title)
@@ -112,8 +140,7 @@ def _feed_generator(feed: FeedView) -> FeedGenerator:
     return generator
 
 
-def _add_item(generator: FeedGenerator, feed: FeedView, item: ItemView) -> FeedEntry:
-    entry = generator.add_entry(order="append")
+def _fill_item(entry: FeedEntry, feed: FeedView, item: ItemView) -> FeedEntry:
     entry.guid(item.uri, permalink=False)
     entry.title(item.display_title)
     entry.link(href=item.permalink)

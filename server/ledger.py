@@ -1,0 +1,203 @@
+"""What each partner was delivered by poll: the poll ledger, render manifests, and a partner's status.
+
+Every authorised feed or item response appends a line (time, feed, format, status, bytes, render id)
+to a buffer in memory; a background task writes the buffer every flush interval in one pipeline, one
+capped Redis Stream per partner. A crash loses at most one interval of ledger lines, never an article.
+A render's manifest (which article versions it holds) is written once, under its render id.
+
+A partner has *received* version N of an article when it fetched (200, or 304 on the ETag it had) a
+render whose manifest holds that article at version N or later.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+
+from server import keys
+from server.feeds import FeedDefinition
+from server.models import CORRECTION, KILL, UPDATE, Change, iso, parse_iso, utc_now
+from server.partners import Partner
+from server.store import ArticleStore
+
+LEDGER_MAX_LINES = 20_000
+STATUS_WINDOW = timedelta(days=7)
+MANIFEST_RETENTION = timedelta(days=8)
+
+
+@dataclass(frozen=True, slots=True)
+class PollLine:
+    at: datetime
+    feed: str  # a feed name, or "item:<id>"
+    format: str
+    status: int
+    size: int
+    render_id: str
+
+
+class PollLedger:
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._lines: list[tuple[str, PollLine]] = []
+        self._manifests: dict[str, bytes] = {}
+        self._last_used: dict[tuple[str, str], datetime] = {}
+        self._manifests_written: OrderedDict[str, None] = OrderedDict()  # render ids this process wrote
+
+    def record(self, partner: str, key_id: str | None, line: PollLine,
+               manifest: tuple[tuple[str, int], ...] | None = None) -> None:
+        """Buffer one line (no I/O). The render's manifest is written with the first line that names
+        it in this process (``SET NX``: once per render id, whichever process delivers it first)."""
+        self._lines.append((partner, line))
+        if key_id is not None:
+            self._last_used[(partner, key_id)] = line.at
+        if manifest is not None and line.render_id not in self._manifests_written:
+            self._manifests[line.render_id] = orjson.dumps(manifest)
+            self._manifests_written[line.render_id] = None
+            if len(self._manifests_written) > 10_000:
+                self._manifests_written.popitem(last=False)
+
+    async def flush(self) -> int:
+        lines, self._lines = self._lines, []
+        manifests, self._manifests = self._manifests, {}
+        last_used, self._last_used = self._last_used, {}
+        if not (lines or manifests or last_used):
+            return 0
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for render_id, manifest in manifests.items():
+                    record_manifest(pipe, render_id, manifest)
+                for partner, line in lines:
+                    pipe.xadd(keys.poll_ledger(partner), {
+                        "at": iso(line.at), "feed": line.feed, "format": line.format, "status": line.status,
+                        "bytes": line.size, "render": line.render_id,
+                    }, maxlen=LEDGER_MAX_LINES, approximate=True)
+                for (partner, key_id), at in last_used.items():
+                    pipe.hset(keys.partner_last_used(partner), key_id, iso(at))
+                await pipe.execute()
+        except Exception:
+            self._lines[:0] = lines  # keep them for the next flush
+            self._manifests.update(manifests)
+            raise
+        return len(lines)
+
+    async def read(self, partner: str, since: datetime) -> list[PollLine]:
+        start = f"{int(since.timestamp() * 1000)}-0"
+        entries = await self.redis.xrange(keys.poll_ledger(partner), start, "+")
+        return [_line(fields) for _entry_id, fields in entries]
+
+
+def record_manifest(pipe: Any, render_id: str, manifest: bytes) -> None:
+    """Queue the manifest write on a pipeline: once per render id, with its time for the retention job."""
+    pipe.set(keys.manifest(render_id), manifest, nx=True)
+    pipe.zadd(keys.manifests_by_time(), {render_id: time.time()}, nx=True)
+
+
+async def drop_old_manifests(redis: Redis, now: datetime | None = None) -> int:
+    cutoff = ((now or utc_now()) - MANIFEST_RETENTION).timestamp()
+    old = await redis.zrange(keys.manifests_by_time(), "-inf", cutoff, byscore=True, offset=0, num=10_000)
+    if not old:
+        return 0
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.delete(*(keys.manifest(r) for r in old))
+        pipe.zrem(keys.manifests_by_time(), *old)
+        await pipe.execute()
+    return len(old)
+
+
+async def partner_status(partner: Partner, ledger: PollLedger, store: ArticleStore,
+                         feeds: dict[str, FeedDefinition], now: datetime | None = None) -> dict[str, Any]:
+    """Last poll, the last hour's polls and 304 ratio, and for every article revised or killed in the
+    last 7 days that the partner is entitled to: has it received the latest revision, and if not, since
+    when it has been outstanding."""
+    now = now or utc_now()
+    await ledger.flush()
+    lines = await ledger.read(partner.name, now - STATUS_WINDOW)
+    last_hour = [line for line in lines if line.at >= now - timedelta(hours=1)]
+    not_modified = sum(1 for line in last_hour if line.status == 304)
+
+    received = await _received_versions(store.redis, lines)
+    changes = await _recent_changes(store, now - STATUS_WINDOW)
+    readable = [f for name, f in feeds.items() if partner.may_read_feed(name)]
+    articles = await store.get_many(list(dict.fromkeys(c.article_id for c in changes)))
+    report = []
+    for article in articles:
+        if not any(feed.holds(article.latest) for feed in readable):
+            continue
+        got_version, got_at = received.get(article.id, (0, None))
+        done = got_version >= article.version
+        first_missing = next((c for c in changes if c.article_id == article.id and c.version > got_version), None)
+        since = None if done else (first_missing.ingested_at if first_missing else article.latest.ingested_at)
+        report.append({
+            "id": article.id,
+            "uri": article.uri,
+            "version": article.version,
+            "kind": article.latest.kind,
+            "pubStatus": article.latest.pub_status,
+            "received": done,
+            "receivedVersion": got_version or None,
+            "receivedAt": iso(got_at) if done else None,
+            "outstandingSince": iso(since),
+            "outstandingSeconds": round((now - since).total_seconds(), 3) if since else None,
+        })
+    report.sort(key=lambda item: (item["received"], item["outstandingSince"] or ""))
+    return {
+        "partner": partner.name,
+        "active": partner.active,
+        "lastPoll": iso(lines[-1].at) if lines else None,
+        "lastHour": {
+            "polls": len(last_hour),
+            "notModified": not_modified,
+            "notModifiedRatio": round(not_modified / len(last_hour), 3) if last_hour else None,
+        },
+        "articles": report,
+        "outstanding": sum(1 for item in report if not item["received"]),
+    }
+
+
+async def _received_versions(redis: Redis, lines: list[PollLine]) -> dict[str, tuple[int, datetime]]:
+    """For each article: the highest version the partner has received, and when it first got it."""
+    delivered = [line for line in lines if line.status in (200, 304) and line.render_id]
+    render_ids = list(dict.fromkeys(line.render_id for line in delivered))
+    manifests = dict(zip(render_ids, await redis.mget([keys.manifest(r) for r in render_ids]), strict=True)) \
+        if render_ids else {}
+    received: dict[str, tuple[int, datetime]] = {}
+    for line in delivered:  # oldest first
+        raw = manifests.get(line.render_id)
+        if raw is None:
+            continue
+        for article_id, version in orjson.loads(raw):
+            have, _at = received.get(article_id, (0, None))
+            if version > have:
+                received[article_id] = (version, line.at)
+    return received
+
+
+async def _recent_changes(store: ArticleStore, since: datetime) -> list[Change]:
+    """Revisions and kills ingested since ``since``, oldest first (read backwards from the log's end)."""
+    wanted = (UPDATE, CORRECTION, KILL)
+    changes: list[Change] = []
+    end = "+"
+    while True:
+        batch = await store.redis.xrevrange(keys.changelog(), end, "-", count=500)
+        if not batch:
+            break
+        for entry_id, fields in batch:
+            at = parse_iso(fields["at"])
+            if at < since:
+                return list(reversed(changes))
+            if fields["kind"] in wanted:
+                changes.append(Change(int(entry_id.split("-")[0]), fields["id"], int(fields["version"]),
+                                      fields["kind"], at))
+        end = f"({batch[-1][0]}"
+    return list(reversed(changes))
+
+
+def _line(fields: dict[str, str]) -> PollLine:
+    return PollLine(parse_iso(fields["at"]), fields["feed"], fields["format"], int(fields["status"]),
+                    int(fields["bytes"]), fields["render"])

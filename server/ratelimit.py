@@ -1,0 +1,81 @@
+"""Per-partner rate limits: counted in process memory, shared through Redis in the background.
+
+A fixed one-minute window per partner. Each process counts its own requests in memory and, every
+flush interval (100 ms by default), adds them to the window's Redis counter with one pipelined INCRBY
+per partner, learning the total of all processes in the same round trip. A request is allowed while
+``total at the last flush + this process's count since`` is under the limit, so the limit holds across
+processes to within one flush interval. Requests are counted in tenths: a 200 costs 10, a 304 only 1
+(a conditional GET that finds nothing new is cheap for us and is what well-behaved pollers do).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from server import keys
+
+WINDOW_SECONDS = 60
+FULL, NOT_MODIFIED = 10, 1  # tenths of a request
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_seconds: int
+
+    def headers(self) -> dict[str, str]:
+        """IETF draft-ietf-httpapi-ratelimit-headers (RateLimit-Policy and RateLimit fields)."""
+        return {
+            "RateLimit-Policy": f'"partner";q={self.limit};w={WINDOW_SECONDS}',
+            "RateLimit": f'"partner";r={self.remaining};t={self.reset_seconds}',
+        }
+
+
+class RateLimiter:
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._pending: dict[tuple[str, int], int] = {}  # counted here since the last flush
+        self._known_total: dict[tuple[str, int], int] = {}  # all processes, at the last flush
+
+    def check(self, partner: str, limit: int, now: float | None = None) -> Quota:
+        now = time.time() if now is None else now
+        window = int(now // WINDOW_SECONDS) * WINDOW_SECONDS
+        used = self._known_total.get((partner, window), 0) + self._pending.get((partner, window), 0)
+        remaining = max(0, limit - (used + 9) // 10)
+        reset = max(1, int(window + WINDOW_SECONDS - now))
+        # Allowed while any budget is left: a request is only known to be a cheap 304 once answered.
+        return Quota(used < limit * 10, limit, remaining, reset)
+
+    def record(self, partner: str, tenths: int, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        window = int(now // WINDOW_SECONDS) * WINDOW_SECONDS
+        self._pending[(partner, window)] = self._pending.get((partner, window), 0) + tenths
+
+    async def flush(self) -> None:
+        """Add this process's counts to Redis and learn every process's totals, for each partner that
+        used the current window here (so other processes' use is seen even when this one is idle)."""
+        pending, self._pending = self._pending, {}
+        current = int(time.time() // WINDOW_SECONDS) * WINDOW_SECONDS
+        self._known_total = {k: v for k, v in self._known_total.items() if k[1] >= current}
+        watched = list(dict.fromkeys([*pending, *self._known_total]))
+        if not watched:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for partner, window in watched:
+                name = keys.rate_window(partner, window)
+                tenths = pending.get((partner, window), 0)
+                pipe.incrby(name, tenths)
+                pipe.expire(name, 2 * WINDOW_SECONDS)
+            try:
+                results = await pipe.execute()
+            except Exception:
+                for key, tenths in pending.items():  # keep the counts; try again next flush
+                    self._pending[key] = self._pending.get(key, 0) + tenths
+                raise
+        for key, total in zip(watched, results[::2], strict=True):
+            self._known_total[key] = int(total)

@@ -1,0 +1,279 @@
+"""Partners and keys: the admin API, the 401/403/429 matrix, photo rights, rate limits, brute force,
+the poll ledger and a partner's status (the seed correction scenario), and the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+
+import feedparser
+import orjson
+import pytest
+import redis as redis_sync
+from conftest import ADMIN, AUTH, cli_env, make_partner, run_cli, snapshot
+
+from server.app import create_app
+from server.models import article_id_for_uri
+
+JSON_HEADERS = {**AUTH, "Content-Type": "application/json"}
+ADMIN_JSON = {**ADMIN, "Content-Type": "application/json"}
+
+
+async def create_partner(client, **body):
+    response = await client.post("/api/partners", data=orjson.dumps(body), headers=ADMIN_JSON)
+    assert response.status == 201, await response.text()
+    return await response.json()
+
+
+async def publish(client, doc, query=""):
+    response = await client.post(f"/api/articles{query}", data=orjson.dumps(doc), headers=JSON_HEADERS)
+    assert response.status in (200, 201), await response.text()
+
+
+async def test_admin_api_creates_lists_changes_and_revokes(client, redis_url):
+    created = await create_partner(client, name="acme", feeds=["latest", "world"], formats=["atom", "newsml"],
+                                   contact="desk@acme.example", rate_limit=120)
+    key = created["key"]
+    assert key.startswith(f"syn_{created['key_id']}_") and len(key) == 4 + 8 + 1 + 43
+    assert created["feeds"] == ["latest", "world"] and created["media"] is True
+    assert all("digest" not in k for k in created["keys"])
+
+    listing = await (await client.get("/api/partners", headers=ADMIN)).json()
+    assert [p["name"] for p in listing["items"]] == ["acme"]
+    changed = await client.patch("/api/partners/acme", data=orjson.dumps({"formats": ["rss"], "media": False}),
+                                 headers=ADMIN_JSON)
+    assert changed.status == 200 and (await changed.json())["formats"] == ["rss"]
+
+    second = await client.post("/api/partners/acme/keys", headers=ADMIN)
+    assert second.status == 201
+    second_key = (await second.json())["key"]
+    assert (await client.get("/feeds/latest/rss", headers={"X-API-Key": second_key})).status == 200
+    revoked = await client.delete(f"/api/partners/acme/keys/{created['key_id']}", headers=ADMIN)
+    assert revoked.status == 200
+    assert (await client.get("/feeds/latest/rss", headers={"X-API-Key": key})).status == 401  # at once
+    shown = await (await client.get("/api/partners/acme", headers=ADMIN)).json()
+    assert [k["revokedAt"] is not None for k in shown["keys"]] == [True, False]
+    assert shown["keys"][1]["lastUsed"] is None or shown["keys"][1]["lastUsed"]
+
+    # The key itself is nowhere in Redis: only its digest.
+    with redis_sync.Redis.from_url(redis_url) as raw:
+        for name in raw.keys("*"):
+            if raw.type(name) == b"string":
+                assert key.encode() not in raw.get(name) and second_key.encode() not in raw.get(name)
+
+
+@pytest.mark.parametrize(("body", "pointer"), [
+    ({"name": "Bad Name", "feeds": ["latest"], "formats": ["atom"]}, "/name"),
+    ({"name": "x" * 65, "feeds": ["latest"], "formats": ["atom"]}, "/name"),
+    ({"name": "ok", "feeds": ["nope"], "formats": ["atom"]}, "/feeds"),
+    ({"name": "ok", "feeds": [], "formats": ["atom"]}, "/feeds"),
+    ({"name": "ok", "feeds": ["latest"], "formats": ["pdf"]}, "/formats"),
+    ({"name": "ok", "feeds": ["latest"], "formats": "atom"}, "/formats"),
+    ({"name": "ok", "feeds": ["latest"], "formats": ["atom"], "colour": "red"}, "/colour"),
+    ({"name": "ok", "feeds": ["latest"], "formats": ["atom"], "rate_limit": 0}, "/rate_limit"),
+    ({"name": "ok", "feeds": ["latest"], "formats": ["atom"], "media": "yes"}, "/media"),
+    ({"name": "ok", "feeds": ["latest"], "formats": ["atom"], "expires_at": "2001-01-01T00:00:00Z"}, "/expires_at"),
+    ({"name": "ok", "feeds": ["latest"], "formats": ["atom"], "expires_at": "tomorrow"}, "/expires_at"),
+    ({"feeds": ["latest"], "formats": ["atom"]}, "/name"),
+])
+async def test_bad_partner_input_is_422_and_changes_nothing(client, redis_url, body, pointer):
+    before = snapshot(redis_url)
+    response = await client.post("/api/partners", data=orjson.dumps(body), headers=ADMIN_JSON)
+    assert response.status == 422
+    assert response.content_type == "application/problem+json"
+    assert pointer in [e["pointer"] for e in (await response.json())["errors"]]
+    assert snapshot(redis_url) == before
+
+
+async def test_admin_api_needs_the_admin_token_and_odd_names_are_clean_4xx(client, redis_url):
+    await create_partner(client, name="acme", feeds=["latest"], formats=["atom"])
+    before = snapshot(redis_url)
+    assert (await client.get("/api/partners")).status == 401
+    assert (await client.get("/api/partners", headers=AUTH)).status == 403  # a publisher is not an admin
+    for path in ("/api/partners/%2e%2e", "/api/partners/ACME", "/api/partners/a%00b", "/api/partners/" + "x" * 300,
+                 "/api/partners/%E2%98%83/status"):
+        response = await client.get(path, headers=ADMIN)
+        assert response.status in (404, 422), path
+        assert response.content_type == "application/problem+json"
+    missing = await client.delete("/api/partners/acme/keys/deadbeef", headers=ADMIN)
+    assert missing.status == 404
+    dup = await client.post("/api/partners", data=orjson.dumps({"name": "acme", "feeds": ["latest"],
+                                                                "formats": ["atom"]}), headers=ADMIN_JSON)
+    assert dup.status == 409
+    assert snapshot(redis_url) == before
+
+
+async def test_the_401_403_matrix(client, seed_v1):
+    await publish(client, seed_v1)
+    french = {**seed_v1, "uri": seed_v1["uri"] + "-fr", "language": "fr"}  # in world, not in public headlines
+    await publish(client, french)
+    acme = await create_partner(client, name="acme", feeds=["world"], formats=["atom"])
+    key = acme["key"]
+    ok = {"X-API-Key": key}
+    assert (await client.get("/feeds/world/atom", headers=ok)).status == 200
+    assert (await client.get("/feeds/world/atom", headers={"Authorization": f"Bearer {key}"})).status == 200
+    assert (await client.get(f"/feeds/world/atom?key={key}")).status == 200
+
+    no_key = await client.get("/feeds/world/atom")
+    assert no_key.status == 401 and no_key.headers["WWW-Authenticate"].startswith("Bearer")
+    assert (await client.get("/feeds/headlines/atom")).status == 200  # public: no key needed
+    for bad in ("nonsense", "syn_00000000_" + "A" * 43, key[:-1] + ("B" if key[-1] != "B" else "C"),
+                key + "x", "syn_" + key[4:].upper(), " " * 10, "é" * 40):
+        response = await client.get("/feeds/world/atom", headers={"X-API-Key": bad.strip() or "x"})
+        assert response.status == 401, bad
+        assert key not in await response.text()
+    assert (await client.get("/feeds/world/atom", headers={"Authorization": "Basic YTpi"})).status == 401
+    assert (await client.get("/feeds/latest/atom", headers=ok)).status == 403  # feed not granted
+    assert (await client.get("/feeds/world/rss", headers=ok)).status == 403  # format not granted
+    french_id = article_id_for_uri(french["uri"])
+    assert (await client.get(f"/items/{french_id}/newsml", headers=ok)).status == 403  # no newsml
+    assert (await client.get(f"/items/{french_id}", headers=ok)).status == 200
+    assert (await client.get(f"/items/{french_id}")).status == 401
+    english_id = article_id_for_uri(seed_v1["uri"])
+    assert (await client.get(f"/items/{english_id}")).status == 200  # in a public feed (headlines)
+
+    await client.patch("/api/partners/acme", data=orjson.dumps({"active": False}), headers=ADMIN_JSON)
+    assert (await client.get("/feeds/world/atom", headers=ok)).status == 401  # disabled, at once
+    await client.patch("/api/partners/acme", data=orjson.dumps({"active": True}), headers=ADMIN_JSON)
+    assert (await client.get("/feeds/world/atom", headers=ok)).status == 200
+
+
+async def test_expired_key_stops_working(client):
+    from datetime import timedelta
+
+    from server.models import iso, utc_now
+
+    acme = await create_partner(client, name="acme", feeds=["latest"], formats=["atom"],
+                                expires_at=iso(utc_now() + timedelta(seconds=1)))
+    assert (await client.get("/feeds/latest/atom", headers={"X-API-Key": acme["key"]})).status == 200
+    await asyncio.sleep(1.2)
+    assert (await client.get("/feeds/latest/atom", headers={"X-API-Key": acme["key"]})).status == 401
+
+
+async def test_partner_without_photo_rights_gets_feeds_without_photos(client, seed_v1):
+    await publish(client, seed_v1)
+    with_photos = (await create_partner(client, name="photos", feeds=["*"], formats=["*"]))["key"]
+    without = (await create_partner(client, name="text-only", feeds=["*"], formats=["*"], media=False))["key"]
+    full = await (await client.get("/feeds/latest/rss", headers={"X-API-Key": with_photos})).read()
+    text = await (await client.get("/feeds/latest/rss", headers={"X-API-Key": without})).read()
+    assert b"media:content" in full and b"kherson-rally.jpg" in full
+    assert b"media:content" not in text and b"Kherson" in text  # the story stays, the photos go
+    article_id = article_id_for_uri(seed_v1["uri"])
+    item = await (await client.get(f"/items/{article_id}", headers={"X-API-Key": without})).json()
+    assert "associations" not in item
+    newsml = await (await client.get(f"/items/{article_id}/newsml", headers={"X-API-Key": without})).read()
+    assert b"ninat:picture" not in newsml
+
+
+async def test_rate_limit_with_headers_and_cheaper_304s(client, seed_v1):
+    await publish(client, seed_v1)
+    key = (await create_partner(client, name="slow", feeds=["latest"], formats=["atom"], rate_limit=2))["key"]
+    headers = {"X-API-Key": key}
+    first = await client.get("/feeds/latest/atom", headers=headers)
+    assert first.status == 200
+    assert first.headers["RateLimit-Policy"] == '"partner";q=2;w=60'
+    assert first.headers["RateLimit"].startswith('"partner";r=1;')
+    etag = first.headers["ETag"]
+    not_modified = 0
+    while not_modified < 50:
+        response = await client.get("/feeds/latest/atom", headers={**headers, "If-None-Match": etag})
+        if response.status != 304:
+            break
+        not_modified += 1
+    assert 5 <= not_modified <= 11  # a 304 costs a tenth of a request
+    assert response.status == 429
+    assert int(response.headers["Retry-After"]) > 0 and "RateLimit" in response.headers
+    assert response.content_type == "application/problem+json"
+
+    fresh = (await create_partner(client, name="greedy", feeds=["latest"], formats=["atom"], rate_limit=2))["key"]
+    statuses = [(await client.get("/feeds/latest/atom", headers={"X-API-Key": fresh})).status for _ in range(3)]
+    assert statuses == [200, 200, 429]
+
+
+async def test_rate_limit_is_shared_by_processes(aiohttp_client, settings, redis_url):
+    key = await make_partner(redis_url, "shared", rate_limit=4)
+    a = await aiohttp_client(create_app(settings))
+    b = await aiohttp_client(create_app(settings))
+    headers = {"X-API-Key": key}
+    assert (await a.get("/feeds/latest/json", headers=headers)).status == 200
+    assert (await a.get("/feeds/latest/json", headers=headers)).status == 200
+    await asyncio.sleep(0.5)  # several flush intervals
+    assert (await b.get("/feeds/latest/json", headers=headers)).status == 200
+    assert (await b.get("/feeds/latest/json", headers=headers)).status == 200
+    await asyncio.sleep(0.5)
+    assert (await a.get("/feeds/latest/json", headers=headers)).status == 429
+    assert (await b.get("/feeds/latest/json", headers=headers)).status == 429
+
+
+async def test_failed_attempts_are_throttled_per_address(client):
+    good = (await create_partner(client, name="acme", feeds=["latest"], formats=["atom"]))["key"]
+    statuses = [(await client.get("/feeds/latest/atom", headers={"X-API-Key": f"guess-{n}"})).status
+                for n in range(25)]
+    assert statuses[:20] == [401] * 20 and set(statuses[20:]) == {429}
+    assert (await client.get("/feeds/latest/atom", headers={"X-API-Key": good})).status == 429
+
+
+async def test_seed_correction_outstanding_then_received(client, seed_v1, seed_v2):
+    await publish(client, seed_v1)
+    key = (await create_partner(client, name="partner-a", feeds=["latest"], formats=["atom"]))["key"]
+    headers = {"X-API-Key": key}
+    first = await client.get("/feeds/latest/atom", headers=headers)
+    assert first.status == 200
+    etag = first.headers["ETag"]
+
+    await publish(client, seed_v2, "?signal=correction")
+    status = await (await client.get("/api/partners/partner-a/status", headers=ADMIN)).json()
+    assert status["lastPoll"] is not None and status["lastHour"]["polls"] == 1
+    [entry] = status["articles"]
+    assert entry["id"] == article_id_for_uri(seed_v1["uri"]) and entry["version"] == 2
+    assert entry["kind"] == "correction" and entry["received"] is False
+    assert entry["receivedVersion"] == 1 and entry["outstandingSeconds"] >= 0
+    assert status["outstanding"] == 1
+
+    again = await client.get("/feeds/latest/atom", headers={**headers, "If-None-Match": etag})
+    assert again.status == 200  # the correction changed the feed
+    assert feedparser.parse(await again.read()).entries[0].syndicate_version == "2"
+    not_modified = await client.get("/feeds/latest/atom", headers={**headers, "If-None-Match": again.headers["ETag"]})
+    assert not_modified.status == 304
+    status = await (await client.get("/api/partners/partner-a/status", headers=ADMIN)).json()
+    [entry] = status["articles"]
+    assert entry["received"] is True and entry["receivedVersion"] == 2 and entry["outstandingSince"] is None
+    assert status["lastHour"] == {"polls": 3, "notModified": 1, "notModifiedRatio": 0.333}
+
+    # A partner not entitled to a feed that holds the article does not see it in its status.
+    await create_partner(client, name="partner-b", feeds=["headlines"], formats=["atom"])
+    await client.patch("/api/partners/partner-b", data=orjson.dumps({"feeds": ["world"]}), headers=ADMIN_JSON)
+    status_b = await (await client.get("/api/partners/partner-b/status", headers=ADMIN)).json()
+    assert [a["received"] for a in status_b["articles"]] == [False]  # world holds it; b never polled
+
+
+async def test_item_fetch_counts_as_received(client, seed_v1, seed_v2):
+    await publish(client, seed_v1)
+    await publish(client, seed_v2, "?signal=correction")
+    key = (await create_partner(client, name="items", feeds=["*"], formats=["newsml"]))["key"]
+    article_id = article_id_for_uri(seed_v1["uri"])
+    assert (await client.get(f"/items/{article_id}/newsml", headers={"X-API-Key": key})).status == 200
+    status = await (await client.get("/api/partners/items/status", headers=ADMIN)).json()
+    assert status["articles"][0]["received"] is True
+
+
+def test_partner_cli(redis_url, tmp_path):
+    env = cli_env(REDIS_URL=redis_url, SYNDICATE_DATA_DIR=str(tmp_path / "var"))
+    added = run_cli("partner", "add", "acme", "--feeds", "latest,world", "--formats", "atom,newsml", env=env)
+    assert added.returncode == 0, added.stderr
+    key = added.stdout.strip().splitlines()[-1]
+    assert key.startswith("syn_")
+    listed = run_cli("partner", "list", env=env)
+    assert "acme\tactive\tfeeds=latest,world\tformats=atom,newsml" in listed.stdout
+    another = run_cli("partner", "key", "acme", env=env)
+    key_id = another.stdout.split("key ")[1].split(" ")[0]
+    assert run_cli("partner", "revoke", "acme", key_id, env=env).returncode == 0
+    shown = orjson.loads(run_cli("partner", "show", "acme", env=env).stdout)
+    assert [k["revokedAt"] is not None for k in shown["keys"]] == [False, True]
+    assert run_cli("partner", "disable", "acme", env=env).returncode == 0
+    assert orjson.loads(run_cli("partner", "show", "acme", env=env).stdout)["active"] is False
+    for args, needle in ((["partner", "add", "acme", "--feeds", "latest", "--formats", "atom"], "exists"),
+                         (["partner", "add", "x", "--feeds", "nope", "--formats", "atom"], "No feed"),
+                         (["partner", "show", "ghost"], "No partner"),
+                         (["partner", "revoke", "acme", "nokey"], "no key")):
+        result = run_cli(*args, env=env)
+        assert result.returncode != 0 and needle in result.stderr and result.stderr.count("\n") == 1, result.stderr
