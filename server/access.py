@@ -89,11 +89,11 @@ class AccessControl:
                 return Grant(None, None, None)
             raise Unauthorised("This feed needs a partner key: 'Authorization: Bearer <key>', 'X-API-Key' or "
                                "'?key='.", headers={"WWW-Authenticate": _CHALLENGE})
-        address = request.remote or "unknown"
-        self._check_not_throttled(address)
         caller = self.tokens.lookup(presented)
         if caller is not None and caller.is_admin:
             return Grant(None, None, None)
+        address = request.remote or "unknown"
+        self._check_not_throttled(address)
         found = self.table.authenticate(presented, utc_now())
         if found is None:
             self._count_failure(address)
@@ -118,7 +118,8 @@ class AccessControl:
                           headers={"Retry-After": str(quota.reset_seconds), **quota.headers()})
         return Grant(partner, key.key_id, quota)
 
-    def delivered(self, grant: Grant, response: web.StreamResponse, feed: str, fmt: str | None, render_id: str,
+    def delivered(self, request: web.Request, grant: Grant, response: web.StreamResponse, feed: str,
+                  fmt: str | None, render_id: str,
                   manifest: tuple[tuple[str, int], ...] | None = None) -> None:
         """After the response is made: count it against the quota and write its ledger line (in memory)."""
         if grant.partner is None:
@@ -128,6 +129,8 @@ class AccessControl:
         if grant.quota is not None:
             response.headers.update(self.limiter.check(grant.partner.name, grant.quota.limit).headers())
         if status in (200, 304):
+            if status == 304 and response.headers.get("ETag", "") not in _etags_sent(request):
+                render_id, manifest = "", None  # 304 by date or '*': no proof of which render it holds
             size = response.content_length or 0
             self.ledger.record(grant.partner.name, grant.key_id,
                                PollLine(utc_now(), feed, fmt or "ninjs", status, size, render_id), manifest)
@@ -145,6 +148,10 @@ class AccessControl:
         self._failures[address] = (minute, failures + 1 if seen_minute == minute else 1)
         if len(self._failures) > 100_000:  # bounded memory under a spray of addresses
             self._failures = {a: v for a, v in self._failures.items() if v[0] == minute}
+
+
+def _etags_sent(request: web.Request) -> set[str]:
+    return {tag.strip().removeprefix("W/") for tag in request.headers.get("If-None-Match", "").split(",")}
 
 
 def _presented_key(request: web.Request) -> str | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import secrets
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -17,8 +18,9 @@ from aiohttp import web
 
 from server import keys
 from server.access import AccessControl
-from server.api import articles, feeds, health, partners
+from server.api import articles, feeds, health, hub, partners
 from server.auth import TokenTable
+from server.destinations import DestinationStore
 from server.embedded_redis import start_embedded_redis
 from server.feed_builder import FeedBuilder
 from server.feed_cache import FeedCache
@@ -28,18 +30,24 @@ from server.models import utc_now
 from server.notifications import Subscriber
 from server.partners import PartnerStore
 from server.problems import problem_middleware
+from server.push_queue import PushQueue
+from server.push_worker import PushWorker
 from server.ratelimit import RateLimiter
 from server.redis_setup import connect, durability_warnings
 from server.settings import Settings
 from server.state import (
     ACCESS,
     CACHE_REDIS,
+    DESTINATIONS,
     EMBEDDED_REDIS,
     FEED_BUILDER,
     FEED_CACHE,
     FEEDS,
+    HUB_TASKS,
     LEDGER,
     PARTNERS,
+    PUSH_QUEUE,
+    PUSH_WORKER,
     REDIS,
     SETTINGS,
     STORE,
@@ -81,6 +89,10 @@ def _add_routes(app: web.Application) -> None:
     app.router.add_post("/api/partners/{name}/keys", partners.issue_key)
     app.router.add_delete("/api/partners/{name}/keys/{key_id}", partners.revoke_key)
     app.router.add_get("/api/partners/{name}/status", partners.get_partner_status)
+    app.router.add_post("/api/partners/{name}/endpoints", hub.add_endpoint)
+    app.router.add_get("/api/partners/{name}/endpoints", hub.list_endpoints)
+    app.router.add_delete("/api/partners/{name}/endpoints/{endpoint_id}", hub.remove_endpoint)
+    app.router.add_post("/hub", hub.hub)
     app.router.add_get("/feeds/{name}/{format}", feeds.get_feed)
     app.router.add_get("/items/{id}", feeds.get_item)
     app.router.add_get("/items/{id}/newsml", feeds.get_item_newsml)
@@ -112,14 +124,28 @@ async def _redis_context(app: web.Application) -> AsyncIterator[None]:
         app[REDIS], app[CACHE_REDIS], app[STORE] = redis, cache_redis, store
         app[FEED_BUILDER], app[FEED_CACHE] = builder, cache
         app[PARTNERS], app[LEDGER], app[ACCESS] = partner_store, ledger, access
+        destinations, queue = DestinationStore(redis), PushQueue(redis)
+        worker = None
+        if settings.run_workers:
+            worker = PushWorker(redis, store, destinations, queue, builder, app[FEEDS], ledger,
+                                lambda: access.table, settings, consumer=f"server-{os.getpid()}")
+        app[DESTINATIONS], app[PUSH_QUEUE], app[PUSH_WORKER], app[HUB_TASKS] = destinations, queue, worker, set()
         subscriber = Subscriber(redis)
         subscriber.on(keys.CHANGES_CHANNEL, cache.apply_notice, cache.resync)
         subscriber.on(keys.PARTNERS_CHANNEL, access.apply_notice, access.reload)
+        if worker is not None:
+            subscriber.on(keys.PUSH_WAKE_CHANNEL, worker.wake, _nothing)
         await access.reload(force=True)
         await subscriber.start()
+        if worker is not None:
+            await worker.start()
         stop_flushing = asyncio.Event()
         flusher = asyncio.create_task(_flush_loop(access, settings.flush_interval_seconds, stop_flushing))
         yield
+        if worker is not None:
+            await worker.stop()
+        for task in list(app[HUB_TASKS]):
+            task.cancel()
         stop_flushing.set()
         with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
             await asyncio.wait_for(flusher, timeout=10)
@@ -152,6 +178,10 @@ async def _embargo_loop(store: ArticleStore, stop: asyncio.Event) -> None:
             log.exception("lifting embargoes failed; will try again")
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=EMBARGO_POLL_SECONDS)
+
+
+async def _nothing() -> None:
+    return None
 
 
 async def _flush_loop(access: AccessControl, interval: float, stop: asyncio.Event) -> None:

@@ -133,3 +133,50 @@ def manifests_by_time() -> str:
 def rate_window(name: str, window_start: int) -> str:
     """Counter (with a TTL): tenths of requests the partner made in one rate-limit window."""
     return f"{PREFIX}:ratelimit:{name}:{window_start}"
+
+
+# ----- push (issue 5) -----------------------------------------------------------------------------
+
+PUSH_WAKE_CHANNEL = f"{PREFIX}:push:wake"  # "deliveries are due": workers need not wait for their poll
+DISPATCH_GROUP = "push"  # consumer group on the change log that fans changes out to destinations
+
+
+def destination(destination_id: str) -> str:
+    """String (JSON): one push destination (a WebSub subscription or a partner webhook endpoint)."""
+    return f"{PREFIX}:destination:{destination_id}"
+
+
+def destination_ids() -> str:
+    """Set: every destination's id."""
+    return f"{PREFIX}:destinations"
+
+
+def push_latest(destination_id: str) -> str:
+    """Hash: article id -> the newest version waiting to be pushed to the destination (newer wins)."""
+    return f"{PREFIX}:push:{destination_id}:latest"
+
+
+def push_state(destination_id: str) -> str:
+    """Hash: article id -> JSON of the current delivery's attempts (first try, count, last error)."""
+    return f"{PREFIX}:push:{destination_id}:state"
+
+
+def push_due() -> str:
+    """Sorted set: ``<destination id>|<article id>`` scored by when to try next (epoch ms)."""
+    return f"{PREFIX}:push:due"
+
+
+def push_leased() -> str:
+    """Sorted set: deliveries a worker is making, scored by when its lease runs out (epoch ms);
+    an expired lease (the worker died) puts the delivery back in :func:`push_due`."""
+    return f"{PREFIX}:push:leased"
+
+
+def push_failed() -> str:
+    """Hash: ``<destination id>|<article id>`` -> JSON of a delivery given up on, kept for ops."""
+    return f"{PREFIX}:push:failed"
+
+
+def push_attempts() -> str:
+    """Stream (capped): every delivery attempt with its outcome."""
+    return f"{PREFIX}:push:attempts"

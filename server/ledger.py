@@ -21,6 +21,7 @@ import orjson
 from redis.asyncio import Redis
 
 from server import keys
+from server.feed_builder import in_feed
 from server.feeds import FeedDefinition
 from server.models import CORRECTION, KILL, UPDATE, Change, iso, parse_iso, utc_now
 from server.partners import Partner
@@ -127,8 +128,8 @@ async def partner_status(partner: Partner, ledger: PollLedger, store: ArticleSto
     articles = await store.get_many(list(dict.fromkeys(c.article_id for c in changes)))
     report = []
     for article in articles:
-        if not any(feed.holds(article.latest) for feed in readable):
-            continue
+        if not in_feed(article, now, None) or not any(feed.holds(article.latest) for feed in readable):
+            continue  # under embargo or withheld: no feed delivers it, so nobody can be behind on it
         got_version, got_at = received.get(article.id, (0, None))
         done = got_version >= article.version
         first_missing = next((c for c in changes if c.article_id == article.id and c.version > got_version), None)

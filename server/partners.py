@@ -173,6 +173,14 @@ class KeyTable:
         return partner, key
 
 
+# KEYS: record, names, generation. ARGV: record JSON, name. The new generation, or 0 if the name is taken.
+_CREATE_LUA = """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX') then return 0 end
+redis.call('SADD', KEYS[2], ARGV[2])
+return redis.call('INCR', KEYS[3])
+"""
+
+
 class PartnerStore:
     """Partners in Redis: one JSON record per partner, a set of names, and a generation counter."""
 
@@ -202,10 +210,11 @@ class PartnerStore:
         partner = Partner(name=name, feeds=self._feeds(feeds), formats=_formats(formats), media=media,
                           contact=contact, notes=notes, rate_limit=_rate_limit(rate_limit),
                           keys=(AccessKey(key_id, digest, utc_now(), _future(expires_at)),))
-        created = await self.redis.set(keys.partner(name), orjson.dumps(partner.to_record()), nx=True)
-        if not created:
+        generation = await self.redis.eval(_CREATE_LUA, 3, keys.partner(name), keys.partner_names(),
+                                           keys.partners_generation(), orjson.dumps(partner.to_record()), name)
+        if not generation:
             raise Conflict(f"A partner named {name!r} exists already.", slug="partner-exists")
-        await self._announce(name, add=True)
+        await self.redis.publish(keys.PARTNERS_CHANNEL, str(generation))
         return IssuedKey(partner, key, key_id)
 
     async def update(self, name: str, **changes: Any) -> Partner:
@@ -257,14 +266,6 @@ class PartnerStore:
                 except WatchError:
                     continue
         raise Conflict(f"Partner {name!r} is being changed by someone else; try again.")
-
-    async def _announce(self, name: str, add: bool) -> None:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            if add:
-                pipe.sadd(keys.partner_names(), name)
-            pipe.incr(keys.partners_generation())
-            results = await pipe.execute()
-        await self.redis.publish(keys.PARTNERS_CHANNEL, str(results[-1]))
 
     def _feeds(self, feeds: Any) -> tuple[str, ...]:
         if not isinstance(feeds, list) or not feeds or not all(isinstance(f, str) for f in feeds):

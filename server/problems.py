@@ -48,8 +48,9 @@ class Problem(Exception):
                  headers: dict[str, str] | None = None, **extensions: Any) -> None:
         super().__init__(detail)
         self.detail = detail
-        if status is not None:
+        if status is not None and status != type(self).status:
             self.status = status
+            self.slug = _slug(status)
         if slug is not None:
             self.slug = slug
         self.headers = headers or {}

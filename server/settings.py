@@ -49,6 +49,14 @@ class Settings:
     memory_cache_bytes: int = 256 * 1024 * 1024
     default_rate_limit: int = 600
     flush_interval_seconds: float = 0.1
+    push_allow_networks: tuple = ()
+    push_timeout_seconds: float = 10.0
+    push_concurrency_per_destination: int = 4
+    push_give_up_seconds: float = 24 * 3600.0
+    websub_lease_default: int = 10 * 24 * 3600
+    websub_lease_min: int = 60
+    websub_lease_max: int = 30 * 24 * 3600
+    run_workers: bool = True
     log_level: str = "INFO"
 
     @property
@@ -95,6 +103,14 @@ class Settings:
             memory_cache_bytes=_int(env, "SYNDICATE_MEMORY_CACHE_MB", 256, low=1) * 1024 * 1024,
             default_rate_limit=_int(env, "SYNDICATE_DEFAULT_RATE_LIMIT", 600, low=1),
             flush_interval_seconds=_int(env, "SYNDICATE_FLUSH_INTERVAL_MS", 100, low=10, high=100) / 1000,
+            push_allow_networks=_networks(env),
+            push_timeout_seconds=_float(env, "SYNDICATE_PUSH_TIMEOUT", 10.0, low=0.1),
+            push_concurrency_per_destination=_int(env, "SYNDICATE_PUSH_CONCURRENCY", 4, low=1, high=100),
+            push_give_up_seconds=_float(env, "SYNDICATE_PUSH_GIVE_UP_HOURS", 24.0, low=0.0) * 3600,
+            websub_lease_default=_int(env, "SYNDICATE_WEBSUB_LEASE_DEFAULT", 10 * 24 * 3600, low=1),
+            websub_lease_min=_int(env, "SYNDICATE_WEBSUB_LEASE_MIN", 60, low=1),
+            websub_lease_max=_int(env, "SYNDICATE_WEBSUB_LEASE_MAX", 30 * 24 * 3600, low=1),
+            run_workers=_choice(env, "SYNDICATE_WORKERS", "ON", ("ON", "OFF")) == "ON",
             log_level=_choice(env, "SYNDICATE_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
         )
 
@@ -131,6 +147,12 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str,
     if raw not in choices:
         raise SettingsError(f"{name}: expected one of {', '.join(choices)}, got {raw!r}")
     return raw
+
+
+def _networks(env: Mapping[str, str]) -> tuple:
+    from server.push_safety import parse_networks
+
+    return parse_networks(env.get("SYNDICATE_PUSH_ALLOW_NETWORKS") or "")
 
 
 def _redis_url(env: Mapping[str, str], name: str) -> str | None:

@@ -13,12 +13,15 @@ if TYPE_CHECKING:
 
     from server.access import AccessControl
     from server.auth import TokenTable
+    from server.destinations import DestinationStore
     from server.embedded_redis import EmbeddedRedis
     from server.feed_builder import FeedBuilder
     from server.feed_cache import FeedCache
     from server.feeds import FeedDefinition
     from server.ledger import PollLedger
     from server.partners import PartnerStore
+    from server.push_queue import PushQueue
+    from server.push_worker import PushWorker
     from server.store import ArticleStore
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -33,3 +36,7 @@ FEED_CACHE: web.AppKey[FeedCache] = web.AppKey("feed_cache")
 ACCESS: web.AppKey[AccessControl] = web.AppKey("access")
 PARTNERS: web.AppKey[PartnerStore] = web.AppKey("partners")
 LEDGER: web.AppKey[PollLedger] = web.AppKey("ledger")
+DESTINATIONS: web.AppKey[DestinationStore] = web.AppKey("destinations")
+PUSH_QUEUE: web.AppKey[PushQueue] = web.AppKey("push_queue")
+PUSH_WORKER: web.AppKey[PushWorker | None] = web.AppKey("push_worker")
+HUB_TASKS: web.AppKey[set] = web.AppKey("hub_tasks")

@@ -286,12 +286,13 @@ async def test_concurrent_revisions_get_consecutive_versions(client, seed_v1):
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong-token-wrong-token"},
                                      {"Authorization": "Basic dXNlcjpwYXNz"}])
 async def test_ingest_needs_a_publisher_token(client, seed_v1, headers, redis_url):
+    empty_store = snapshot(redis_url)
     response = await client.post("/api/articles", data=orjson.dumps(seed_v1),
                                  headers={"Content-Type": "application/json", **headers})
     assert response.status == 401
     assert response.headers["WWW-Authenticate"].startswith("Bearer")
     assert response.content_type == "application/problem+json"
-    assert snapshot(redis_url) == {}
+    assert snapshot(redis_url) == empty_store
 
 
 async def test_admin_token_may_ingest_and_read(client, seed_v1):

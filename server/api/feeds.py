@@ -31,20 +31,20 @@ async def get_feed(request: web.Request) -> web.Response:
     grant = access.authorise(request, feed, fmt)
     rendered = await request.app[FEED_CACHE].get(feed, fmt, since, grant.variant)
     response = respond(request, rendered, _cache_control(feed, grant, request.app[SETTINGS].feed_max_age_seconds))
-    access.delivered(grant, response, feed.name, fmt, rendered.render_id, rendered.manifest)
+    access.delivered(request, grant, response, feed.name, fmt, rendered.render_id, rendered.manifest)
     return response
 
 
 async def get_item(request: web.Request) -> web.Response:
     """The stored ninjs of the latest revision; a killed (or purged) article gives its tombstone."""
-    article, grant = await _visible_article(request, None)
+    article, grant = await _visible_article(request, "json")
     document = article.latest.document or {"uri": article.uri, "type": "text", "pubStatus": "canceled"}
     if not grant.include_photos and "associations" in document:
         document = {k: v for k, v in document.items() if k != "associations"}
     representation = Representation.encode(NINJS_MEDIA_TYPE, orjson.dumps(document), article.latest.ingested_at)
     response = respond(request, representation, _item_cache_control(request),
                        {"X-Syndicate-Version": str(article.version)})
-    _item_delivered(request, grant, response, article.id, article.version, None)
+    _item_delivered(request, grant, response, article.id, article.version, "json")
     return response
 
 
@@ -115,7 +115,8 @@ async def _visible_article(request: web.Request, fmt: str | None) -> tuple[Artic
 def _item_delivered(request: web.Request, grant: Grant, response: web.StreamResponse, article_id: str,
                     version: int, fmt: str | None) -> None:
     render_id = f"item-{article_id}-{version}-{grant.variant}"
-    request.app[ACCESS].delivered(grant, response, f"item:{article_id}", fmt, render_id, ((article_id, version),))
+    request.app[ACCESS].delivered(request, grant, response, f"item:{article_id}", fmt, render_id,
+                                  ((article_id, version),))
 
 
 def _cache_control(feed: FeedDefinition, grant: Grant, max_age: int) -> str:

@@ -67,6 +67,8 @@ _XS_LANGUAGE = re.compile(r"[a-zA-Z]{1,8}(-[a-zA-Z0-9]{1,8})*")
 _XML_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9._-]*")
 _LOWER_XML_NAME = re.compile(r"[a-z_][a-z0-9._-]*")
 _HTML_PARSER = lxml.html.HTMLParser(encoding="utf-8", remove_comments=True, remove_pis=True, no_network=True)
+_PLAIN_HTML_PARSER = etree.HTMLParser(encoding="utf-8", remove_comments=True, remove_pis=True, no_network=True)
+_LOOKS_LIKE_FULL_HTML = re.compile(rb"^\s*<(?:html|!doctype)", re.I).match  # as lxml.html decides it
 
 
 class EmptyNewsMessageError(ValueError):
@@ -202,11 +204,12 @@ def xhtml_document(item: ItemView) -> etree._Element:
         note = etree.SubElement(body, f"{{{XHTML_NS}}}p", {"class": CORRECTION_NOTE_CLASS})
         etree.SubElement(note, f"{{{XHTML_NS}}}em").text = item.correction_note
     if item.body_html:
-        fragment = lxml.html.fragment_fromstring(item.body_html.encode("utf-8"), create_parent="div",
-                                                 parser=_HTML_PARSER)
-        if _plain_xml_names(fragment):
-            _move_as_xhtml(fragment, body)
+        source = item.body_html.encode("utf-8")
+        parsed = _parse_plain_fragment(source)
+        if parsed is not None:
+            _move_as_xhtml(*parsed, body)
         else:
+            fragment = lxml.html.fragment_fromstring(source, create_parent="div", parser=_HTML_PARSER)
             _copy_as_xhtml(fragment, body)
     elif item.body_text:
         for paragraph in item.body_text.split("\n\n"):
@@ -214,10 +217,28 @@ def xhtml_document(item: ItemView) -> etree._Element:
     return html
 
 
-def _plain_xml_names(fragment: lxml.html.HtmlElement) -> bool:
+def _parse_plain_fragment(html: bytes) -> tuple[etree._Element, str | None] | None:
+    """The usual case of a sanitised body, fast: parsed as ``lxml.html.fragment_fromstring(html,
+    create_parent=...)`` parses it (the same libxml2 parse, wrapped in html/body the same way, and
+    leading text kept only when it is not blank), but with plain elements rather than lxml.html's
+    classes, so that it can be renamed into XHTML in place rather than copied. Returns the parsed
+    ``body`` element and the leading text, or None when the body is not the usual case: a whole
+    document, or names that :func:`_copy_as_xhtml` would change (see :func:`_plain_xml_names`)."""
+    if _LOOKS_LIKE_FULL_HTML(html):
+        return None
+    document = etree.fromstring(b"<html><body>" + html + b"</body></html>", _PLAIN_HTML_PARSER)
+    if document is None or document.tag != "html":
+        return None
+    bodies = [element for element in document if element.tag == "body"]
+    if len(bodies) != 1 or not _plain_xml_names(bodies[0]):
+        return None
+    body = bodies[0]
+    return body, body.text if body.text and body.text.strip() else None
+
+
+def _plain_xml_names(fragment: etree._Element) -> bool:
     """Whether every node under ``fragment`` is an element whose tag and attribute names are already
-    what :func:`_copy_as_xhtml` would write (lowercase XML names, no ``xml*`` attribute): the usual
-    case for a sanitised body, which can then be renamed in place rather than copied."""
+    what :func:`_copy_as_xhtml` would write (lowercase XML names, no ``xml*`` attribute)."""
     for element in fragment.iterdescendants():
         tag = element.tag
         if not isinstance(tag, str) or not _LOWER_XML_NAME.fullmatch(tag):
@@ -228,14 +249,13 @@ def _plain_xml_names(fragment: lxml.html.HtmlElement) -> bool:
     return True
 
 
-def _move_as_xhtml(fragment: lxml.html.HtmlElement, target: etree._Element) -> None:
-    """Put ``fragment``'s text and children under ``target``, renamed into the XHTML namespace: the
-    same elements :func:`_copy_as_xhtml` makes, without building a second tree. Only for a fragment
-    that passes :func:`_plain_xml_names`."""
+def _move_as_xhtml(fragment: etree._Element, text: str | None, target: etree._Element) -> None:
+    """Put ``text`` and ``fragment``'s children under ``target``, renamed into the XHTML namespace:
+    the same elements :func:`_copy_as_xhtml` makes, without building a second tree."""
     fragment.tag = f"{{{XHTML_NS}}}div"  # declares the namespace once, for the descendants to reuse
     for element in fragment.iterdescendants():
         element.tag = f"{{{XHTML_NS}}}{element.tag}"
-    _append_text(target, fragment.text)
+    _append_text(target, text)
     target.extend(list(fragment))
 
 

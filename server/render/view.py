@@ -11,11 +11,15 @@ withdrawn or no-longer-available story (a *tombstone*) and the visible correctio
 
 from __future__ import annotations
 
+import dataclasses
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import lxml.html
+import orjson
 
 from server.models import CANCELED, Revision
 
@@ -89,6 +93,28 @@ class ItemView:
 
     @classmethod
     def from_revision(cls, rev: Revision, item_url: str) -> ItemView:
+        """The view of ``rev``. Memoised by content (every field of the revision, and its document
+        serialised): each format of each page asks again, with revisions freshly read from Redis."""
+        try:
+            key = (item_url, *(getattr(rev, name) for name in _REVISION_KEY_FIELDS),
+                   None if rev.document is None else orjson.dumps(rev.document))
+            hash(key)
+        except TypeError:  # not JSON or not hashable (orjson's error is a TypeError): no memo
+            return cls._from_revision(rev, item_url)
+        with _VIEWS_LOCK:
+            view = _VIEWS.get(key)
+            if view is not None:
+                _VIEWS.move_to_end(key)
+                return view
+        view = cls._from_revision(rev, item_url)
+        with _VIEWS_LOCK:
+            _VIEWS[key] = view
+            while len(_VIEWS) > VIEW_MEMO_SIZE:
+                _VIEWS.popitem(last=False)
+        return view
+
+    @classmethod
+    def _from_revision(cls, rev: Revision, item_url: str) -> ItemView:
         document = rev.document
         withdrawn = rev.pub_status == CANCELED
         link = rev.uri if rev.uri.lower().startswith(("http://", "https://")) else None
@@ -193,6 +219,17 @@ class FeedView:
     @property
     def author_name(self) -> str:
         return self.author or self.title
+
+
+VIEW_MEMO_SIZE = 512
+_VIEWS: OrderedDict[tuple, ItemView] = OrderedDict()
+_VIEWS_LOCK = threading.Lock()
+_REVISION_KEY_FIELDS = tuple(f.name for f in dataclasses.fields(Revision) if f.name != "document")
+
+
+def clear_view_memo() -> None:
+    with _VIEWS_LOCK:
+        _VIEWS.clear()
 
 
 def correction_note_html(note: str) -> str:

@@ -1,0 +1,742 @@
+#!/usr/bin/env python3
+"""The benchmark behind the README's "Benchmarks" and "Memory per 1,000 articles" sections.
+
+Run it with ``make bench`` (it is not a test). It needs root only to install Debian's ``nginx`` and
+``wrk`` when they are missing. Everything it starts listens on 127.0.0.1, on free ports (never 6379),
+with its data in a temporary directory, and is stopped at the end; no system configuration is read
+or written (nginx runs as a foreground child with its own prefix and config file).
+
+What it measures, in this order:
+
+a. Rendering, in process: each pure renderer on a 50-item page (memo of per-item fragments empty,
+   "cold", and filled, "warm"), the compression of each format (gzip + brotli + ETags, as
+   ``Representation.encode`` does it), and ``FeedBuilder.render`` for all four formats, which is
+   what a page costs when it is (re)built: cold, after one of the 50 articles changed, and with
+   every item memoised. Medians of ``--runs`` runs.
+b. Throughput of a cached ``GET /feeds/latest/atom`` (identity; gzip) and of a 304 answer to
+   ``If-None-Match``, each beside nginx serving the same bytes from a file (``gzip_static`` with the
+   exact gzip bytes the server sends; nginx's own ETag for the 304), one aiohttp process against
+   nginx ``worker_processes 1``, wrk with the same threads and connections, runs alternating
+   server/nginx, ``--rounds`` rounds of ``--duration`` seconds, medians reported.
+c. Cross-process staleness: two server processes on one Redis; a revision is posted to A and B's
+   ``/feeds/latest/json`` is polled (conditional GETs in a tight loop) until it shows the revision;
+   the delay is taken from A's acknowledgement.
+d. Redis memory per 1,000 articles: ``used_memory`` before and after importing 1,000 seed-sized
+   articles (and, in a second empty Redis, 1,000 articles with two revisions each).
+
+``--write-readme`` puts the tables into README.md between ``<!-- bench:start -->``/``<!-- bench:end -->``
+and ``<!-- memory:start -->``/``<!-- memory:end -->``; without it they are only printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import dataclasses
+import datetime as dt
+import http.client
+import os
+import platform
+import random
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from server.feed_builder import FeedBuilder, Representation  # noqa: E402
+from server.feeds import load_feed_definitions  # noqa: E402
+from server.models import article_id_for_uri, utc_now  # noqa: E402
+from server.ninjs import parse_json_object, read_document  # noqa: E402
+from server.redis_setup import connect  # noqa: E402
+from server.render import (  # noqa: E402
+    FeedView,
+    ItemView,
+    render_atom,
+    render_json_feed,
+    render_newsml_message,
+    render_rss,
+)
+from server.render.memo import clear_all as clear_render_memos  # noqa: E402
+from server.settings import Settings  # noqa: E402
+from server.store import ArticleStore  # noqa: E402
+
+SHARED_ARTICLES = ROOT.parent / "shared" / "fixtures" / "articles"
+ARTICLES = SHARED_ARTICLES if SHARED_ARTICLES.exists() else ROOT / "examples"
+SEED_V1 = ARTICLES / "serious-crime-convicts.v1.ninjs.json"
+SEED_V2 = ARTICLES / "serious-crime-convicts.v2-correction.ninjs.json"
+README = ROOT / "README.md"
+
+PUBLISHER_TOKEN = "bench-publisher-token-0123456789"
+ADMIN_TOKEN = "bench-admin-token-0123456789abcdef"
+FEED_ITEMS = 50
+FEED_EXTRA_PARAGRAPHS = 4  # paragraphs added to each feed article, for a ~250-300 KB Atom feed
+FORMATS = (("atom", render_atom), ("rss", render_rss), ("json", render_json_feed),
+           ("newsml", render_newsml_message))
+RENDER_TARGET_MS = 25.0
+THROUGHPUT_TARGET = 0.5
+STALENESS_TARGET_MS = 50.0
+HTTP_TIMEOUT = 10.0
+
+
+# ----- processes --------------------------------------------------------------------------------
+
+class Children:
+    """Every process the benchmark starts, stopped (by its own handle) in reverse order at the end."""
+
+    def __init__(self) -> None:
+        self.procs: list[tuple[str, subprocess.Popen]] = []
+
+    def start(self, name: str, argv: list[str], **kwargs: Any) -> subprocess.Popen:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, **kwargs)
+        self.procs.append((name, proc))
+        return proc
+
+    def stop(self, proc: subprocess.Popen, timeout: float = 10.0) -> None:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        self.procs = [(n, p) for n, p in self.procs if p is not proc]
+
+    def stop_all(self) -> None:
+        for _name, proc in reversed(list(self.procs)):
+            self.stop(proc)
+
+
+def free_port() -> int:
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port != 6379:
+            return port
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise SystemExit(f"bench: {what} exited with status {proc.returncode}")
+        try:
+            if check():
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise SystemExit(f"bench: {what} did not come up within {timeout:.0f} s")
+
+
+def ensure_tools() -> tuple[str, str]:
+    """nginx and wrk, installed from Debian when missing (apt-get update once, then install)."""
+    def find() -> tuple[str | None, str | None]:
+        nginx = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.path.exists(p)), None)
+        return nginx, shutil.which("wrk")
+
+    nginx, wrk = find()
+    missing = [pkg for pkg, path in (("nginx", nginx), ("wrk", wrk)) if path is None]
+    if missing:
+        if os.geteuid() != 0:
+            raise SystemExit(f"bench: {' and '.join(missing)} missing; install with: "
+                             f"sudo apt-get install -y {' '.join(missing)}")
+        print(f"installing Debian packages: {' '.join(missing)} ...", file=sys.stderr)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive",
+               "RUNLEVEL": "1"}  # invoke-rc.d then leaves the packaged nginx service stopped
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, stdout=subprocess.DEVNULL)
+        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, env=env,
+                       stdout=subprocess.DEVNULL)
+        nginx, wrk = find()
+        if nginx is None or wrk is None:
+            raise SystemExit("bench: nginx or wrk still missing after apt-get install")
+    return nginx, wrk
+
+
+def start_redis(children: Children, workdir: Path, name: str) -> int:
+    port = free_port()
+    data = workdir / name
+    data.mkdir()
+    proc = children.start(name, [
+        shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", "127.0.0.1",
+        "--dir", str(data), "--save", "", "--appendonly", "no", "--daemonize", "no",
+        "--logfile", str(data / "redis.log"),
+    ], stdout=subprocess.DEVNULL)
+
+    def ping() -> bool:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+
+    wait_until(ping, 15, f"redis-server ({name})", proc)
+    return port
+
+
+def start_server(children: Children, workdir: Path, name: str, redis_port: int) -> tuple[int, subprocess.Popen]:
+    port = free_port()
+    data = workdir / name
+    data.mkdir()
+    env = {
+        **os.environ,
+        "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "SYNDICATE_PUBLISHER_TOKENS": f"bench:{PUBLISHER_TOKEN}",
+        "SYNDICATE_ADMIN_TOKEN": ADMIN_TOKEN,
+        "SYNDICATE_PORT": str(port),
+        "SYNDICATE_DATA_DIR": str(data),
+        "SYNDICATE_FEEDS_DIR": str(ROOT / "feeds"),
+        "SYNDICATE_LOG_LEVEL": "WARNING",
+    }
+    log = open(data / "server.log", "wb")  # noqa: SIM115 - closed when the process ends
+    proc = children.start(name, [sys.executable, "-m", "server.cli", "serve"], cwd=ROOT, env=env,
+                          stdout=log, stderr=subprocess.STDOUT)
+    wait_until(lambda: fetch(port, "GET", "/healthz")[0] == 200, 30, f"syndicate serve ({name})", proc)
+    return port, proc
+
+
+# ----- HTTP ---------------------------------------------------------------------------------------
+
+class Client:
+    """A keep-alive HTTP/1.1 connection to one local port."""
+
+    def __init__(self, port: int) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=HTTP_TIMEOUT)
+
+    def request(self, method: str, path: str, headers: dict[str, str] | None = None,
+                body: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
+        self.conn.request(method, path, body=body, headers=headers or {})
+        response = self.conn.getresponse()
+        data = response.read()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, data
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def fetch(port: int, method: str, path: str, headers: dict[str, str] | None = None,
+         body: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
+    client = Client(port)
+    try:
+        return client.request(method, path, headers, body)
+    finally:
+        client.close()
+
+
+def publish(client: Client, document: dict[str, Any], signal_: str | None = None) -> dict[str, Any]:
+    path = "/api/articles" + (f"?signal={signal_}" if signal_ else "")
+    status, _headers, body = client.request(
+        "POST", path, {"Authorization": f"Bearer {PUBLISHER_TOKEN}", "Content-Type": "application/json"},
+        orjson.dumps(document))
+    if status not in (200, 201):
+        raise SystemExit(f"bench: POST /api/articles answered {status}: {body[:300]!r}")
+    return orjson.loads(body)
+
+
+def feed_credentials(port: int) -> tuple[dict[str, str], str]:
+    """Headers a partner would send for /feeds/latest: a partner key made through the admin API
+    (with the highest rate limit allowed, 1,000,000 a minute), else the admin token, else nothing (feeds still open)."""
+    status, _h, body = fetch(port, "POST", "/api/partners", {
+        "Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"},
+        orjson.dumps({"name": "bench", "feeds": ["latest"], "formats": ["*"], "rate_limit": 1_000_000}))
+    if status in (200, 201):
+        key = orjson.loads(body).get("key")
+        if key and fetch(port, "GET", "/feeds/latest/json", {"Authorization": f"Bearer {key}"})[0] == 200:
+            return {"Authorization": f"Bearer {key}"}, "a partner key"
+    if fetch(port, "GET", "/feeds/latest/json")[0] == 200:
+        return {}, "no key (the feed is open)"
+    return {"Authorization": f"Bearer {ADMIN_TOKEN}"}, "the admin token"
+
+
+# ----- articles -------------------------------------------------------------------------------------
+
+_PARAGRAPH = re.compile(r"<p>([^<]*)</p>")
+
+
+def load_seed(path: Path) -> dict[str, Any]:
+    return orjson.loads(path.read_bytes())
+
+
+def make_document(seed: dict[str, Any], index: int, *, extra_paragraphs: int = 0) -> dict[str, Any]:
+    """A distinct article from the seed: its own uri, headline and times, and each body paragraph's
+    words shuffled (seeded by the index), so that feeds compress like different stories do rather
+    than like 50 copies of one. ``extra_paragraphs`` appends that many more shuffled paragraphs."""
+    document = copy.deepcopy(seed)
+    rng = random.Random(index)
+    document["uri"] = f"{seed['uri']}-bench-{index:04d}"
+    document["headlines"][0]["value"] = f"{seed['headlines'][0]['value']} ({index})"
+    shift = dt.timedelta(minutes=index)
+    for field in ("firstCreated", "versionCreated"):
+        document[field] = (dt.datetime.fromisoformat(seed[field]) + shift).isoformat()
+
+    def shuffle(match: re.Match[str]) -> str:
+        words = match.group(1).split()
+        rng.shuffle(words)
+        return "<p>" + " ".join(words) + "</p>"
+
+    for body in document["bodies"]:
+        if body.get("contentType") == "text/html":
+            paragraphs = _PARAGRAPH.findall(body["value"])
+            body["value"] = _PARAGRAPH.sub(shuffle, body["value"])
+            for extra in range(extra_paragraphs):
+                words = paragraphs[extra % len(paragraphs)].split()
+                rng.shuffle(words)
+                body["value"] += "\n<p>" + " ".join(words) + "</p>"
+    return document
+
+
+# ----- a. rendering -------------------------------------------------------------------------------
+
+def median_ms(fn: Callable[[], Any], runs: int, before: Callable[[], Any] | None = None) -> float:
+    times = []
+    for _ in range(runs):
+        if before is not None:
+            before()
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+async def bench_render(redis_port: int, article_ids: list[str], runs: int) -> dict[str, Any]:
+    redis = await connect(f"redis://127.0.0.1:{redis_port}/0")
+    try:
+        feeds = load_feed_definitions(ROOT / "feeds")
+        store = ArticleStore(redis, feeds)
+        articles = await store.get_many(article_ids)
+        cursor = await store.last_change_seq()
+    finally:
+        await redis.aclose()
+    feed = feeds["latest"]
+    builder = FeedBuilder(store, Settings.from_env({}))
+    now = utc_now()
+    views = [ItemView.from_revision(a.latest, builder.item_url(a.id)) for a in articles]
+    feed_view = FeedView(
+        name=feed.name, title=feed.title, description=feed.description, language=feed.language,
+        self_url=builder.self_url(feed, "atom"), alternate_url=f"{builder.settings.base_url}/",
+        hub_url=f"{builder.settings.base_url}/hub", built_at=max(v.ingested_at for v in views),
+        render_id="bench")
+    result: dict[str, Any] = {"items": len(views), "formats": {}}
+    for name, renderer in FORMATS:
+        body = renderer(feed_view, views)
+        result["formats"][name] = {
+            "bytes": len(body),
+            "cold": median_ms(lambda r=renderer: r(feed_view, views), runs, clear_render_memos),
+            "warm": median_ms(lambda r=renderer: r(feed_view, views), runs),
+            "encode": median_ms(lambda b=body: Representation.encode("x", b, None), runs),
+        }
+        encoded = Representation.encode("x", body, None)
+        result["formats"][name]["gzip_bytes"] = len(encoded.bodies["gzip"])
+        result["formats"][name]["br_bytes"] = len(encoded.bodies["br"])
+
+    def render_all(page: list) -> None:
+        for fmt, _renderer in FORMATS:
+            builder.render(feed, fmt, page, since=None, cursor=cursor, generation=1, now=now)
+
+    changed = iter(range(1, 10_000))
+
+    def one_changed() -> list:
+        # A new revision of the newest article (a version never seen before), the 49 others as they were.
+        first = articles[0]
+        latest = dataclasses.replace(first.latest, version=first.latest.version + next(changed))
+        return [dataclasses.replace(first, latest=latest), *articles[1:]]
+
+    render_all(articles)
+    result["page_cold"] = median_ms(lambda: render_all(articles), runs, clear_render_memos)
+    render_all(articles)
+    result["page_warm"] = median_ms(lambda: render_all(articles), runs)
+    pages = [one_changed() for _ in range(runs)]
+    render_all(articles)
+    result["page_one_changed"] = median_ms(lambda: render_all(pages.pop()), runs)
+    return result
+
+
+# ----- b. throughput against nginx --------------------------------------------------------------------
+
+NGINX_CONF = """\
+daemon off;
+master_process on;
+worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    default_type application/atom+xml;
+    sendfile on;
+    tcp_nopush on;
+    tcp_nodelay on;
+    keepalive_timeout 75s;
+    keepalive_requests 100000000;
+    client_body_temp_path {prefix}/tmp/body;
+    proxy_temp_path {prefix}/tmp/proxy;
+    fastcgi_temp_path {prefix}/tmp/fastcgi;
+    uwsgi_temp_path {prefix}/tmp/uwsgi;
+    scgi_temp_path {prefix}/tmp/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        root {prefix}/www;
+        location / {{
+            gzip off;
+            gzip_static on;
+            gzip_vary on;
+            etag on;
+            add_header Cache-Control "max-age=60";
+        }}
+    }}
+}}
+"""
+
+
+def start_nginx(children: Children, nginx: str, workdir: Path, identity: bytes, gzipped: bytes) -> int:
+    prefix = workdir / "nginx"
+    workdir.chmod(0o755)  # nginx's worker runs as www-data when the benchmark runs as root
+    (prefix / "www" / "feeds" / "latest").mkdir(parents=True)
+    for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        (prefix / "tmp" / sub).mkdir(parents=True)
+    (prefix / "www" / "feeds" / "latest" / "atom").write_bytes(identity)
+    (prefix / "www" / "feeds" / "latest" / "atom.gz").write_bytes(gzipped)
+    port = free_port()
+    conf = prefix / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(prefix=prefix, port=port))
+    proc = children.start("nginx", [nginx, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_until(lambda: fetch(port, "GET", "/feeds/latest/atom")[0] == 200, 15, "nginx", proc)
+    return port
+
+
+def run_wrk(wrk: str, port: int, path: str, headers: dict[str, str], seconds: float, threads: int,
+            connections: int) -> tuple[float, int]:
+    argv = [wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s"]
+    for name, value in headers.items():
+        argv += ["-H", f"{name}: {value}"]
+    out = subprocess.run([*argv, f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True,
+                         timeout=seconds + 30, check=True).stdout
+    match = re.search(r"Requests/sec:\s*([\d.]+)", out)
+    if match is None:
+        raise SystemExit(f"bench: cannot read wrk's output:\n{out}")
+    bad = re.search(r"Non-2xx or 3xx responses:\s*(\d+)", out)
+    return float(match.group(1)), int(bad.group(1)) if bad else 0
+
+
+def bench_throughput(children: Children, nginx: str, wrk: str, workdir: Path, server_port: int,
+                     credentials: dict[str, str], rounds: int, seconds: float, threads: int,
+                     connections: int) -> dict[str, Any]:
+    path = "/feeds/latest/atom"
+    status, head, identity = fetch(server_port, "GET", path, credentials)
+    assert status == 200, status
+    status, gz_head, gzipped = fetch(server_port, "GET", path, {**credentials, "Accept-Encoding": "gzip"})
+    assert status == 200 and gz_head.get("content-encoding") == "gzip", (status, gz_head)
+    nginx_port = start_nginx(children, nginx, workdir, identity, gzipped)
+    n_status, n_head, n_identity = fetch(nginx_port, "GET", path)
+    _s, n_gz_head, n_gzipped = fetch(nginx_port, "GET", path, {"Accept-Encoding": "gzip"})
+    if n_identity != identity or n_gzipped != gzipped or n_gz_head.get("content-encoding") != "gzip":
+        raise SystemExit("bench: nginx does not serve the same bytes as the server")
+    server_etag, nginx_etag = head["etag"], n_head["etag"]
+    for port, etag, extra in ((server_port, server_etag, credentials), (nginx_port, nginx_etag, {})):
+        if fetch(port, "GET", path, {**extra, "If-None-Match": etag})[0] != 304:
+            raise SystemExit(f"bench: no 304 from port {port} for If-None-Match {etag}")
+    cases = {
+        "identity": ({**credentials}, {}),
+        "gzip": ({**credentials, "Accept-Encoding": "gzip"}, {"Accept-Encoding": "gzip"}),
+        "304": ({**credentials, "If-None-Match": server_etag}, {"If-None-Match": nginx_etag}),
+    }
+    # Warm both (connections, caches, the CPU's frequency) before anything is counted.
+    run_wrk(wrk, server_port, path, cases["identity"][0], 1, threads, connections)
+    run_wrk(wrk, nginx_port, path, cases["identity"][1], 1, threads, connections)
+    samples: dict[str, dict[str, list[float]]] = {c: {"server": [], "nginx": []} for c in cases}
+    errors = 0
+    for _round in range(rounds):
+        for case, (server_headers, nginx_headers) in cases.items():
+            for side, port, headers in (("server", server_port, server_headers), ("nginx", nginx_port, nginx_headers)):
+                rate, bad = run_wrk(wrk, port, path, headers, seconds, threads, connections)
+                samples[case][side].append(rate)
+                errors += bad
+    result = {"bytes": {"identity": len(identity), "gzip": len(gzipped)}, "errors": errors, "cases": {}}
+    for case, sides in samples.items():
+        server_rate, nginx_rate = statistics.median(sides["server"]), statistics.median(sides["nginx"])
+        result["cases"][case] = {"server": server_rate, "nginx": nginx_rate, "ratio": server_rate / nginx_rate,
+                                 "samples": sides}
+    for name, proc in list(children.procs):
+        if name == "nginx":
+            children.stop(proc)
+    return result
+
+
+# ----- c. staleness -----------------------------------------------------------------------------------
+
+def bench_staleness(port_a: int, port_b: int, credentials: dict[str, str], seed: dict[str, Any],
+                    revisions: int) -> dict[str, Any]:
+    a, b = Client(port_a), Client(port_b)
+    path = "/feeds/latest/json"
+    document = make_document(seed, 0)
+    base = dt.datetime.fromisoformat(document["versionCreated"]) + dt.timedelta(days=1)
+    status, headers, _ = b.request("GET", path, credentials)
+    assert status == 200, status
+    etag = headers["etag"]
+    delays, polls, timeouts = [], [], 0
+    for k in range(revisions):
+        marker = f"bench staleness probe {k}"
+        document["headlines"][0]["value"] = marker
+        document["versionCreated"] = (base + dt.timedelta(minutes=k)).isoformat()
+        publish(a, document, "update")
+        acknowledged = time.perf_counter()
+        deadline = acknowledged + 5.0
+        count = 0
+        while time.perf_counter() < deadline:
+            count += 1
+            status, headers, body = b.request("GET", path, {**credentials, "If-None-Match": etag})
+            if status == 200:
+                etag = headers["etag"]
+                if marker.encode() in body:
+                    delays.append((time.perf_counter() - acknowledged) * 1000)
+                    polls.append(count)
+                    break
+        else:
+            timeouts += 1
+        time.sleep(0.02)  # let both processes settle before the next revision
+    a.close()
+    b.close()
+    delays.sort()
+    p95 = delays[min(len(delays) - 1, int(round(0.95 * (len(delays) - 1))))] if delays else float("nan")
+    return {"revisions": revisions, "seen": len(delays), "timeouts": timeouts,
+            "median": statistics.median(delays) if delays else float("nan"), "p95": p95,
+            "max": max(delays) if delays else float("nan"),
+            "polls": statistics.median(polls) if polls else 0}
+
+
+# ----- d. memory ------------------------------------------------------------------------------------
+
+async def import_articles(redis_port: int, documents: list[tuple[dict[str, Any], str | None]]) -> dict[str, int]:
+    redis = await connect(f"redis://127.0.0.1:{redis_port}/0")
+    try:
+        store = ArticleStore(redis, load_feed_definitions(ROOT / "feeds"))
+        before = await redis.info("memory")
+        for document, signal_ in documents:
+            incoming = read_document(parse_json_object(orjson.dumps(document)))
+            await store.ingest(incoming, "bench", signal=signal_)
+        after = await redis.info("memory")
+        keys = await redis.dbsize()
+    finally:
+        await redis.aclose()
+    return {"before": before["used_memory"], "after": after["used_memory"], "keys": keys}
+
+
+def bench_memory(children: Children, workdir: Path, count: int) -> dict[str, Any]:
+    seed_v1, seed_v2 = load_seed(SEED_V1), load_seed(SEED_V2)
+    singles = [(make_document(seed_v1, i), None) for i in range(count)]
+    results = {}
+    port = start_redis(children, workdir, "redis-memory-1")
+    results["one"] = asyncio.run(import_articles(port, singles))
+    port = start_redis(children, workdir, "redis-memory-2")
+    revised = [(make_document(seed_v2, i), "correction") for i in range(count)]
+    results["two"] = asyncio.run(import_articles(port, singles + revised))
+    for name, proc in list(children.procs):
+        if name.startswith("redis-memory"):
+            children.stop(proc)
+    results["count"] = count
+    results["document_bytes"] = statistics.mean(len(orjson.dumps(d)) for d, _ in singles)
+    return results
+
+
+# ----- report ---------------------------------------------------------------------------------------
+
+def machine() -> str:
+    redis_version = subprocess.run([shutil.which("redis-server") or "redis-server", "--version"],
+                                   capture_output=True, text=True).stdout.split("v=")[1].split()[0]
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.machine())
+    return (f"{os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}, Redis {redis_version}, "
+            f"{platform.system()} {platform.release()}")
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "**not met**"
+
+
+def report(args: argparse.Namespace, render: dict[str, Any], throughput: dict[str, Any] | None,
+           staleness: dict[str, Any] | None, feed_bytes: int, credentials_note: str, load: str) -> str:
+    today = dt.date.today().isoformat()
+    lines = [
+        f"Measured {today} on {machine()}; load average before the run: {load}. "
+        f"Feed: {render['items']} articles made from the seed, `/feeds/latest/atom` = {feed_bytes / 1000:.0f} KB.",
+        "",
+        f"| Rendering, 50-item page (median of {args.runs} runs) | memo empty (cold) | memo filled (warm) | bytes |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for name, data in render["formats"].items():
+        function = {"json": "render_json_feed", "newsml": "render_newsml_message"}.get(name, f"render_{name}")
+        lines.append(f"| `{function}` | {data['cold']:.1f} ms | "
+                     f"{data['warm']:.1f} ms | {data['bytes'] / 1000:.0f} KB |")
+    for name, data in render["formats"].items():
+        lines.append(f"| gzip + brotli + ETags of the {name} body | {data['encode']:.1f} ms | "
+                     f"{data['encode']:.1f} ms | gzip {data['gzip_bytes'] / 1000:.0f} KB, "
+                     f"br {data['br_bytes'] / 1000:.0f} KB |")
+    lines += [
+        f"| **`FeedBuilder.render`, all four formats, encoded** | **{render['page_cold']:.1f} ms** | "
+        f"**{render['page_warm']:.1f} ms** | |",
+        f"| the same after one of the 50 articles changed (a re-render) | | "
+        f"**{render['page_one_changed']:.1f} ms** | |",
+        "",
+    ]
+    cold_ok = render["page_cold"] < RENDER_TARGET_MS
+    lines.append(
+        f"Render target (all four formats with their encodings under {RENDER_TARGET_MS:.0f} ms): "
+        f"re-render after a change {render['page_one_changed']:.1f} ms, {verdict(render['page_one_changed'] < RENDER_TARGET_MS)}; "
+        f"cold (first render in a process, nothing memoised) {render['page_cold']:.1f} ms, {verdict(cold_ok)}.")
+    if throughput is not None:
+        lines += [
+            "",
+            f"| Cached `GET /feeds/latest/atom` (wrk -t{args.threads} -c{args.connections}, "
+            f"median of {args.rounds} x {args.duration:g} s) | syndicate (1 process) | nginx (1 worker) | ratio |",
+            "| --- | ---: | ---: | ---: |",
+        ]
+        labels = {"identity": f"200, identity ({throughput['bytes']['identity'] / 1000:.0f} KB)",
+                  "gzip": f"200, `Accept-Encoding: gzip` ({throughput['bytes']['gzip'] / 1000:.0f} KB)",
+                  "304": "304 to `If-None-Match`"}
+        for case, data in throughput["cases"].items():
+            lines.append(f"| {labels[case]} | {data['server']:,.0f} req/s | {data['nginx']:,.0f} req/s | "
+                         f"{data['ratio']:.2f}x |")
+        ok = all(d["ratio"] >= THROUGHPUT_TARGET for c, d in throughput["cases"].items() if c != "304")
+        lines += ["", f"Throughput target (cached GET at least {THROUGHPUT_TARGET}x nginx): "
+                      f"identity {throughput['cases']['identity']['ratio']:.2f}x, "
+                      f"gzip {throughput['cases']['gzip']['ratio']:.2f}x, {verdict(ok)} "
+                      f"(304s: {throughput['cases']['304']['ratio']:.2f}x). The server was called with "
+                      f"{credentials_note}; non-2xx/3xx answers during the runs: {throughput['errors']}."]
+    if staleness is not None:
+        lines += [
+            "",
+            "| Cross-process staleness (revision posted to A, polled on B) | median | p95 | max |",
+            "| --- | ---: | ---: | ---: |",
+            f"| {staleness['seen']} of {staleness['revisions']} revisions, `/feeds/latest/json` | "
+            f"{staleness['median']:.1f} ms | {staleness['p95']:.1f} ms | {staleness['max']:.1f} ms |",
+            "",
+            f"Staleness target (under {STALENESS_TARGET_MS:.0f} ms): "
+            f"{verdict(staleness['timeouts'] == 0 and staleness['p95'] < STALENESS_TARGET_MS)} "
+            f"(p95 {staleness['p95']:.1f} ms; revisions not seen within 5 s: {staleness['timeouts']}).",
+        ]
+    return "\n".join(lines)
+
+
+def memory_report(memory: dict[str, Any]) -> str:
+    count = memory["count"]
+    per = 1000 / count
+    one = (memory["one"]["after"] - memory["one"]["before"]) * per
+    two = (memory["two"]["after"] - memory["two"]["before"]) * per
+    return "\n".join([
+        f"Measured {dt.date.today().isoformat()} on {machine()}, with `scripts/bench.py`: Redis "
+        f"`used_memory` (INFO memory) before and after importing {count:,} articles into an empty Redis "
+        f"through the store (documents of {memory['document_bytes'] / 1000:.1f} KB of JSON each, made "
+        "from the seed article), scaled to 1,000 articles.",
+        "",
+        "| 1,000 articles | Redis memory |",
+        "| --- | ---: |",
+        f"| one revision each | {one / 1e6:.1f} MB ({one / 1000 / 1000:.1f} KB per article) |",
+        f"| two revisions each (the second a correction) | {two / 1e6:.1f} MB ({two / 1000 / 1000:.1f} KB per article) |",
+        "",
+        "This is everything the store keeps: revision records with their documents, the article hashes, "
+        "the indexes and the change log; rendered feeds (cache keys with a TTL) are not included. "
+        "A superseded revision keeps its body for `SYNDICATE_RETENTION_DAYS` (90 days by default); after "
+        "that only its metadata stays, so an old article costs about what a single revision does.",
+    ])
+
+
+def write_between(path: Path, start: str, end: str, content: str) -> None:
+    text = path.read_text()
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
+    if not pattern.search(text):
+        raise SystemExit(f"bench: {path.name} has no {start} ... {end} markers")
+    path.write_text(pattern.sub(lambda _m: f"{start}\n{content}\n{end}", text, count=1))
+
+
+# ----- main -----------------------------------------------------------------------------------------
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--write-readme", action="store_true", help="write the results into README.md")
+    parser.add_argument("--runs", type=int, default=30, help="render runs per measurement (median)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating wrk rounds per case")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads")
+    parser.add_argument("--connections", type=int, default=32, help="wrk connections")
+    parser.add_argument("--revisions", type=int, default=30, help="revisions for the staleness test")
+    parser.add_argument("--memory-articles", type=int, default=1000, help="articles for the memory test")
+    parser.add_argument("--skip", action="append", default=[], choices=("throughput", "staleness", "memory"),
+                        help="leave out a part (repeatable)")
+    args = parser.parse_args()
+    started = time.monotonic()
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    nginx, wrk = ensure_tools() if "throughput" not in args.skip else ("", "")
+    children = Children()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        children.stop_all()
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    workdir = Path(tempfile.mkdtemp(prefix="syndicate-bench-"))
+    try:
+        redis_port = start_redis(children, workdir, "redis")
+        port_a, _proc_a = start_server(children, workdir, "server-a", redis_port)
+        client = Client(port_a)
+        seed = load_seed(SEED_V1)
+        ids = []
+        for index in range(FEED_ITEMS):
+            document = make_document(seed, index, extra_paragraphs=FEED_EXTRA_PARAGRAPHS)
+            publish(client, document)
+            ids.append(article_id_for_uri(document["uri"]))
+        client.close()
+        credentials, credentials_note = feed_credentials(port_a)
+        status, _h, atom = fetch(port_a, "GET", "/feeds/latest/atom", credentials)
+        if status != 200:
+            raise SystemExit(f"bench: GET /feeds/latest/atom answered {status}")
+        print(f"published {FEED_ITEMS} articles; /feeds/latest/atom is {len(atom) / 1000:.0f} KB "
+              f"(feeds read with {credentials_note})", file=sys.stderr)
+
+        print("a. rendering ...", file=sys.stderr)
+        render = asyncio.run(bench_render(redis_port, list(reversed(ids)), args.runs))
+        throughput = staleness = memory = None
+        if "throughput" not in args.skip:
+            print("b. throughput against nginx ...", file=sys.stderr)
+            throughput = bench_throughput(children, nginx, wrk, workdir, port_a, credentials, args.rounds,
+                                          args.duration, args.threads, args.connections)
+        if "staleness" not in args.skip:
+            print("c. cross-process staleness ...", file=sys.stderr)
+            port_b, _proc_b = start_server(children, workdir, "server-b", redis_port)
+            staleness = bench_staleness(port_a, port_b, credentials, seed, args.revisions)
+        if "memory" not in args.skip:
+            print("d. memory per 1,000 articles ...", file=sys.stderr)
+            memory = bench_memory(children, workdir, args.memory_articles)
+    finally:
+        children.stop_all()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    table = report(args, render, throughput, staleness, len(atom), credentials_note, load)
+    print(table)
+    if memory is not None:
+        print()
+        print(memory_report(memory))
+    if args.write_readme:
+        write_between(README, "<!-- bench:start -->", "<!-- bench:end -->", table)
+        if memory is not None:
+            write_between(README, "<!-- memory:start -->", "<!-- memory:end -->", memory_report(memory))
+        print("README.md updated", file=sys.stderr)
+    print(f"bench took {time.monotonic() - started:.0f} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""The durable push queue in Redis: at-least-once delivery, where the newest revision always wins.
+
+For each (destination, article) the queue keeps only the newest version waiting (a hash per
+destination) and one entry in a due-time sorted set. A worker *claims* due entries by moving them to a
+leased set with a deadline; a worker that dies leaves its leases to expire, and the entries become due
+again (so a delivery interrupted by SIGKILL is retried after restart, with the same delivery id).
+While one attempt is in flight for an article no other can start, and every attempt sends the newest
+version at that moment: version 1 can never arrive after version 2, and a kill never waits behind an
+undeliverable version 1. All state changes are Lua scripts, so several workers share the queue safely.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import orjson
+from redis.asyncio import Redis
+
+from server import keys
+
+# KEYS: latest hash, due, leased. ARGV: article, version, member, now ms.
+# Keep the newest version; make it due now unless an attempt is in flight (its completion reschedules).
+_ENQUEUE_LUA = """
+local current = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+if tonumber(ARGV[2]) > current then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+if not redis.call('ZSCORE', KEYS[3], ARGV[3]) then
+  redis.call('ZADD', KEYS[2], 'LT', ARGV[4], ARGV[3])  -- adds it, or brings a later retry forward
+end
+return 1
+"""
+
+# KEYS: due, leased. ARGV: now ms, lease ms, count. Expired leases go back to due first.
+_CLAIM_LUA = """
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
+for _, member in ipairs(expired) do
+  redis.call('ZREM', KEYS[2], member)
+  redis.call('ZADD', KEYS[1], ARGV[1], member)
+end
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+for _, member in ipairs(due) do
+  redis.call('ZREM', KEYS[1], member)
+  redis.call('ZADD', KEYS[2], tonumber(ARGV[1]) + tonumber(ARGV[2]), member)
+end
+return due
+"""
+
+# KEYS: latest hash, due, leased, state. ARGV: article, delivered version, member, now ms.
+# Done: unless a newer version arrived meanwhile, which becomes due at once.
+_COMPLETE_LUA = """
+redis.call('ZREM', KEYS[3], ARGV[3])
+redis.call('HDEL', KEYS[4], ARGV[1])
+local waiting = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+if waiting > tonumber(ARGV[2]) then
+  redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
+  return 1
+end
+redis.call('HDEL', KEYS[1], ARGV[1])
+return 0
+"""
+
+# KEYS: due, leased, state. ARGV: article, member, retry at ms, state JSON.
+_RETRY_LUA = """
+redis.call('ZREM', KEYS[2], ARGV[2])
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2])
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
+return 1
+"""
+
+# KEYS: latest hash, leased, state, failed. ARGV: article, member, failure JSON.
+_GIVE_UP_LUA = """
+redis.call('ZREM', KEYS[2], ARGV[2])
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('HSET', KEYS[4], ARGV[2], ARGV[3])
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    destination_id: str
+    article_id: str
+
+    @property
+    def member(self) -> str:
+        return f"{self.destination_id}|{self.article_id}"
+
+    @classmethod
+    def parse(cls, member: str) -> Claim:
+        destination_id, _, article_id = member.partition("|")
+        return cls(destination_id, article_id)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class PushQueue:
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._enqueue = redis.register_script(_ENQUEUE_LUA)
+        self._claim = redis.register_script(_CLAIM_LUA)
+        self._complete = redis.register_script(_COMPLETE_LUA)
+        self._retry = redis.register_script(_RETRY_LUA)
+        self._give_up = redis.register_script(_GIVE_UP_LUA)
+
+    async def enqueue(self, destination_ids: list[str], article_id: str, version: int) -> None:
+        if not destination_ids:
+            return
+        now = now_ms()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for destination_id in destination_ids:
+                member = f"{destination_id}|{article_id}"
+                await self._enqueue(keys=[keys.push_latest(destination_id), keys.push_due(), keys.push_leased()],
+                                    args=[article_id, version, member, now], client=pipe)
+            pipe.publish(keys.PUSH_WAKE_CHANNEL, "1")
+            await pipe.execute()
+
+    async def claim(self, count: int, lease_ms: int) -> list[Claim]:
+        members = await self._claim(keys=[keys.push_due(), keys.push_leased()], args=[now_ms(), lease_ms, count])
+        return [Claim.parse(m) for m in members]
+
+    async def waiting_version(self, claim: Claim) -> int:
+        return int(await self.redis.hget(keys.push_latest(claim.destination_id), claim.article_id) or 0)
+
+    async def state(self, claim: Claim) -> dict:
+        raw = await self.redis.hget(keys.push_state(claim.destination_id), claim.article_id)
+        return orjson.loads(raw) if raw else {}
+
+    async def complete(self, claim: Claim, version: int) -> bool:
+        """Acknowledged. True when a newer version is already waiting (it is due now)."""
+        return bool(await self._complete(
+            keys=[keys.push_latest(claim.destination_id), keys.push_due(), keys.push_leased(),
+                  keys.push_state(claim.destination_id)],
+            args=[claim.article_id, version, claim.member, now_ms()]))
+
+    async def retry_at(self, claim: Claim, at_ms: int, state: dict) -> None:
+        await self._retry(keys=[keys.push_due(), keys.push_leased(), keys.push_state(claim.destination_id)],
+                          args=[claim.article_id, claim.member, at_ms, orjson.dumps(state)])
+
+    async def give_up(self, claim: Claim, failure: dict) -> None:
+        await self._give_up(keys=[keys.push_latest(claim.destination_id), keys.push_leased(),
+                                  keys.push_state(claim.destination_id), keys.push_failed()],
+                            args=[claim.article_id, claim.member, orjson.dumps(failure)])
+
+    async def depth(self) -> tuple[int, int]:
+        """(deliveries due or waiting to retry, deliveries in flight)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(keys.push_due())
+            pipe.zcard(keys.push_leased())
+            due, leased = await pipe.execute()
+        return int(due), int(leased)

@@ -1,0 +1,76 @@
+"""Where the server may push to: http(s) URLs that do not resolve to loopback, private, link-local,
+multicast, reserved or cloud-metadata addresses (SSRF), unless an operator allows a network with
+``SYNDICATE_PUSH_ALLOW_NETWORKS``. Checked when a callback is registered and again before each
+delivery (a name can be re-pointed at an internal address after it was checked)."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from urllib.parse import urlsplit
+
+from server.problems import Problem
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class UnsafeDestination(Problem):
+    status = 422
+    slug = "unsafe-destination"
+
+
+def parse_networks(text: str, variable: str = "SYNDICATE_PUSH_ALLOW_NETWORKS") -> tuple[Network, ...]:
+    from server.settings import SettingsError
+
+    networks = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(part, strict=False))
+        except ValueError:
+            raise SettingsError(f"{variable}: {part!r} is not a network in CIDR form (e.g. 127.0.0.0/8)") from None
+    return tuple(networks)
+
+
+def check_url_shape(url: str, field: str = "url") -> tuple[str, int]:
+    """The host and port of an absolute http(s) URL without credentials, or a 422 naming ``field``."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise UnsafeDestination(f"{field} is not a valid URL.", errors=[{"pointer": f"/{field}", "detail": "invalid URL"}]) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UnsafeDestination(f"{field} must be an absolute http or https URL.",
+                                errors=[{"pointer": f"/{field}", "detail": "must be http(s)"}])
+    if parts.username or parts.password:
+        raise UnsafeDestination(f"{field} must not carry credentials.",
+                                errors=[{"pointer": f"/{field}", "detail": "credentials in URL"}])
+    if len(url) > 2048:
+        raise UnsafeDestination(f"{field} is longer than 2048 characters.",
+                                errors=[{"pointer": f"/{field}", "detail": "too long"}])
+    return parts.hostname, port
+
+
+async def check_destination(url: str, allowed: tuple[Network, ...], field: str = "url") -> None:
+    host, port = check_url_shape(url, field)
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        raise UnsafeDestination(f"{field}: the host {host!r} does not resolve.",
+                                errors=[{"pointer": f"/{field}", "detail": "host does not resolve"}]) from None
+    for info in infos:
+        address = ipaddress.ip_address(info[4][0])
+        if _forbidden(address) and not any(address in network for network in allowed):
+            raise UnsafeDestination(
+                f"{field}: {host!r} resolves to {address}, an internal address the server does not push to "
+                "(an operator may allow it with SYNDICATE_PUSH_ALLOW_NETWORKS).",
+                errors=[{"pointer": f"/{field}", "detail": "resolves to a forbidden address"}])
+
+
+def _forbidden(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return (address.is_loopback or address.is_private or address.is_link_local or address.is_multicast
+            or address.is_reserved or address.is_unspecified or address == ipaddress.ip_address("169.254.169.254"))

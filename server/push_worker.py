@@ -1,0 +1,346 @@
+"""Pushing changes out: the dispatcher fans each change-log entry out to the destinations that should
+get it, and the deliverer POSTs what is due, signed, with retries.
+
+The dispatcher reads the change log through a Redis consumer group, so each change is fanned out once
+however many workers run, and a change taken by a worker that died is claimed by another. Fanning out
+only puts (destination, article, version) in the :class:`~server.push_queue.PushQueue`; the deliverer
+then sends the newest revision at the moment it sends. Workers run inside every server process by
+default, and as ``syndicate worker`` processes for scale-out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import random
+import socket
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import timedelta
+
+import aiohttp
+import orjson
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from server import keys
+from server.destinations import WEBHOOK, WEBSUB, Destination, DestinationStore
+from server.feed_builder import RENDERERS, FeedBuilder, in_feed
+from server.feeds import FeedDefinition
+from server.ledger import PollLedger, PollLine
+from server.models import PURGE, Article, iso, utc_now
+from server.partners import KeyTable
+from server.push_queue import Claim, PushQueue, now_ms
+from server.push_safety import UnsafeDestination, check_destination
+from server.render import NEWSML_MESSAGE_MEDIA_TYPE, FeedView, ItemView, render_atom_entry, render_newsml_item
+from server.settings import Settings
+from server.store import ArticleStore
+
+log = logging.getLogger(__name__)
+
+LEASE_MS = 60_000
+MAX_BODY_READ = 64 * 1024
+BACKOFF_BASE_SECONDS = 2.0
+BACKOFF_CAP_SECONDS = 600.0
+WEBHOOK_MEDIA_TYPES = {"newsml": NEWSML_MESSAGE_MEDIA_TYPE, "ninjs": "application/json",
+                       "atom": "application/atom+xml;type=entry"}
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    ok: bool
+    status: int | None
+    error: str | None
+    retry: bool
+    retry_after: float | None = None
+    gone: bool = False  # 410 from a WebSub callback: the subscription ends
+
+
+def sign_webhook(secret: str, timestamp: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+
+
+def sign_websub(secret: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def delivery_id(destination_id: str, article_id: str, version: int) -> str:
+    """The same on every retry of one revision to one destination, so receivers can de-duplicate."""
+    return hashlib.sha256(f"{destination_id}|{article_id}|{version}".encode()).hexdigest()[:32]
+
+
+class PushWorker:
+    def __init__(self, redis: Redis, store: ArticleStore, destinations: DestinationStore, queue: PushQueue,
+                 builder: FeedBuilder, feeds: dict[str, FeedDefinition], ledger: PollLedger,
+                 key_table: callable, settings: Settings, consumer: str) -> None:
+        self.redis = redis
+        self.store = store
+        self.destinations = destinations
+        self.queue = queue
+        self.builder = builder
+        self.feeds = feeds
+        self.ledger = ledger
+        self.key_table = key_table  # () -> KeyTable: the current one
+        self.settings = settings
+        self.consumer = consumer
+        self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self._in_flight: set[asyncio.Task] = set()
+        self._per_destination: dict[str, asyncio.Semaphore] = {}
+        self._bodies: OrderedDict[tuple, tuple[bytes, str]] = OrderedDict()
+        self._session: aiohttp.ClientSession | None = None
+
+    # ----- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists already
+            await self.redis.xgroup_create(keys.changelog(), keys.DISPATCH_GROUP, id="$", mkstream=True)
+        connector = aiohttp.TCPConnector(limit=200, limit_per_host=self.settings.push_concurrency_per_destination,
+                                         family=socket.AF_UNSPEC, keepalive_timeout=30)
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=aiohttp.ClientTimeout(total=self.settings.push_timeout_seconds),
+            auto_decompress=False)
+        self._tasks = [asyncio.create_task(self._dispatch_loop()), asyncio.create_task(self._deliver_loop())]
+
+    async def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        for task in self._tasks:
+            task.cancel()  # the flag covers a cancellation redis-py swallows inside a blocking read
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(task, timeout=2)
+        if self._in_flight:
+            await asyncio.wait(self._in_flight, timeout=10)
+        if self._session is not None:
+            await self._session.close()
+
+    def wake(self, _message: str = "") -> None:
+        self._wake.set()
+
+    # ----- fan-out -------------------------------------------------------------------------------
+
+    async def _dispatch_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                await self._dispatch_once(block_ms=500)
+            except Exception:
+                log.exception("fanning out changes failed; will try again")
+                await asyncio.sleep(1)
+
+    async def _dispatch_once(self, block_ms: int) -> int:
+        # Changes another worker took but never acknowledged (it died) are taken over after 30 s.
+        _next, stale, *_ = await self.redis.xautoclaim(keys.changelog(), keys.DISPATCH_GROUP, self.consumer,
+                                                       min_idle_time=30_000, start_id="0-0", count=100)
+        fresh = await self.redis.xreadgroup(keys.DISPATCH_GROUP, self.consumer, {keys.changelog(): ">"},
+                                            count=100, block=block_ms)
+        entries = list(stale) + [e for _stream, batch in fresh for e in batch]
+        for entry_id, fields in entries:
+            if fields and fields.get("kind") != PURGE:
+                await self.fan_out(fields["id"])
+            await self.redis.xack(keys.changelog(), keys.DISPATCH_GROUP, entry_id)
+        return len(entries)
+
+    async def fan_out(self, article_id: str) -> list[str]:
+        """Queue the article's newest revision for every destination that should get it."""
+        article = await self.store.get(article_id)
+        if article is None or not in_feed(article, utc_now(), None):
+            return []  # under embargo or withheld: its release or next revision will come through here
+        now = utc_now()
+        table: KeyTable = self.key_table()
+        chosen = []
+        for destination in await self.destinations.all():
+            if destination.expired(now):
+                await self.destinations.remove(destination.id)  # the lease ran out
+                continue
+            if not self._still_allowed(destination, table):
+                log.info("ending subscription %s: its key or partner is no longer valid", destination.id)
+                await self.destinations.remove(destination.id)
+                continue
+            if self._wants(destination, article, table):
+                chosen.append(destination.id)
+        await self.queue.enqueue(chosen, article.id, article.version)
+        return chosen
+
+    def _still_allowed(self, destination: Destination, table: KeyTable) -> bool:
+        if destination.partner is None:
+            return True
+        partner = table.partners.get(destination.partner)
+        if partner is None or not partner.active:
+            return False
+        if destination.kind == WEBSUB and destination.key_id is not None:
+            feed = self.feeds.get(destination.feed or "")
+            if feed is not None and feed.public:
+                return True
+            return any(k.key_id == destination.key_id and k.usable(utc_now()) for k in partner.keys)
+        return True
+
+    def _wants(self, destination: Destination, article: Article, table: KeyTable) -> bool:
+        if destination.kind == WEBSUB:
+            feed = self.feeds.get(destination.feed or "")
+            return feed is not None and feed.holds(article.latest)
+        partner = table.partners.get(destination.partner or "")
+        return partner is not None and any(
+            partner.may_read_feed(name) and feed.holds(article.latest) for name, feed in self.feeds.items())
+
+    # ----- delivery ------------------------------------------------------------------------------
+
+    async def _deliver_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                claims = await self.queue.claim(100, LEASE_MS) if len(self._in_flight) < 500 else []
+            except Exception:
+                log.exception("claiming deliveries failed; will try again")
+                claims = []
+            for claim in claims:
+                task = asyncio.create_task(self._deliver(claim))
+                self._in_flight.add(task)
+                task.add_done_callback(self._in_flight.discard)
+            if len(claims) < 100:
+                self._wake.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=0.2)
+
+    async def _deliver(self, claim: Claim) -> None:
+        semaphore = self._per_destination.setdefault(
+            claim.destination_id, asyncio.Semaphore(self.settings.push_concurrency_per_destination))
+        async with semaphore:
+            try:
+                await self._attempt(claim)
+            except Exception:
+                log.exception("delivery %s failed unexpectedly; it will be retried", claim.member)
+                await self.queue.retry_at(claim, now_ms() + 5000, {"lastError": "internal error"})
+
+    async def _attempt(self, claim: Claim) -> None:
+        destination = await self.destinations.get(claim.destination_id)
+        article = await self.store.get(claim.article_id)
+        if destination is None or article is None:
+            await self.queue.complete(claim, 1 << 62)
+            return
+        version = article.version  # always the newest revision, whatever was queued
+        body, content_type = self._body(destination, article)
+        started = time.monotonic()
+        outcome = await self._post(destination, article, version, body, content_type)
+        latency_ms = round((time.monotonic() - started) * 1000, 1)
+        state = await self.queue.state(claim)
+        attempt = int(state.get("attempts", 0)) + 1
+        await self._record_attempt(destination, article, version, attempt, outcome, latency_ms)
+        if outcome.ok:
+            await self.queue.complete(claim, version)
+            if destination.partner:
+                # An acknowledged push counts as received, like a poll that delivered it.
+                self.ledger.record(destination.partner, None,
+                                   PollLine(utc_now(), f"push:{destination.id}", destination.format, 200,
+                                            len(body), f"push-{article.id}-{version}"),
+                                   ((article.id, version),))
+            return
+        if outcome.gone:
+            log.info("subscription %s answered 410: ending it", destination.id)
+            await self.destinations.remove(destination.id)
+            return
+        first_try = state.get("firstAttemptAt") or iso(utc_now())
+        failure = {"destination": destination.id, "partner": destination.partner, "url": destination.url,
+                   "article": article.id, "version": version, "attempts": attempt, "firstAttemptAt": first_try,
+                   "lastAttemptAt": iso(utc_now()), "lastStatus": outcome.status, "lastError": outcome.error}
+        give_up_at = (utc_now() - timedelta(seconds=self.settings.push_give_up_seconds)).isoformat()
+        if not outcome.retry or first_try.replace("Z", "+00:00") <= give_up_at:
+            log.warning("giving up on %s after %d attempts: %s", claim.member, attempt, outcome.error)
+            await self.queue.give_up(claim, failure)
+            return
+        delay = outcome.retry_after if outcome.retry_after is not None else min(
+            BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+        await self.queue.retry_at(claim, now_ms() + int(delay * 1000),
+                                  {"attempts": attempt, "firstAttemptAt": first_try, "lastError": outcome.error})
+
+    async def _post(self, destination: Destination, article: Article, version: int, body: bytes,
+                    content_type: str) -> Outcome:
+        try:
+            await check_destination(destination.url, self.settings.push_allow_networks)
+        except UnsafeDestination as exc:
+            return Outcome(False, None, exc.detail, retry=False)
+        headers = {"Content-Type": content_type, "User-Agent": "syndicate-push/1"}
+        if destination.kind == WEBHOOK:
+            timestamp = str(int(time.time()))
+            headers |= {"X-Syndicate-Delivery": delivery_id(destination.id, article.id, version),
+                        "X-Syndicate-Timestamp": timestamp,
+                        "X-Syndicate-Signature": sign_webhook(destination.secret or "", timestamp, body)}
+        else:
+            headers["Link"] = f'<{self.settings.base_url}/hub>; rel="hub", <{destination.topic}>; rel="self"'
+            headers["X-Syndicate-Delivery"] = delivery_id(destination.id, article.id, version)
+            if destination.secret:
+                headers["X-Hub-Signature"] = sign_websub(destination.secret, body)
+        assert self._session is not None
+        try:
+            async with self._session.post(destination.url, data=body, headers=headers,
+                                          allow_redirects=False) as response:
+                await response.content.read(MAX_BODY_READ)  # read a little, never a whole hostile body
+                status = response.status
+                retry_after = _retry_after(response.headers.get("Retry-After"))
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            return Outcome(False, None, f"{type(exc).__name__}: {exc}"[:300], retry=True)
+        if 200 <= status < 300:
+            return Outcome(True, status, None, retry=False)
+        if status == 410 and destination.kind == WEBSUB:
+            return Outcome(False, status, "410 Gone", retry=False, gone=True)
+        retry = status >= 500 or status in (408, 429)
+        return Outcome(False, status, f"HTTP {status}", retry=retry, retry_after=retry_after)
+
+    def _body(self, destination: Destination, article: Article) -> tuple[bytes, str]:
+        """What a destination is sent, made once per revision, format and photo rights."""
+        media = True
+        if destination.partner is not None:
+            partner = self.key_table().partners.get(destination.partner)
+            media = partner.media if partner else True
+        cache_key = (article.id, article.version, destination.kind, destination.format, destination.feed, media)
+        cached = self._bodies.get(cache_key)
+        if cached is not None:
+            return cached
+        if destination.kind == WEBSUB:
+            feed = self.feeds[destination.feed or ""]
+            rendered = self.builder.render(feed, destination.format, [article], since=None,
+                                           cursor=article.change_seq, generation=0, now=utc_now(),
+                                           include_photos=media)
+            result = (rendered.bodies["identity"], RENDERERS[destination.format][0])
+        else:
+            item_url = self.builder.item_url(article.id)
+            item = ItemView.from_revision(article.latest, item_url)
+            view = FeedView(name="push", title="Push", description="One article", language=None,
+                            self_url=item_url, alternate_url=item_url, hub_url=f"{self.settings.base_url}/hub",
+                            built_at=article.latest.ingested_at, render_id=f"{article.id}-{article.version}",
+                            include_photos=media)
+            if destination.format == "newsml":
+                body = render_newsml_item(view, item)
+            elif destination.format == "atom":
+                body = render_atom_entry(view, item)
+            else:
+                document = article.latest.document or {"uri": article.uri, "type": "text", "pubStatus": "canceled"}
+                if not media:
+                    document = {k: v for k, v in document.items() if k != "associations"}
+                body = orjson.dumps(document)
+            result = (body, WEBHOOK_MEDIA_TYPES[destination.format])
+        self._bodies[cache_key] = result
+        if len(self._bodies) > 2000:
+            self._bodies.popitem(last=False)
+        return result
+
+    async def _record_attempt(self, destination: Destination, article: Article, version: int, attempt: int,
+                              outcome: Outcome, latency_ms: float) -> None:
+        await self.redis.xadd(keys.push_attempts(), {
+            "at": iso(utc_now()), "destination": destination.id, "kind": destination.kind,
+            "partner": destination.partner or "", "article": article.id, "version": version, "attempt": attempt,
+            "status": outcome.status or 0, "ok": int(outcome.ok), "latencyMs": latency_ms,
+            "error": outcome.error or "", "delivery": delivery_id(destination.id, article.id, version),
+        }, maxlen=100_000, approximate=True)
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return min(float(value.strip()), BACKOFF_CAP_SECONDS)
+    return None
+
