@@ -20,12 +20,14 @@ import orjson
 from aiohttp import web
 
 from server.credentials import with_local_credentials
+from server.destinations import WEBHOOK_FORMATS, DestinationStore, new_webhook
 from server.embedded_redis import EmbeddedRedisError, start_embedded_redis
 from server.feeds import FeedDefinitionError, load_feed_definitions
 from server.models import article_id_for_uri, is_article_id, iso, parse_iso, utc_now
 from server.ninjs import DocumentError, IncomingDocument, parse_json_object, read_document
 from server.partners import PartnerStore
 from server.problems import Problem
+from server.push_safety import check_destination
 from server.redis_setup import connect
 from server.settings import Settings, SettingsError
 from server.state import ACCESS, PARTNERS, SETTINGS, STORE
@@ -70,6 +72,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="publish the seed article's first version at start-up and print how to try it")
     serve.set_defaults(run=_serve)
 
+    worker = commands.add_parser("worker", help="run push workers (and the background jobs) without HTTP")
+    worker.set_defaults(run=_worker)
+
     imp = commands.add_parser("import", help="import ninjs JSON files or folders of them")
     imp.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     imp.add_argument("--signal", choices=("update", "correction"), help="mark revisions with this signal")
@@ -104,6 +109,21 @@ def _parser() -> argparse.ArgumentParser:
     revoke.add_argument("name")
     revoke.add_argument("key_id", metavar="KEYID")
     revoke.set_defaults(run=_partner_revoke)
+    endpoint = partner_commands.add_parser("endpoint", help="a partner's webhook endpoints")
+    endpoint_commands = endpoint.add_subparsers(required=True, metavar="ACTION")
+    endpoint_add = endpoint_commands.add_parser("add", help="push every revision to a URL, signed")
+    endpoint_add.add_argument("name")
+    endpoint_add.add_argument("url")
+    endpoint_add.add_argument("--format", required=True, choices=WEBHOOK_FORMATS)
+    endpoint_add.add_argument("--secret", required=True, help="16 to 199 bytes, shared with the receiver")
+    endpoint_add.set_defaults(run=_endpoint_add)
+    endpoint_list = endpoint_commands.add_parser("list", help="list endpoints and WebSub subscriptions")
+    endpoint_list.add_argument("name")
+    endpoint_list.set_defaults(run=_endpoint_list)
+    endpoint_remove = endpoint_commands.add_parser("remove", help="remove an endpoint")
+    endpoint_remove.add_argument("name")
+    endpoint_remove.add_argument("endpoint_id", metavar="ENDPOINT_ID")
+    endpoint_remove.set_defaults(run=_endpoint_remove)
     for action, active in (("disable", False), ("enable", True)):
         toggle = partner_commands.add_parser(action, help=f"{action} a partner (all its keys)")
         toggle.add_argument("name")
@@ -137,6 +157,30 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     app.on_startup.append(_print_banner)
     web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None)
     return 0
+
+
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    """The server's background half: change fan-out, push deliveries, embargo lifting and retention.
+    It shares the queue with every other worker and server process through Redis."""
+    import signal
+    from dataclasses import replace
+
+    from server.app import create_app
+
+    async def run() -> int:
+        app = create_app(replace(settings, run_workers=True))
+        runner = web.AppRunner(app)
+        await runner.setup()  # starts Redis, the key table and the workers; serves nothing
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        logging.getLogger("syndicate").info("push worker running (pid %d)", os.getpid())
+        await stop.wait()
+        await runner.cleanup()
+        return 0
+
+    return asyncio.run(run())
 
 
 def demo_article_path(name: str = DEMO_ARTICLE) -> Path:
@@ -414,6 +458,35 @@ def _partner_toggle(args: argparse.Namespace, settings: Settings) -> int:
     async def action(session: _Session) -> None:
         await session.partners.update(args.name, active=args.active)
         print(f"{args.name} {'enabled' if args.active else 'disabled'}")
+    return _partner_command(settings, action)
+
+
+def _endpoint_add(args: argparse.Namespace, settings: Settings) -> int:
+    async def action(session: _Session) -> None:
+        partner = await session.partners.get(args.name)
+        if not 16 <= len(args.secret.encode()) <= 199:
+            raise CommandError("--secret must be 16 to 199 bytes")
+        await check_destination(args.url, settings.push_allow_networks)
+        endpoint = await DestinationStore(session.partners.redis).save(
+            new_webhook(partner.name, args.url, args.format, args.secret))
+        print(f"endpoint {endpoint.id} of {partner.name}: {endpoint.format} to {endpoint.url}")
+    return _partner_command(settings, action)
+
+
+def _endpoint_list(args: argparse.Namespace, settings: Settings) -> int:
+    async def action(session: _Session) -> None:
+        partner = await session.partners.get(args.name)
+        for destination in await DestinationStore(session.partners.redis).for_partner(partner.name):
+            print(f"{destination.id}\t{destination.kind}\t{destination.format}\t{destination.url}")
+    return _partner_command(settings, action)
+
+
+def _endpoint_remove(args: argparse.Namespace, settings: Settings) -> int:
+    async def action(session: _Session) -> None:
+        store = DestinationStore(session.partners.redis)
+        endpoint = await store.require(args.endpoint_id, partner=args.name)
+        await store.remove(endpoint.id)
+        print(f"removed endpoint {endpoint.id} of {args.name}")
     return _partner_command(settings, action)
 
 

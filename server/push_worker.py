@@ -26,6 +26,7 @@ import aiohttp
 import orjson
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
+from yarl import URL
 
 from server import keys
 from server.destinations import WEBHOOK, WEBSUB, Destination, DestinationStore
@@ -42,8 +43,8 @@ from server.store import ArticleStore
 
 log = logging.getLogger(__name__)
 
-LEASE_MS = 60_000
 MAX_BODY_READ = 64 * 1024
+SWEEP_SECONDS = 5.0
 BACKOFF_BASE_SECONDS = 2.0
 BACKOFF_CAP_SECONDS = 600.0
 WEBHOOK_MEDIA_TYPES = {"newsml": NEWSML_MESSAGE_MEDIA_TYPE, "ninjs": "application/json",
@@ -125,12 +126,48 @@ class PushWorker:
     # ----- fan-out -------------------------------------------------------------------------------
 
     async def _dispatch_loop(self) -> None:
+        last_sweep = 0.0
         while not self._stop.is_set():
             try:
                 await self._dispatch_once(block_ms=500)
+                if time.monotonic() - last_sweep > SWEEP_SECONDS:
+                    last_sweep = time.monotonic()
+                    await self.sweep()
             except Exception:
                 log.exception("fanning out changes failed; will try again")
                 await asyncio.sleep(1)
+
+    async def sweep(self) -> None:
+        """End subscriptions whose lease ran out, or whose key or partner is no longer valid."""
+        now, table = utc_now(), self.key_table()
+        for destination in await self.destinations.all():
+            await self._keep(destination, now, table)
+
+    async def _keep(self, destination: Destination, now, table: KeyTable) -> bool:
+        if destination.expired(now):
+            log.info("subscription %s: lease expired", destination.id)
+            await self.destinations.remove(destination.id)
+            return False
+        if not self._still_allowed(destination, table):
+            if destination.kind == WEBHOOK:
+                return False  # a disabled partner's endpoints are kept, and get nothing until it is enabled
+            log.info("ending subscription %s: its key or partner is no longer valid", destination.id)
+            await self.destinations.remove(destination.id)
+            await self._deny(destination, "the partner key was revoked or the partner disabled")
+            return False
+        return True
+
+    async def _deny(self, destination: Destination, reason: str) -> None:
+        """WebSub: tell the subscriber the hub has ended its subscription (``hub.mode=denied``)."""
+        params = {"hub.mode": "denied", "hub.topic": destination.topic or "", "hub.reason": reason}
+        try:
+            await check_destination(destination.url, self.settings.push_allow_networks)
+            assert self._session is not None
+            async with self._session.get(str(URL(destination.url).update_query(params)),
+                                         allow_redirects=False) as response:
+                await response.content.read(MAX_BODY_READ)
+        except (TimeoutError, aiohttp.ClientError, OSError, UnsafeDestination) as exc:
+            log.info("telling %s its subscription ended failed: %s", destination.url, exc)
 
     async def _dispatch_once(self, block_ms: int) -> int:
         # Changes another worker took but never acknowledged (it died) are taken over after 30 s.
@@ -154,12 +191,7 @@ class PushWorker:
         table: KeyTable = self.key_table()
         chosen = []
         for destination in await self.destinations.all():
-            if destination.expired(now):
-                await self.destinations.remove(destination.id)  # the lease ran out
-                continue
-            if not self._still_allowed(destination, table):
-                log.info("ending subscription %s: its key or partner is no longer valid", destination.id)
-                await self.destinations.remove(destination.id)
+            if not await self._keep(destination, now, table):
                 continue
             if self._wants(destination, article, table):
                 chosen.append(destination.id)
@@ -192,7 +224,10 @@ class PushWorker:
     async def _deliver_loop(self) -> None:
         while not self._stop.is_set():
             try:
-                claims = await self.queue.claim(100, LEASE_MS) if len(self._in_flight) < 500 else []
+                # A lease shorter than an attempt could let a second worker send a newer version while
+                # the first is still sending an older one: never shorter than the timeout plus slack.
+                lease_ms = int(max(self.settings.push_lease_seconds, self.settings.push_timeout_seconds + 5) * 1000)
+                claims = await self.queue.claim(100, lease_ms) if len(self._in_flight) < 500 else []
             except Exception:
                 log.exception("claiming deliveries failed; will try again")
                 claims = []

@@ -114,17 +114,6 @@ async def _verify(app: web.Application, mode: str, subscription: Destination, le
     return True
 
 
-async def deny(subscription: Destination, reason: str, timeout: float) -> None:
-    """Tell a subscriber the hub has refused (or ended) its subscription: ``hub.mode=denied``."""
-    params = {"hub.mode": "denied", "hub.topic": subscription.topic or "", "hub.reason": reason}
-    try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session, session.get(
-                str(URL(subscription.url).update_query(params)), allow_redirects=False) as response:
-            await response.content.read(4096)
-    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-        log.info("websub: telling %s it was denied failed: %s", subscription.url, exc)
-
-
 # ----- partner webhook endpoints (admin API) --------------------------------------------------------
 
 
