@@ -231,28 +231,40 @@ class PushWorker:
             except Exception:
                 log.exception("claiming deliveries failed; will try again")
                 claims = []
-            for claim in claims:
-                task = asyncio.create_task(self._deliver(claim))
-                self._in_flight.add(task)
-                task.add_done_callback(self._in_flight.discard)
+            if claims:
+                # One read for the whole batch (a fan-out is many destinations for one article). The
+                # lease keeps each (destination, article) to one attempt at a time, so reading ahead
+                # cannot reorder versions: a newer one that lands meanwhile goes out right after.
+                destinations, articles = await self._prefetch(claims)
+                for claim in claims:
+                    task = asyncio.create_task(self._deliver(claim, destinations.get(claim.destination_id),
+                                                             articles.get(claim.article_id)))
+                    self._in_flight.add(task)
+                    task.add_done_callback(self._in_flight.discard)
             if len(claims) < 100:
                 self._wake.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=0.2)
 
-    async def _deliver(self, claim: Claim) -> None:
+    async def _prefetch(self, claims: list[Claim]) -> tuple[dict[str, Destination], dict[str, Article]]:
+        destination_ids = list(dict.fromkeys(c.destination_id for c in claims))
+        records = await self.redis.mget([keys.destination(d) for d in destination_ids])
+        destinations = {d: Destination.from_record(orjson.loads(r)) for d, r in zip(destination_ids, records,
+                                                                                   strict=True) if r}
+        articles = await self.store.get_many(list(dict.fromkeys(c.article_id for c in claims)))
+        return destinations, {a.id: a for a in articles}
+
+    async def _deliver(self, claim: Claim, destination: Destination | None, article: Article | None) -> None:
         semaphore = self._per_destination.setdefault(
             claim.destination_id, asyncio.Semaphore(self.settings.push_concurrency_per_destination))
         async with semaphore:
             try:
-                await self._attempt(claim)
+                await self._attempt(claim, destination, article)
             except Exception:
                 log.exception("delivery %s failed unexpectedly; it will be retried", claim.member)
                 await self.queue.retry_at(claim, now_ms() + 5000, {"lastError": "internal error"})
 
-    async def _attempt(self, claim: Claim) -> None:
-        destination = await self.destinations.get(claim.destination_id)
-        article = await self.store.get(claim.article_id)
+    async def _attempt(self, claim: Claim, destination: Destination | None, article: Article | None) -> None:
         if destination is None or article is None:
             await self.queue.complete(claim, 1 << 62)
             return
