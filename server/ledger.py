@@ -34,18 +34,22 @@ MANIFEST_RETENTION = timedelta(days=8)
 
 @dataclass(frozen=True, slots=True)
 class PollLine:
-    at: datetime
-    feed: str  # a feed name, or "item:<id>"
+    at: datetime  # the last of the responses the line stands for
+    feed: str  # a feed name, "item:<id>" or "push:<destination>"
     format: str
     status: int
-    size: int
+    size: int  # bytes, summed over ``count``
     render_id: str
+    count: int = 1  # identical responses within one flush interval share a line
 
 
 class PollLedger:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
-        self._lines: list[tuple[str, PollLine]] = []
+        # Identical responses (same partner, feed, format, status and render) within one flush interval
+        # become one line with a count: a partner hammering a feed cannot turn into a Redis write
+        # per request, and the ledger stays exact.
+        self._lines: dict[tuple[str, str, str, int, str], PollLine] = {}
         self._manifests: dict[str, bytes] = {}
         self._last_used: dict[tuple[str, str], datetime] = {}
         self._manifests_written: OrderedDict[str, None] = OrderedDict()  # render ids this process wrote
@@ -54,7 +58,10 @@ class PollLedger:
                manifest: tuple[tuple[str, int], ...] | None = None) -> None:
         """Buffer one line (no I/O). The render's manifest is written with the first line that names
         it in this process (``SET NX``: once per render id, whichever process delivers it first)."""
-        self._lines.append((partner, line))
+        key = (partner, line.feed, line.format, line.status, line.render_id)
+        seen = self._lines.get(key)
+        self._lines[key] = line if seen is None else PollLine(
+            line.at, line.feed, line.format, line.status, seen.size + line.size, line.render_id, seen.count + 1)
         if key_id is not None:
             self._last_used[(partner, key_id)] = line.at
         if manifest is not None and line.render_id not in self._manifests_written:
@@ -64,7 +71,7 @@ class PollLedger:
                 self._manifests_written.popitem(last=False)
 
     async def flush(self) -> int:
-        lines, self._lines = self._lines, []
+        lines, self._lines = self._lines, {}
         manifests, self._manifests = self._manifests, {}
         last_used, self._last_used = self._last_used, {}
         if not (lines or manifests or last_used):
@@ -73,16 +80,20 @@ class PollLedger:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for render_id, manifest in manifests.items():
                     record_manifest(pipe, render_id, manifest)
-                for partner, line in lines:
+                for (partner, *_rest), line in lines.items():
                     pipe.xadd(keys.poll_ledger(partner), {
                         "at": iso(line.at), "feed": line.feed, "format": line.format, "status": line.status,
-                        "bytes": line.size, "render": line.render_id,
+                        "bytes": line.size, "render": line.render_id, "count": line.count,
                     }, maxlen=LEDGER_MAX_LINES, approximate=True)
                 for (partner, key_id), at in last_used.items():
                     pipe.hset(keys.partner_last_used(partner), key_id, iso(at))
                 await pipe.execute()
         except Exception:
-            self._lines[:0] = lines  # keep them for the next flush
+            for key, line in lines.items():  # keep them for the next flush
+                newer = self._lines.get(key)
+                self._lines[key] = line if newer is None else PollLine(
+                    newer.at, line.feed, line.format, line.status, line.size + newer.size, line.render_id,
+                    line.count + newer.count)
             self._manifests.update(manifests)
             raise
         return len(lines)
@@ -120,7 +131,8 @@ async def partner_status(partner: Partner, ledger: PollLedger, store: ArticleSto
     await ledger.flush()
     lines = await ledger.read(partner.name, now - STATUS_WINDOW)
     last_hour = [line for line in lines if line.at >= now - timedelta(hours=1)]
-    not_modified = sum(1 for line in last_hour if line.status == 304)
+    polls = sum(line.count for line in last_hour)
+    not_modified = sum(line.count for line in last_hour if line.status == 304)
 
     received = await _received_versions(store.redis, lines)
     changes = await _recent_changes(store, now - STATUS_WINDOW)
@@ -152,9 +164,9 @@ async def partner_status(partner: Partner, ledger: PollLedger, store: ArticleSto
         "active": partner.active,
         "lastPoll": iso(lines[-1].at) if lines else None,
         "lastHour": {
-            "polls": len(last_hour),
+            "polls": polls,
             "notModified": not_modified,
-            "notModifiedRatio": round(not_modified / len(last_hour), 3) if last_hour else None,
+            "notModifiedRatio": round(not_modified / polls, 3) if polls else None,
         },
         "articles": report,
         "outstanding": sum(1 for item in report if not item["received"]),
@@ -201,4 +213,4 @@ async def _recent_changes(store: ArticleStore, since: datetime) -> list[Change]:
 
 def _line(fields: dict[str, str]) -> PollLine:
     return PollLine(parse_iso(fields["at"]), fields["feed"], fields["format"], int(fields["status"]),
-                    int(fields["bytes"]), fields["render"])
+                    int(fields["bytes"]), fields["render"], int(fields.get("count", 1)))
