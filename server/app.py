@@ -19,6 +19,7 @@ from aiohttp import web
 from server import keys
 from server.access import AccessControl
 from server.api import articles, feeds, health, hub, partners
+from server.api import ops as ops_api
 from server.auth import TokenTable
 from server.destinations import DestinationStore
 from server.embedded_redis import start_embedded_redis
@@ -28,6 +29,7 @@ from server.feeds import load_feed_definitions
 from server.ledger import PollLedger, drop_old_manifests
 from server.models import utc_now
 from server.notifications import Subscriber
+from server.ops import OpsContext
 from server.partners import PartnerStore
 from server.problems import problem_middleware
 from server.push_queue import PushQueue
@@ -45,6 +47,7 @@ from server.state import (
     FEEDS,
     HUB_TASKS,
     LEDGER,
+    OPS,
     PARTNERS,
     PUSH_QUEUE,
     PUSH_WORKER,
@@ -93,6 +96,10 @@ def _add_routes(app: web.Application) -> None:
     app.router.add_get("/api/partners/{name}/endpoints", hub.list_endpoints)
     app.router.add_delete("/api/partners/{name}/endpoints/{endpoint_id}", hub.remove_endpoint)
     app.router.add_post("/hub", hub.hub)
+    app.router.add_get("/api/status", ops_api.get_status)
+    app.router.add_get("/api/propagation", ops_api.get_propagation)
+    app.router.add_get("/api/deliveries", ops_api.get_deliveries)
+    app.router.add_post("/api/deliveries/{delivery_id}/retry", ops_api.retry_delivery)
     app.router.add_get("/feeds/{name}/{format}", feeds.get_feed)
     app.router.add_get("/items/{id}", feeds.get_item)
     app.router.add_get("/items/{id}/newsml", feeds.get_item_newsml)
@@ -130,6 +137,7 @@ async def _redis_context(app: web.Application) -> AsyncIterator[None]:
             worker = PushWorker(redis, store, destinations, queue, builder, app[FEEDS], ledger,
                                 lambda: access.table, settings, consumer=f"server-{os.getpid()}")
         app[DESTINATIONS], app[PUSH_QUEUE], app[PUSH_WORKER], app[HUB_TASKS] = destinations, queue, worker, set()
+        app[OPS] = OpsContext(store, partner_store, ledger, destinations, queue, app[FEEDS])
         subscriber = Subscriber(redis)
         subscriber.on(keys.CHANGES_CHANNEL, cache.apply_notice, cache.resync)
         subscriber.on(keys.PARTNERS_CHANNEL, access.apply_notice, access.reload)

@@ -17,16 +17,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
+import uvloop
 from aiohttp import web
 
+from server import ops
 from server.credentials import with_local_credentials
 from server.destinations import WEBHOOK_FORMATS, DestinationStore, new_webhook
 from server.embedded_redis import EmbeddedRedisError, start_embedded_redis
 from server.feeds import FeedDefinitionError, load_feed_definitions
+from server.ledger import PollLedger
 from server.models import article_id_for_uri, is_article_id, iso, parse_iso, utc_now
 from server.ninjs import DocumentError, IncomingDocument, parse_json_object, read_document
+from server.ops import OpsContext
 from server.partners import PartnerStore
 from server.problems import Problem
+from server.push_queue import PushQueue
 from server.push_safety import check_destination
 from server.redis_setup import connect
 from server.settings import Settings, SettingsError
@@ -129,6 +134,16 @@ def _parser() -> argparse.ArgumentParser:
         toggle.add_argument("name")
         toggle.set_defaults(run=_partner_toggle, active=active)
 
+    status = commands.add_parser("status", help="partners' delivery health and outstanding corrections and kills")
+    status.set_defaults(run=_status)
+    deliveries = commands.add_parser("deliveries", help="recent push deliveries")
+    deliveries.add_argument("--failed", action="store_true", help="only failed attempts and given-up deliveries")
+    deliveries.add_argument("--partner")
+    deliveries.set_defaults(run=_deliveries)
+    retry = commands.add_parser("retry", help="send a failed delivery again (its article's newest revision)")
+    retry.add_argument("delivery_id", metavar="DELIVERY_ID")
+    retry.set_defaults(run=_retry)
+
     purge = commands.add_parser("purge", help="legal takedown: remove the bodies of every revision")
     purge.add_argument("article_id", metavar="ID")
     purge.add_argument("--reason", required=True, help="why, kept on the tombstone")
@@ -155,7 +170,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         app.on_startup.append(_publish_demo)
         app.on_startup.append(_ensure_demo_partner)
     app.on_startup.append(_print_banner)
-    web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None)
+    # uvloop's transports move big cached bodies noticeably faster than asyncio's (see Benchmarks).
+    web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None,
+                loop=uvloop.new_event_loop())
     return 0
 
 
@@ -492,6 +509,75 @@ def _endpoint_remove(args: argparse.Namespace, settings: Settings) -> int:
 
 def _csv(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
+
+
+# ----- ops ------------------------------------------------------------------------------------------
+
+
+def _ops_command(settings: Settings, action) -> int:
+    async def run() -> int:
+        async with _store_session(settings) as session:
+            redis = session.store.redis
+            context = OpsContext(session.store, session.partners, PollLedger(redis), DestinationStore(redis),
+                                 PushQueue(redis), session.store.feeds)
+            await action(context)
+        return 0
+
+    return asyncio.run(run())
+
+
+def _status(args: argparse.Namespace, settings: Settings) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    async def action(context: OpsContext) -> None:
+        overview = await ops.overview(context)
+        flow = await ops.propagation(context)
+        console = Console()
+        colours = {"healthy": "green", "behind": "yellow", "failing": "bold red"}
+        table = Table(title="Partners")
+        for column in ("partner", "state", "last poll", "last push", "lag", "outstanding", "errors", "queue"):
+            table.add_column(column)
+        for row in overview["partners"]:
+            table.add_row(row["partner"] + ("" if row["active"] else " (disabled)"),
+                          f"[{colours[row['state']]}]{row['state']}[/]", row["lastPoll"] or "never",
+                          row["lastPush"] or "-", f"{row['lag']['revisions']} rev / {row['lag']['seconds']:.0f} s",
+                          str(row["outstanding"]), "-" if row["errorRate"] is None else f"{row['errorRate']:.0%}",
+                          str(row["queueDepth"]))
+        console.print(table)
+        outstanding = Table(title="Corrections and kills not yet received")
+        for column in ("kind", "article", "version", "partner", "outstanding for"):
+            outstanding.add_column(column)
+        for item in flow["items"]:
+            for row in item["partners"]:
+                if not row["received"]:
+                    outstanding.add_row(item["kind"], item["headline"] or item["uri"], str(item["version"]),
+                                        row["partner"], f"{row['outstandingSeconds'] / 60:.1f} min")
+        console.print(outstanding if outstanding.row_count else "[green]Every correction and kill has been received.[/]")
+        queue = overview["queue"]
+        console.print(f"queue: {queue['depth']} waiting, {queue['inFlight']} in flight, {queue['failed']} failed; "
+                      f"oldest pending {queue['oldestPendingSeconds'] or 0:.0f} s")
+    return _ops_command(settings, action)
+
+
+def _deliveries(args: argparse.Namespace, settings: Settings) -> int:
+    async def action(context: OpsContext) -> None:
+        result = await ops.deliveries(context, args.partner, failed_only=args.failed)
+        for failure in result["failed"]:
+            print(f"GAVE UP\t{failure['delivery']}\t{failure.get('partner') or '-'}\t{failure['url']}\t"
+                  f"{failure['article']} v{failure['version']}\t{failure['attempts']} attempts\t{failure['lastError']}")
+        for attempt in result["attempts"]:
+            print(f"{'ok' if attempt['ok'] else 'FAILED'}\t{attempt['delivery']}\t{attempt['partner'] or '-'}\t"
+                  f"{attempt['article']} v{attempt['version']}\tattempt {attempt['attempt']}\t"
+                  f"{attempt['status'] or '-'}\t{attempt['error'] or ''}")
+    return _ops_command(settings, action)
+
+
+def _retry(args: argparse.Namespace, settings: Settings) -> int:
+    async def action(context: OpsContext) -> None:
+        result = await ops.retry(context, args.delivery_id)
+        print(f"queued {result['article']} v{result['version']} for {result['destination']} again")
+    return _ops_command(settings, action)
 
 
 def _check_id(article_id: str) -> None:

@@ -103,6 +103,7 @@ class DestinationStore:
                 members = [f"{destination_id}|{article_id}" for article_id in pending]
                 pipe.zrem(keys.push_due(), *members)
                 pipe.zrem(keys.push_leased(), *members)
+                pipe.zrem(keys.push_waiting_since(), *members)
             await pipe.execute()
 
     async def require(self, destination_id: str, partner: str | None = None) -> Destination:

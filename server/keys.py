@@ -172,6 +172,12 @@ def push_leased() -> str:
     return f"{PREFIX}:push:leased"
 
 
+def push_waiting_since() -> str:
+    """Sorted set: ``<destination id>|<article id>`` of every delivery not yet acknowledged, scored by
+    when its revision started waiting (epoch ms): the queue's oldest pending age."""
+    return f"{PREFIX}:push:waiting-since"
+
+
 def push_failed() -> str:
     """Hash: ``<destination id>|<article id>`` -> JSON of a delivery given up on, kept for ops."""
     return f"{PREFIX}:push:failed"

@@ -28,6 +28,7 @@ from server.partners import Partner
 from server.store import ArticleStore
 
 LEDGER_MAX_LINES = 20_000
+PUSH_PREFIX = "push:"  # ledger lines of acknowledged pushes: feed "push:<destination id>"
 STATUS_WINDOW = timedelta(days=7)
 MANIFEST_RETENTION = timedelta(days=8)
 
@@ -130,12 +131,14 @@ async def partner_status(partner: Partner, ledger: PollLedger, store: ArticleSto
     now = now or utc_now()
     await ledger.flush()
     lines = await ledger.read(partner.name, now - STATUS_WINDOW)
-    last_hour = [line for line in lines if line.at >= now - timedelta(hours=1)]
+    polled = [line for line in lines if not line.feed.startswith(PUSH_PREFIX)]
+    pushed = [line for line in lines if line.feed.startswith(PUSH_PREFIX)]
+    last_hour = [line for line in polled if line.at >= now - timedelta(hours=1)]
     polls = sum(line.count for line in last_hour)
     not_modified = sum(line.count for line in last_hour if line.status == 304)
 
-    received = await _received_versions(store.redis, lines)
-    changes = await _recent_changes(store, now - STATUS_WINDOW)
+    received = await received_versions(store.redis, lines)
+    changes = await recent_changes(store, now - STATUS_WINDOW)
     readable = [f for name, f in feeds.items() if partner.may_read_feed(name)]
     articles = await store.get_many(list(dict.fromkeys(c.article_id for c in changes)))
     report = []
@@ -162,7 +165,8 @@ async def partner_status(partner: Partner, ledger: PollLedger, store: ArticleSto
     return {
         "partner": partner.name,
         "active": partner.active,
-        "lastPoll": iso(lines[-1].at) if lines else None,
+        "lastPoll": iso(polled[-1].at) if polled else None,
+        "lastPush": iso(pushed[-1].at) if pushed else None,
         "lastHour": {
             "polls": polls,
             "notModified": not_modified,
@@ -173,7 +177,7 @@ async def partner_status(partner: Partner, ledger: PollLedger, store: ArticleSto
     }
 
 
-async def _received_versions(redis: Redis, lines: list[PollLine]) -> dict[str, tuple[int, datetime]]:
+async def received_versions(redis: Redis, lines: list[PollLine]) -> dict[str, tuple[int, datetime]]:
     """For each article: the highest version the partner has received, and when it first got it."""
     delivered = [line for line in lines if line.status in (200, 304) and line.render_id]
     render_ids = list(dict.fromkeys(line.render_id for line in delivered))
@@ -191,9 +195,9 @@ async def _received_versions(redis: Redis, lines: list[PollLine]) -> dict[str, t
     return received
 
 
-async def _recent_changes(store: ArticleStore, since: datetime) -> list[Change]:
+async def recent_changes(store: ArticleStore, since: datetime,
+                         kinds: tuple[str, ...] = (UPDATE, CORRECTION, KILL)) -> list[Change]:
     """Revisions and kills ingested since ``since``, oldest first (read backwards from the log's end)."""
-    wanted = (UPDATE, CORRECTION, KILL)
     changes: list[Change] = []
     end = "+"
     while True:
@@ -204,7 +208,7 @@ async def _recent_changes(store: ArticleStore, since: datetime) -> list[Change]:
             at = parse_iso(fields["at"])
             if at < since:
                 return list(reversed(changes))
-            if fields["kind"] in wanted:
+            if fields["kind"] in kinds:
                 changes.append(Change(int(entry_id.split("-")[0]), fields["id"], int(fields["version"]),
                                       fields["kind"], at))
         end = f"({batch[-1][0]}"

@@ -19,9 +19,10 @@ from redis.asyncio import Redis
 
 from server import keys
 
-# KEYS: latest hash, due, leased. ARGV: article, version, member, now ms.
+# KEYS: latest hash, due, leased, waiting-since. ARGV: article, version, member, now ms.
 # Keep the newest version; make it due now unless an attempt is in flight (its completion reschedules).
 _ENQUEUE_LUA = """
+redis.call('ZADD', KEYS[4], 'NX', ARGV[4], ARGV[3])
 local current = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
 if tonumber(ARGV[2]) > current then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
 if not redis.call('ZSCORE', KEYS[3], ARGV[3]) then
@@ -45,7 +46,7 @@ end
 return due
 """
 
-# KEYS: latest hash, due, leased, state. ARGV: article, delivered version, member, now ms.
+# KEYS: latest hash, due, leased, state, waiting-since. ARGV: article, delivered version, member, now ms.
 # Done: unless a newer version arrived meanwhile, which becomes due at once.
 _COMPLETE_LUA = """
 redis.call('ZREM', KEYS[3], ARGV[3])
@@ -53,9 +54,11 @@ redis.call('HDEL', KEYS[4], ARGV[1])
 local waiting = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
 if waiting > tonumber(ARGV[2]) then
   redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
+  redis.call('ZADD', KEYS[5], ARGV[4], ARGV[3])
   return 1
 end
 redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[5], ARGV[3])
 return 0
 """
 
@@ -67,8 +70,9 @@ redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
 return 1
 """
 
-# KEYS: latest hash, leased, state, failed. ARGV: article, member, failure JSON.
+# KEYS: latest hash, leased, state, failed, waiting-since. ARGV: article, member, failure JSON.
 _GIVE_UP_LUA = """
+redis.call('ZREM', KEYS[5], ARGV[2])
 redis.call('ZREM', KEYS[2], ARGV[2])
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
@@ -112,7 +116,8 @@ class PushQueue:
         async with self.redis.pipeline(transaction=False) as pipe:
             for destination_id in destination_ids:
                 member = f"{destination_id}|{article_id}"
-                await self._enqueue(keys=[keys.push_latest(destination_id), keys.push_due(), keys.push_leased()],
+                await self._enqueue(keys=[keys.push_latest(destination_id), keys.push_due(), keys.push_leased(),
+                                          keys.push_waiting_since()],
                                     args=[article_id, version, member, now], client=pipe)
             pipe.publish(keys.PUSH_WAKE_CHANNEL, "1")
             await pipe.execute()
@@ -132,7 +137,7 @@ class PushQueue:
         """Acknowledged. True when a newer version is already waiting (it is due now)."""
         return bool(await self._complete(
             keys=[keys.push_latest(claim.destination_id), keys.push_due(), keys.push_leased(),
-                  keys.push_state(claim.destination_id)],
+                  keys.push_state(claim.destination_id), keys.push_waiting_since()],
             args=[claim.article_id, version, claim.member, now_ms()]))
 
     async def retry_at(self, claim: Claim, at_ms: int, state: dict) -> None:
@@ -141,8 +146,14 @@ class PushQueue:
 
     async def give_up(self, claim: Claim, failure: dict) -> None:
         await self._give_up(keys=[keys.push_latest(claim.destination_id), keys.push_leased(),
-                                  keys.push_state(claim.destination_id), keys.push_failed()],
+                                  keys.push_state(claim.destination_id), keys.push_failed(),
+                                  keys.push_waiting_since()],
                             args=[claim.article_id, claim.member, orjson.dumps(failure)])
+
+    async def waiting(self) -> list[tuple[Claim, float]]:
+        """Every unacknowledged delivery and since when it has waited (epoch ms), oldest first."""
+        entries = await self.redis.zrange(keys.push_waiting_since(), 0, -1, withscores=True)
+        return [(Claim.parse(member), score) for member, score in entries]
 
     async def depth(self) -> tuple[int, int]:
         """(deliveries due or waiting to retry, deliveries in flight)."""

@@ -32,7 +32,7 @@ from server import keys
 from server.destinations import WEBHOOK, WEBSUB, Destination, DestinationStore
 from server.feed_builder import RENDERERS, FeedBuilder, in_feed
 from server.feeds import FeedDefinition
-from server.ledger import PollLedger, PollLine
+from server.ledger import PUSH_PREFIX, PollLedger, PollLine
 from server.models import PURGE, Article, iso, utc_now
 from server.partners import KeyTable
 from server.push_queue import Claim, PushQueue, now_ms
@@ -281,7 +281,7 @@ class PushWorker:
             if destination.partner:
                 # An acknowledged push counts as received, like a poll that delivered it.
                 self.ledger.record(destination.partner, None,
-                                   PollLine(utc_now(), f"push:{destination.id}", destination.format, 200,
+                                   PollLine(utc_now(), f"{PUSH_PREFIX}{destination.id}", destination.format, 200,
                                             len(body), f"push-{article.id}-{version}"),
                                    ((article.id, version),))
             return
@@ -290,7 +290,8 @@ class PushWorker:
             await self.destinations.remove(destination.id)
             return
         first_try = state.get("firstAttemptAt") or iso(utc_now())
-        failure = {"destination": destination.id, "partner": destination.partner, "url": destination.url,
+        failure = {"delivery": delivery_id(destination.id, article.id, version), "kind": destination.kind,
+                   "destination": destination.id, "partner": destination.partner, "url": destination.url,
                    "article": article.id, "version": version, "attempts": attempt, "firstAttemptAt": first_try,
                    "lastAttemptAt": iso(utc_now()), "lastStatus": outcome.status, "lastError": outcome.error}
         give_up_at = (utc_now() - timedelta(seconds=self.settings.push_give_up_seconds)).isoformat()

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from server.feed_cache import FeedCache
     from server.feeds import FeedDefinition
     from server.ledger import PollLedger
+    from server.ops import OpsContext
     from server.partners import PartnerStore
     from server.push_queue import PushQueue
     from server.push_worker import PushWorker
@@ -40,3 +41,4 @@ DESTINATIONS: web.AppKey[DestinationStore] = web.AppKey("destinations")
 PUSH_QUEUE: web.AppKey[PushQueue] = web.AppKey("push_queue")
 PUSH_WORKER: web.AppKey[PushWorker | None] = web.AppKey("push_worker")
 HUB_TASKS: web.AppKey[set] = web.AppKey("hub_tasks")
+OPS: web.AppKey[OpsContext] = web.AppKey("ops")
