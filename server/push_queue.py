@@ -70,6 +70,12 @@ redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
 return 1
 """
 
+# KEYS: due, leased. ARGV: member, at ms. Hand a claimed delivery back untried (no attempt counted).
+_DEFER_LUA = """
+if redis.call('ZREM', KEYS[2], ARGV[1]) == 1 then redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1]) end
+return 1
+"""
+
 # KEYS: latest hash, leased, state, failed, waiting-since. ARGV: article, member, failure JSON.
 _GIVE_UP_LUA = """
 redis.call('ZREM', KEYS[5], ARGV[2])
@@ -108,6 +114,7 @@ class PushQueue:
         self._complete = redis.register_script(_COMPLETE_LUA)
         self._retry = redis.register_script(_RETRY_LUA)
         self._give_up = redis.register_script(_GIVE_UP_LUA)
+        self._defer = redis.register_script(_DEFER_LUA)
 
     async def enqueue(self, destination_ids: list[str], article_id: str, version: int) -> None:
         if not destination_ids:
@@ -143,6 +150,12 @@ class PushQueue:
     async def retry_at(self, claim: Claim, at_ms: int, state: dict) -> None:
         await self._retry(keys=[keys.push_due(), keys.push_leased(), keys.push_state(claim.destination_id)],
                           args=[claim.article_id, claim.member, at_ms, orjson.dumps(state)])
+
+    async def defer(self, claims: list[Claim], at_ms: int) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for claim in claims:
+                await self._defer(keys=[keys.push_due(), keys.push_leased()], args=[claim.member, at_ms], client=pipe)
+            await pipe.execute()
 
     async def give_up(self, claim: Claim, failure: dict) -> None:
         await self._give_up(keys=[keys.push_latest(claim.destination_id), keys.push_leased(),

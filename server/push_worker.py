@@ -92,7 +92,7 @@ class PushWorker:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._in_flight: set[asyncio.Task] = set()
-        self._per_destination: dict[str, asyncio.Semaphore] = {}
+        self._active: dict[str, int] = {}  # deliveries in flight per destination
         self._bodies: OrderedDict[tuple, tuple[bytes, str]] = OrderedDict()
         self._session: aiohttp.ClientSession | None = None
 
@@ -232,6 +232,8 @@ class PushWorker:
                 log.exception("claiming deliveries failed; will try again")
                 claims = []
             if claims:
+                claims = await self._defer_busy(claims)
+            if claims:
                 # One read for the whole batch (a fan-out is many destinations for one article). The
                 # lease keeps each (destination, article) to one attempt at a time, so reading ahead
                 # cannot reorder versions: a newer one that lands meanwhile goes out right after.
@@ -246,6 +248,21 @@ class PushWorker:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=0.2)
 
+    async def _defer_busy(self, claims: list[Claim]) -> list[Claim]:
+        """A destination already at its concurrency limit (slow or dead) gets its further deliveries
+        handed back for a moment, so it never ties up the worker while others wait."""
+        limit = self.settings.push_concurrency_per_destination
+        keep, busy = [], []
+        for claim in claims:
+            if self._active.get(claim.destination_id, 0) >= limit:
+                busy.append(claim)
+            else:
+                self._active[claim.destination_id] = self._active.get(claim.destination_id, 0) + 1
+                keep.append(claim)
+        if busy:
+            await self.queue.defer(busy, now_ms() + 500)
+        return keep
+
     async def _prefetch(self, claims: list[Claim]) -> tuple[dict[str, Destination], dict[str, Article]]:
         destination_ids = list(dict.fromkeys(c.destination_id for c in claims))
         records = await self.redis.mget([keys.destination(d) for d in destination_ids])
@@ -255,14 +272,17 @@ class PushWorker:
         return destinations, {a.id: a for a in articles}
 
     async def _deliver(self, claim: Claim, destination: Destination | None, article: Article | None) -> None:
-        semaphore = self._per_destination.setdefault(
-            claim.destination_id, asyncio.Semaphore(self.settings.push_concurrency_per_destination))
-        async with semaphore:
-            try:
-                await self._attempt(claim, destination, article)
-            except Exception:
-                log.exception("delivery %s failed unexpectedly; it will be retried", claim.member)
-                await self.queue.retry_at(claim, now_ms() + 5000, {"lastError": "internal error"})
+        try:
+            await self._attempt(claim, destination, article)
+        except Exception:
+            log.exception("delivery %s failed unexpectedly; it will be retried", claim.member)
+            await self.queue.retry_at(claim, now_ms() + 5000, {"lastError": "internal error"})
+        finally:
+            remaining = self._active.get(claim.destination_id, 1) - 1
+            if remaining > 0:
+                self._active[claim.destination_id] = remaining
+            else:
+                self._active.pop(claim.destination_id, None)
 
     async def _attempt(self, claim: Claim, destination: Destination | None, article: Article | None) -> None:
         if destination is None or article is None:
