@@ -21,6 +21,7 @@ from server import keys
 from server.auth import TokenTable
 from server.feeds import FeedDefinition
 from server.ledger import PollLedger, PollLine
+from server.logs import note_partner
 from server.models import utc_now
 from server.partners import KeyTable, Partner, PartnerStore
 from server.problems import Problem, Unauthorised
@@ -100,6 +101,7 @@ class AccessControl:
             raise Unauthorised("The key is not valid (unknown, revoked or expired), or its partner is disabled.",
                                headers={"WWW-Authenticate": f'{_CHALLENGE}, error="invalid_token"'})
         partner, key = found
+        note_partner(partner.name)  # for the logs: the partner's name, never its key
         if public:
             pass  # open to everyone; the partner's poll is still counted and recorded
         elif feed is not None and not partner.may_read_feed(feed.name):

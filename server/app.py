@@ -16,7 +16,7 @@ from datetime import timedelta
 
 from aiohttp import web
 
-from server import keys
+from server import dashboard, keys
 from server.access import AccessControl
 from server.api import articles, feeds, health, hub, partners
 from server.api import ops as ops_api
@@ -27,13 +27,23 @@ from server.feed_builder import FeedBuilder
 from server.feed_cache import FeedCache
 from server.feeds import load_feed_definitions
 from server.ledger import PollLedger, drop_old_manifests
+from server.logs import request_middleware
+from server.metrics import (
+    METRICS,
+    Metrics,
+    attach,
+    heartbeat_context,
+    metrics_endpoint,
+    observe,
+    redis_error_middleware,
+)
 from server.models import utc_now
 from server.notifications import Subscriber
 from server.ops import OpsContext
 from server.partners import PartnerStore
 from server.problems import problem_middleware
 from server.push_queue import PushQueue
-from server.push_worker import PushWorker
+from server.push_worker import PushWorker, ensure_dispatch_group
 from server.ratelimit import RateLimiter
 from server.redis_setup import connect, durability_warnings
 from server.settings import Settings
@@ -64,20 +74,26 @@ EMBARGO_POLL_SECONDS = 0.2
 
 def create_app(settings: Settings) -> web.Application:
     # aiohttp's own limit answers 413 before a handler reads more than this.
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[problem_middleware])
+    # Outermost first: request id, access line and request metrics; problem details; Redis error count.
+    app = web.Application(client_max_size=settings.max_body_bytes,
+                          middlewares=[request_middleware, problem_middleware, redis_error_middleware])
     app[SETTINGS] = settings
     app[TOKENS] = TokenTable(settings)
     app[FEEDS] = load_feed_definitions(settings.feeds_dir)
     app.cleanup_ctx.append(_redis_context)
     app.cleanup_ctx.append(_maintenance_context)
     app.cleanup_ctx.append(_embargo_context)
+    app[METRICS] = Metrics()
+    app.cleanup_ctx.append(heartbeat_context)  # after Redis: worker heartbeat and metrics snapshot
     _add_routes(app)
+    dashboard.setup(app)  # /ops: templates and routes
     return app
 
 
 def _add_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
+    app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_post("/api/articles", articles.create_article)
     app.router.add_get("/api/articles", articles.list_articles)
     app.router.add_get("/api/articles/{id}", articles.get_article)
@@ -143,6 +159,8 @@ async def _redis_context(app: web.Application) -> AsyncIterator[None]:
         subscriber.on(keys.PARTNERS_CHANNEL, access.apply_notice, access.reload)
         if worker is not None:
             subscriber.on(keys.PUSH_WAKE_CHANNEL, worker.wake, _nothing)
+        attach(app[METRICS], store, cache, access, worker)
+        await ensure_dispatch_group(redis)
         await access.reload(force=True)
         await subscriber.start()
         if worker is not None:
@@ -183,6 +201,7 @@ async def _embargo_loop(store: ArticleStore, stop: asyncio.Event) -> None:
             for article_id in await store.due_embargoes(utc_now()):
                 await store.release_embargo(article_id)
         except Exception:
+            observe(store).count_redis_error("embargo")
             log.exception("lifting embargoes failed; will try again")
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=EMBARGO_POLL_SECONDS)
@@ -205,6 +224,7 @@ async def _flush(access: AccessControl) -> None:
         await access.limiter.flush()
         await access.ledger.flush()
     except Exception:
+        observe(access).count_redis_error("flush")
         log.exception("flushing rate limits and the poll ledger failed; will try again")
 
 
@@ -237,6 +257,7 @@ async def _maintenance_loop(app: web.Application, stop: asyncio.Event) -> None:
                 if await store.redis.get(lock) == token:
                     await store.redis.delete(lock)
         except Exception:
+            app[METRICS].count_redis_error("maintenance")
             log.exception("retention job failed; will try again")
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=settings.maintenance_interval_seconds)

@@ -20,7 +20,7 @@ import orjson
 import uvloop
 from aiohttp import web
 
-from server import ops
+from server import logs, ops
 from server.credentials import with_local_credentials
 from server.destinations import WEBHOOK_FORMATS, DestinationStore, new_webhook
 from server.embedded_redis import EmbeddedRedisError, start_embedded_redis
@@ -33,6 +33,7 @@ from server.partners import PartnerStore
 from server.problems import Problem
 from server.push_queue import PushQueue
 from server.push_safety import check_destination
+from server.push_worker import ensure_dispatch_group
 from server.redis_setup import connect
 from server.settings import Settings, SettingsError
 from server.state import ACCESS, PARTNERS, SETTINGS, STORE
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
-        logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logs.configure(settings)  # JSON lines on stderr (SYNDICATE_LOG_FORMAT=text for humans)
         return args.run(args, settings)
     except (SettingsError, CommandError, EmbeddedRedisError, FeedDefinitionError) as exc:
         print(f"syndicate: {exc}", file=sys.stderr)
@@ -289,6 +290,7 @@ async def _store_session(settings: Settings) -> AsyncIterator[_Session]:
     try:
         redis = await connect(url)
         try:
+            await ensure_dispatch_group(redis)
             feeds = load_feed_definitions(settings.feeds_dir)
             yield _Session(ArticleStore(redis, feeds), PartnerStore(redis, feeds))
         finally:

@@ -21,6 +21,8 @@ from server.problems import NotFound
 
 WEBSUB, WEBHOOK = "websub", "webhook"
 WEBHOOK_FORMATS = ("newsml", "ninjs", "atom")
+# The feed format a partner must be entitled to for each webhook format (ninjs is the JSON one).
+WEBHOOK_FEED_FORMATS = {"newsml": "newsml", "ninjs": "json", "atom": "atom"}
 
 
 @dataclass(frozen=True, slots=True)

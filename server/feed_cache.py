@@ -26,6 +26,7 @@ from redis.asyncio import Redis
 from server import keys
 from server.feed_builder import HEAD, FeedBuilder, RenderedFeed
 from server.feeds import FeedDefinition
+from server.metrics import observe
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,7 @@ class FeedCache:
         if cached is not None and cached[0].generation == generation and cached[1] > time.monotonic():
             self._memory.move_to_end(memory_key)
             self.hits += 1
+            observe(self).cache_result("memory_hit")
             return cached[0]
         self.misses += 1
         flight_key = (*memory_key, generation)
@@ -118,14 +120,17 @@ class FeedCache:
         cache_key = keys.rendered_feed(feed.name, fmt, page, generation, variant)
         stored = await self.cache_redis.hgetall(cache_key)
         if stored:
+            observe(self).cache_result("redis_hit")
             return RenderedFeed.from_redis(stored)
         lock_key, token = keys.render_lock(cache_key), secrets.token_hex(8)
         if not await self.cache_redis.set(lock_key, token, nx=True, px=LOCK_MILLISECONDS):
             stored = await self._wait_for(cache_key)
             if stored:
+                observe(self).cache_result("redis_hit")
                 return RenderedFeed.from_redis(stored)
         try:
-            rendered = await self.builder.build(feed, fmt, since, generation, include_photos=variant == "full")
+            with observe(self).rendering(fmt):
+                rendered = await self.builder.build(feed, fmt, since, generation, include_photos=variant == "full")
             async with self.cache_redis.pipeline(transaction=False) as pipe:
                 pipe.hset(cache_key, mapping=rendered.to_redis())
                 pipe.expire(cache_key, self.ttl_seconds)

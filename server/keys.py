@@ -186,3 +186,25 @@ def push_failed() -> str:
 def push_attempts() -> str:
     """Stream (capped): every delivery attempt with its outcome."""
     return f"{PREFIX}:push:attempts"
+
+
+# ----- ops: heartbeats and metrics (issue 6) -------------------------------------------------------
+
+def worker_heartbeat(process_id: str) -> str:
+    """String (with a short TTL): set by a process (``<host>:<pid>``) while its push workers run."""
+    return f"{PREFIX}:heartbeat:worker:{process_id}"
+
+
+def worker_heartbeats() -> str:
+    """Sorted set: process id of every worker heartbeat, scored by when it runs out (epoch ms)."""
+    return f"{PREFIX}:heartbeat:workers"
+
+
+def process_metrics(process_id: str) -> str:
+    """String (JSON, with a short TTL): one process's Prometheus samples, for ``/metrics`` on any process."""
+    return f"{PREFIX}:metrics:process:{process_id}"
+
+
+def process_metrics_index() -> str:
+    """Sorted set: process id of every metrics snapshot, scored by when it runs out (epoch ms)."""
+    return f"{PREFIX}:metrics:processes"

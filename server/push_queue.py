@@ -76,14 +76,22 @@ if redis.call('ZREM', KEYS[2], ARGV[1]) == 1 then redis.call('ZADD', KEYS[1], AR
 return 1
 """
 
-# KEYS: latest hash, leased, state, failed, waiting-since. ARGV: article, member, failure JSON.
+# KEYS: latest hash, leased, state, failed, waiting-since, due.
+# ARGV: article, member, failure JSON, the version given up on, now ms.
+# A newer revision that arrived meanwhile (a kill, say) is not given up with it: it is due at once.
 _GIVE_UP_LUA = """
-redis.call('ZREM', KEYS[5], ARGV[2])
 redis.call('ZREM', KEYS[2], ARGV[2])
-redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
 redis.call('HSET', KEYS[4], ARGV[2], ARGV[3])
-return 1
+local waiting = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+if waiting > tonumber(ARGV[4]) then
+  redis.call('ZADD', KEYS[6], ARGV[5], ARGV[2])
+  redis.call('ZADD', KEYS[5], ARGV[5], ARGV[2])
+  return 1
+end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[5], ARGV[2])
+return 0
 """
 
 
@@ -157,11 +165,11 @@ class PushQueue:
                 await self._defer(keys=[keys.push_due(), keys.push_leased()], args=[claim.member, at_ms], client=pipe)
             await pipe.execute()
 
-    async def give_up(self, claim: Claim, failure: dict) -> None:
+    async def give_up(self, claim: Claim, version: int, failure: dict) -> None:
         await self._give_up(keys=[keys.push_latest(claim.destination_id), keys.push_leased(),
                                   keys.push_state(claim.destination_id), keys.push_failed(),
-                                  keys.push_waiting_since()],
-                            args=[claim.article_id, claim.member, orjson.dumps(failure)])
+                                  keys.push_waiting_since(), keys.push_due()],
+                            args=[claim.article_id, claim.member, orjson.dumps(failure), version, now_ms()])
 
     async def waiting(self) -> list[tuple[Claim, float]]:
         """Every unacknowledged delivery and since when it has waited (epoch ms), oldest first."""

@@ -29,10 +29,11 @@ from redis.exceptions import ResponseError
 from yarl import URL
 
 from server import keys
-from server.destinations import WEBHOOK, WEBSUB, Destination, DestinationStore
+from server.destinations import WEBHOOK, WEBHOOK_FEED_FORMATS, WEBSUB, Destination, DestinationStore
 from server.feed_builder import RENDERERS, FeedBuilder, in_feed
 from server.feeds import FeedDefinition
 from server.ledger import PUSH_PREFIX, PollLedger, PollLine
+from server.metrics import observe
 from server.models import PURGE, Article, iso, utc_now
 from server.partners import KeyTable
 from server.push_queue import Claim, PushQueue, now_ms
@@ -59,6 +60,13 @@ class Outcome:
     retry: bool
     retry_after: float | None = None
     gone: bool = False  # 410 from a WebSub callback: the subscription ends
+
+
+async def ensure_dispatch_group(redis: Redis) -> None:
+    """The change log's consumer group, made by every process that can write changes before it takes
+    any (not only by workers): a change stored before the first worker starts is still fanned out."""
+    with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists already
+        await redis.xgroup_create(keys.changelog(), keys.DISPATCH_GROUP, id="$", mkstream=True)
 
 
 def sign_webhook(secret: str, timestamp: str, body: bytes) -> str:
@@ -99,8 +107,7 @@ class PushWorker:
     # ----- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists already
-            await self.redis.xgroup_create(keys.changelog(), keys.DISPATCH_GROUP, id="$", mkstream=True)
+        await ensure_dispatch_group(self.redis)
         connector = aiohttp.TCPConnector(limit=200, limit_per_host=self.settings.push_concurrency_per_destination,
                                          family=socket.AF_UNSPEC, keepalive_timeout=30)
         self._session = aiohttp.ClientSession(
@@ -134,6 +141,7 @@ class PushWorker:
                     last_sweep = time.monotonic()
                     await self.sweep()
             except Exception:
+                observe(self).count_redis_error("push")
                 log.exception("fanning out changes failed; will try again")
                 await asyncio.sleep(1)
 
@@ -204,10 +212,13 @@ class PushWorker:
         partner = table.partners.get(destination.partner)
         if partner is None or not partner.active:
             return False
-        if destination.kind == WEBSUB and destination.key_id is not None:
+        if destination.kind == WEBSUB:
             feed = self.feeds.get(destination.feed or "")
-            if feed is not None and feed.public:
-                return True
+            if feed is None or feed.public:
+                return feed is not None
+            # Entitlements can change after subscribing: the topic must still be the partner's to read.
+            if not (partner.may_read_feed(feed.name) and partner.may_read_format(destination.format)):
+                return False
             return any(k.key_id == destination.key_id and k.usable(utc_now()) for k in partner.keys)
         return True
 
@@ -216,7 +227,7 @@ class PushWorker:
             feed = self.feeds.get(destination.feed or "")
             return feed is not None and feed.holds(article.latest)
         partner = table.partners.get(destination.partner or "")
-        return partner is not None and any(
+        return partner is not None and partner.may_read_format(WEBHOOK_FEED_FORMATS[destination.format]) and any(
             partner.may_read_feed(name) and feed.holds(article.latest) for name, feed in self.feeds.items())
 
     # ----- delivery ------------------------------------------------------------------------------
@@ -229,6 +240,7 @@ class PushWorker:
                 lease_ms = int(max(self.settings.push_lease_seconds, self.settings.push_timeout_seconds + 5) * 1000)
                 claims = await self.queue.claim(100, lease_ms) if len(self._in_flight) < 500 else []
             except Exception:
+                observe(self).count_redis_error("push")
                 log.exception("claiming deliveries failed; will try again")
                 claims = []
             if claims:
@@ -275,6 +287,7 @@ class PushWorker:
         try:
             await self._attempt(claim, destination, article)
         except Exception:
+            observe(self).delivery_error(destination.kind if destination is not None else "unknown")
             log.exception("delivery %s failed unexpectedly; it will be retried", claim.member)
             await self.queue.retry_at(claim, now_ms() + 5000, {"lastError": "internal error"})
         finally:
@@ -298,6 +311,7 @@ class PushWorker:
         await self._record_attempt(destination, article, version, attempt, outcome, latency_ms)
         if outcome.ok:
             await self.queue.complete(claim, version)
+            observe(self).delivered(destination.kind, "ok", article.latest.ingested_at)
             if destination.partner:
                 # An acknowledged push counts as received, like a poll that delivered it.
                 self.ledger.record(destination.partner, None,
@@ -307,6 +321,7 @@ class PushWorker:
             return
         if outcome.gone:
             log.info("subscription %s answered 410: ending it", destination.id)
+            observe(self).delivered(destination.kind, "gone")
             await self.destinations.remove(destination.id)
             return
         first_try = state.get("firstAttemptAt") or iso(utc_now())
@@ -317,10 +332,12 @@ class PushWorker:
         give_up_at = (utc_now() - timedelta(seconds=self.settings.push_give_up_seconds)).isoformat()
         if not outcome.retry or first_try.replace("Z", "+00:00") <= give_up_at:
             log.warning("giving up on %s after %d attempts: %s", claim.member, attempt, outcome.error)
-            await self.queue.give_up(claim, failure)
+            await self.queue.give_up(claim, version, failure)
+            observe(self).delivered(destination.kind, "gave_up")
             return
         delay = outcome.retry_after if outcome.retry_after is not None else min(
             BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+        observe(self).delivered(destination.kind, "retry")
         await self.queue.retry_at(claim, now_ms() + int(delay * 1000),
                                   {"attempts": attempt, "firstAttemptAt": first_try, "lastError": outcome.error})
 

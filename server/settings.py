@@ -36,6 +36,7 @@ class Settings:
     base_url_setting: str | None = None
     publisher_tokens: tuple[PublisherToken, ...] = ()
     admin_token: str | None = None
+    session_secret: str | None = None  # /ops cookies and CSRF; default: derived from admin_token
     max_body_bytes: int = 2 * 1024 * 1024
     retention_days: float = 90.0
     changelog_retention_days: float = 90.0
@@ -59,6 +60,8 @@ class Settings:
     websub_lease_max: int = 30 * 24 * 3600
     run_workers: bool = True
     log_level: str = "INFO"
+    log_format: str = "json"
+    heartbeat_seconds: float = 5.0
 
     @property
     def base_url(self) -> str:
@@ -91,6 +94,7 @@ class Settings:
             base_url_setting=_base_url(env),
             publisher_tokens=_publisher_tokens(env),
             admin_token=_token(env, "SYNDICATE_ADMIN_TOKEN"),
+            session_secret=_token(env, "SYNDICATE_SESSION_SECRET"),
             max_body_bytes=_int(env, "SYNDICATE_MAX_BODY_BYTES", 2 * 1024 * 1024, low=1024),
             retention_days=_float(env, "SYNDICATE_RETENTION_DAYS", 90.0, low=0.0),
             changelog_retention_days=_float(env, "SYNDICATE_CHANGELOG_RETENTION_DAYS", 90.0, low=0.0),
@@ -114,6 +118,8 @@ class Settings:
             websub_lease_max=_int(env, "SYNDICATE_WEBSUB_LEASE_MAX", 30 * 24 * 3600, low=1),
             run_workers=_choice(env, "SYNDICATE_WORKERS", "ON", ("ON", "OFF")) == "ON",
             log_level=_choice(env, "SYNDICATE_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
+            log_format=_choice(env, "SYNDICATE_LOG_FORMAT", "JSON", ("JSON", "TEXT")).lower(),
+            heartbeat_seconds=_float(env, "SYNDICATE_HEARTBEAT_SECONDS", 5.0, low=0.1),
         )
 
 

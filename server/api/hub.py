@@ -21,7 +21,15 @@ from aiohttp import web
 from yarl import URL
 
 from server.auth import require_caller
-from server.destinations import WEBHOOK, WEBHOOK_FORMATS, WEBSUB, Destination, new_webhook, subscription_id
+from server.destinations import (
+    WEBHOOK,
+    WEBHOOK_FEED_FORMATS,
+    WEBHOOK_FORMATS,
+    WEBSUB,
+    Destination,
+    new_webhook,
+    subscription_id,
+)
 from server.feeds import FORMATS
 from server.models import utc_now
 from server.ninjs import DocumentError, parse_json_object
@@ -137,6 +145,9 @@ async def add_endpoint(request: web.Request) -> web.Response:
     if not isinstance(secret, str) or not 16 <= len(secret.encode()) <= MAX_SECRET_BYTES:
         raise Problem("secret must be a string of 16 to 199 bytes.", status=422,
                       errors=[{"pointer": "/secret", "detail": "16 to 199 bytes"}])
+    if not partner.may_read_format(WEBHOOK_FEED_FORMATS[fmt]):
+        raise Problem(f"Partner {partner.name!r} is not entitled to the {WEBHOOK_FEED_FORMATS[fmt]} format.",
+                      status=422, errors=[{"pointer": "/format", "detail": "format not granted to the partner"}])
     await check_destination(url, request.app[SETTINGS].push_allow_networks)
     endpoint = await request.app[DESTINATIONS].save(new_webhook(partner.name, url, fmt, secret))
     return web.Response(body=orjson.dumps(endpoint.public_view()), status=201, content_type="application/json",

@@ -1,0 +1,178 @@
+"""Logging: one JSON object per line (or readable text with ``SYNDICATE_LOG_FORMAT=text``), a request id
+in every line logged while a request is handled, and one access line per request.
+
+The request middleware takes the client's ``X-Request-Id`` when it is sane (1 to 64 of ``A-Z a-z 0-9
+. _ : -``), else makes one, echoes it in the response and keeps it (and the partner, once its key is
+recognised) in a context variable that both formatters read. Keys never reach a log: the access line
+names the partner, and every line has ``key=`` values in URLs and queries replaced by ``[redacted]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import re
+import secrets
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import IO, Any
+
+import orjson
+from aiohttp import web
+
+from server.settings import Settings
+
+REQUEST_ID_HEADER = "X-Request-Id"
+access_log = logging.getLogger("syndicate.access")
+
+_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+# key=<value> in a query or URL, also percent-encoded inside another URL's query (a WebSub topic).
+_KEY_IN_URL = re.compile(
+    r"(?i)((?:^|(?<=[?&;\s\"'/])|%3F|%26)(?:key|api[_-]?key)(?:=|%3D))(?:%(?!26)[0-9A-Fa-f]{2}|[^&\s\"'#%,])+")
+_STANDARD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+
+
+@dataclass(slots=True)
+class RequestContext:
+    request_id: str
+    partner: str | None = None
+
+
+_current: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar("syndicate_request", default=None)
+
+
+def current_request() -> RequestContext | None:
+    return _current.get()
+
+
+def note_partner(name: str) -> None:
+    """The request being handled was made with a key of this partner (called by the access check)."""
+    context = _current.get()
+    if context is not None:
+        context.partner = name
+
+
+def redact(text: str) -> str:
+    """``key=<anything>`` becomes ``key=[redacted]`` (in plain and percent-encoded query strings)."""
+    if "key" not in text.lower():
+        return text
+    return _KEY_IN_URL.sub(r"\1[redacted]", text)
+
+
+def request_id_for(presented: str | None) -> str:
+    if presented is not None and _SANE_REQUEST_ID.fullmatch(presented):
+        return presented
+    return secrets.token_hex(16)
+
+
+# ----- formatters ----------------------------------------------------------------------------------
+
+
+def _extras(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRIBUTES and not k.startswith("_")}
+
+
+def _timestamp(record: logging.LogRecord) -> str:
+    return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class JsonFormatter(logging.Formatter):
+    """``{"timestamp", "level", "logger", "message", "request_id"?, "partner"?, ...extras, "exc"?}``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "timestamp": _timestamp(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": redact(record.getMessage()),
+        }
+        context = _current.get()
+        if context is not None:
+            entry["request_id"] = context.request_id
+            if context.partner is not None:
+                entry["partner"] = context.partner
+        for name, value in _extras(record).items():
+            entry[name] = redact(value) if isinstance(value, str) else value
+        if record.exc_info:
+            entry["exc"] = redact(self.formatException(record.exc_info))
+        elif record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return orjson.dumps(entry, default=str).decode()
+
+
+class TextFormatter(logging.Formatter):
+    """``2025-01-01T12:00:00.000Z INFO syndicate.access [request id, partner] message key=value...``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        parts = [_timestamp(record), record.levelname, record.name]
+        context = _current.get()
+        if context is not None:
+            parts.append(f"[{context.request_id}" + (f" partner={context.partner}]" if context.partner else "]"))
+        line = " ".join(parts) + ": " + record.getMessage()
+        extras = _extras(record)
+        if extras and record.name != access_log.name:  # the access line's message already says it all
+            line += " " + " ".join(f"{k}={v}" for k, v in extras.items())
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        elif record.stack_info:
+            line += "\n" + self.formatStack(record.stack_info)
+        return redact(line)
+
+
+def configure(settings: Settings, stream: IO[str] | None = None) -> logging.Handler:
+    """Send every log line to stderr (or ``stream``) in the configured format, at the configured level.
+    Replaces the root logger's handlers (like ``logging.basicConfig(force=True)``)."""
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(TextFormatter() if settings.log_format == "text" else JsonFormatter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+        old.close()
+    root.addHandler(handler)
+    root.setLevel(settings.log_level)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # the middleware writes the access lines
+    return handler
+
+
+# ----- the request middleware ------------------------------------------------------------------------
+
+
+@web.middleware
+async def request_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Outermost: request id and context for every line, one access line, and the request metrics."""
+    from server.metrics import METRICS  # late: server.metrics imports the app's modules
+
+    started = time.perf_counter()
+    context = RequestContext(request_id_for(request.headers.get(REQUEST_ID_HEADER)))
+    token = _current.set(context)
+    status = 500
+    response: web.StreamResponse | None = None
+    try:
+        response = await handler(request)
+        status = response.status
+        if not response.prepared:
+            response.headers[REQUEST_ID_HEADER] = context.request_id
+        return response
+    except web.HTTPException as exc:  # redirects and the like, which the problem middleware lets through
+        status = exc.status
+        exc.headers[REQUEST_ID_HEADER] = context.request_id
+        raise
+    except asyncio.CancelledError:
+        status = 499  # the client went away
+        raise
+    finally:
+        elapsed = time.perf_counter() - started
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "(unmatched)"
+        metrics = request.app.get(METRICS)
+        if metrics is not None:
+            metrics.observe_request(request.method, route, status, elapsed, response)
+        if access_log.isEnabledFor(logging.INFO):
+            latency_ms = round(elapsed * 1000, 2)
+            access_log.info("%s %s %d %.2f ms", request.method, redact(request.path_qs), status, latency_ms,
+                            extra={"method": request.method, "route": route, "path": redact(request.path_qs),
+                                   "status": status, "latency_ms": latency_ms})
+        _current.reset(token)

@@ -1,0 +1,397 @@
+"""Prometheus metrics (``GET /metrics``, admin token) and the processes' heartbeats in Redis.
+
+Two kinds of metric:
+
+* **Process-local** counters and histograms (HTTP requests, feed cache results, render time, 304s,
+  push deliveries and their latency, Redis errors), kept by each process in its own
+  ``CollectorRegistry`` (one per app, never the global one).
+* **Cluster-wide** gauges computed from Redis when scraped (queue depth, oldest pending delivery,
+  subscriptions, outstanding corrections and kills per partner, workers alive). Every process gives
+  the same values, so they carry no process label.
+
+Several processes: every process (``syndicate serve`` and ``syndicate worker`` alike) publishes a
+snapshot of its process-local metrics to Redis every heartbeat (``SYNDICATE_HEARTBEAT_SECONDS``; the
+snapshot lives for three heartbeats), and ``/metrics`` on any process answers with the snapshots of
+every live process, each series labelled ``process="<host>:<pid>"``. So one scrape target (any
+process, or the load balancer in front of them) sees the whole deployment, push workers without an
+HTTP port included, and ``sum without (process)`` gives totals. Counters never go backwards between
+scrapes that land on different processes, because every answer is read from the same snapshots (the
+answering process refreshes its own first).
+
+The heartbeat: each process running push workers also sets ``syn:heartbeat:worker:<host>:<pid>``
+with the same time to live while its worker loops run; ``/readyz`` counts them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator, Iterable
+from datetime import datetime
+from typing import Any
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from redis.exceptions import RedisError
+
+from server import keys
+from server.models import utc_now
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_LIVES = 3  # a heartbeat or snapshot outlives this many intervals
+RENDER_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+DELIVERY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 1800.0, 3600.0,
+                    21600.0, 86400.0)
+CACHE_RESULTS = ("memory_hit", "redis_hit", "render")
+DELIVERY_OUTCOMES = ("ok", "retry", "gave_up", "gone")
+REDIS_ERROR_PLACES = ("http", "push", "embargo", "maintenance", "flush", "heartbeat")
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+_live_process_ids: set[str] = set()
+
+
+def _new_process_id() -> str:
+    """``<host>:<pid>``; a second app alive in the same process (tests) gets ``<host>:<pid>:2`` and so on."""
+    base = f"{socket.gethostname()}:{os.getpid()}"
+    candidate, n = base, 1
+    while candidate in _live_process_ids:
+        n += 1
+        candidate = f"{base}:{n}"
+    _live_process_ids.add(candidate)
+    return candidate
+
+
+class Metrics:
+    """One app's process-local metrics, in a registry of its own."""
+
+    def __init__(self, process_id: str | None = None) -> None:
+        # ``<host>:<pid>``; made unique among the apps alive in this process when the app starts.
+        self.process_id = process_id or f"{socket.gethostname()}:{os.getpid()}"
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.http_requests = Counter("syndicate_http_requests", "HTTP requests answered, by route template, "
+                                     "method and status.", ("method", "route", "status"), registry=r)
+        self.http_duration = Histogram("syndicate_http_request_duration_seconds", "Time to answer a request "
+                                       "(until the response is handed to the server), by route template.",
+                                       ("route",), buckets=HTTP_BUCKETS, registry=r)
+        self.cacheable = Counter("syndicate_http_cacheable_responses", "GET and HEAD responses carrying an ETag "
+                                 "(200 or 304): the denominator of the 304 ratio.", ("route",), registry=r)
+        self.not_modified = Counter("syndicate_http_not_modified", "304 Not Modified responses.", ("route",),
+                                    registry=r)
+        self.feed_cache = Counter("syndicate_feed_cache_requests", "Feed page lookups: memory_hit (this "
+                                  "process's memory), redis_hit (rendered by any process, read from Redis) or "
+                                  "render (built here).", ("result",), registry=r)
+        self.render_seconds = Histogram("syndicate_feed_render_seconds", "Time to build a feed page on a cache "
+                                        "miss (choose the articles, render, compress), by format.", ("format",),
+                                        buckets=RENDER_BUCKETS, registry=r)
+        self.deliveries = Counter("syndicate_push_deliveries", "Push delivery attempts by outcome: ok "
+                                  "(acknowledged), retry (will be retried), gave_up (kept as failed), gone "
+                                  "(WebSub 410: subscription ended).", ("kind", "outcome"), registry=r)
+        self.delivery_latency = Histogram("syndicate_push_delivery_latency_seconds", "From the revision's "
+                                          "ingest (publish) to the receiver's acknowledgement.", ("kind",),
+                                          buckets=DELIVERY_BUCKETS, registry=r)
+        self.redis_errors = Counter("syndicate_redis_errors", "Redis errors caught and logged, by where.",
+                                    ("where",), registry=r)
+        self._cache_children = {result: self.feed_cache.labels(result=result) for result in CACHE_RESULTS}
+        # Present from the start (at 0), so rate() and increase() see the first increment.
+        for result in CACHE_RESULTS:
+            self._cache_children[result].inc(0)
+        for kind in ("webhook", "websub"):
+            for outcome in DELIVERY_OUTCOMES:
+                self.deliveries.labels(kind=kind, outcome=outcome).inc(0)
+        for where in REDIS_ERROR_PLACES:
+            self.redis_errors.labels(where=where).inc(0)
+        self._request_children: dict[tuple[str, str, int], Any] = {}
+        self._route_children: dict[str, tuple[Any, Any, Any]] = {}
+
+    # ----- recording (all cheap: no I/O) ----------------------------------------------------------
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float,
+                        response: web.StreamResponse | None) -> None:
+        method = method if method in KNOWN_METHODS else "OTHER"
+        child = self._request_children.get((method, route, status))
+        if child is None:
+            child = self._request_children[(method, route, status)] = self.http_requests.labels(
+                method=method, route=route, status=str(status))
+        child.inc()
+        per_route = self._route_children.get(route)
+        if per_route is None:
+            per_route = self._route_children[route] = (self.http_duration.labels(route=route),
+                                                       self.cacheable.labels(route=route),
+                                                       self.not_modified.labels(route=route))
+        per_route[0].observe(seconds)
+        if (method in ("GET", "HEAD") and status in (200, 304) and response is not None
+                and "ETag" in response.headers):
+            per_route[1].inc()
+            if status == 304:
+                per_route[2].inc()
+
+    def cache_result(self, result: str) -> None:
+        self._cache_children[result].inc()
+
+    def rendering(self, fmt: str):
+        """``with observe(cache).rendering(fmt):`` around a render: counts it and times it."""
+        self._cache_children["render"].inc()
+        return self.render_seconds.labels(format=fmt).time()
+
+    def delivered(self, kind: str, outcome: str, ingested_at: datetime | None = None) -> None:
+        self.deliveries.labels(kind=kind, outcome=outcome).inc()
+        if ingested_at is not None:
+            self.delivery_latency.labels(kind=kind).observe(max(0.0, (utc_now() - ingested_at).total_seconds()))
+
+    def delivery_error(self, kind: str = "unknown") -> None:
+        """An attempt failed inside the server (it is retried); counts a Redis error when it was one."""
+        self.delivered(kind, "retry")
+        self.count_redis_error("push")
+
+    def count_redis_error(self, where: str) -> None:
+        """Call in an ``except`` block: counts the exception being handled if it is a Redis error."""
+        exc: BaseException | None = sys.exception()
+        for _depth in range(5):
+            if exc is None:
+                return
+            if isinstance(exc, RedisError):
+                self.redis_errors.labels(where=where).inc()
+                return
+            exc = exc.__cause__ or exc.__context__
+
+    # ----- snapshots --------------------------------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        """This process's metrics as JSON: ``[[family, type, help, [[sample, labels, value], ...]], ...]``."""
+        families = []
+        for family in self.registry.collect():
+            samples = [[s.name, s.labels, s.value] for s in family.samples if not s.name.endswith("_created")]
+            families.append([family.name, family.type, family.documentation, samples])
+        return orjson.dumps(families)
+
+
+_unattached: Metrics | None = None
+
+
+def attach(metrics: Metrics, *components: object) -> None:
+    """Let ``observe(component)`` find the app's metrics (components made outside an app get a spare)."""
+    for component in components:
+        if component is not None:
+            component._syndicate_metrics = metrics  # type: ignore[attr-defined]
+
+
+def observe(component: object) -> Metrics:
+    found = getattr(component, "_syndicate_metrics", None)
+    if found is not None:
+        return found
+    global _unattached
+    if _unattached is None:
+        _unattached = Metrics("unattached")
+    return _unattached
+
+
+METRICS = web.AppKey("metrics", Metrics)
+
+
+# ----- redis errors in handlers ----------------------------------------------------------------------
+
+
+@web.middleware
+async def redis_error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Innermost: counts a Redis error a handler raised (the problem middleware then logs it, as a 500)."""
+    try:
+        return await handler(request)
+    except RedisError:
+        request.app[METRICS].redis_errors.labels(where="http").inc()
+        raise
+
+
+# ----- heartbeats and snapshots in Redis ---------------------------------------------------------------
+
+
+async def beat(app: web.Application) -> None:
+    """Publish this process's snapshot, and its worker heartbeat when its push worker runs."""
+    from server.state import PUSH_WORKER, REDIS, SETTINGS
+
+    metrics, redis, settings = app[METRICS], app[REDIS], app[SETTINGS]
+    ttl_ms = int(settings.heartbeat_seconds * HEARTBEAT_LIVES * 1000)
+    now = int(time.time() * 1000)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.set(keys.process_metrics(metrics.process_id), metrics.snapshot(), px=ttl_ms)
+        pipe.zadd(keys.process_metrics_index(), {metrics.process_id: now + ttl_ms})
+        pipe.zremrangebyscore(keys.process_metrics_index(), "-inf", now)
+        pipe.zremrangebyscore(keys.worker_heartbeats(), "-inf", now)
+        if _worker_running(app.get(PUSH_WORKER)):
+            pipe.set(keys.worker_heartbeat(metrics.process_id), str(now), px=ttl_ms)
+            pipe.zadd(keys.worker_heartbeats(), {metrics.process_id: now + ttl_ms})
+        await pipe.execute()
+
+
+def _worker_running(worker: object | None) -> bool:
+    if worker is None:
+        return False
+    tasks = getattr(worker, "_tasks", None) or []
+    return all(not task.done() for task in tasks)
+
+
+async def workers_alive(redis: Any) -> int:
+    """How many processes' push workers have a live heartbeat."""
+    return int(await redis.zcount(keys.worker_heartbeats(), int(time.time() * 1000), "+inf"))
+
+
+async def heartbeat_context(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx (after the Redis one): the first beat before the app takes requests, then one every
+    ``heartbeat_seconds``; on the way out the worker heartbeat is withdrawn (the snapshot is left to
+    expire, so its last counts are still scraped)."""
+    from server.state import REDIS
+
+    metrics, stop = app[METRICS], asyncio.Event()
+    metrics.process_id = _new_process_id()
+    await beat(app)
+    task = asyncio.create_task(_heartbeat_loop(app, stop))
+    yield
+    stop.set()
+    with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+        await asyncio.wait_for(task, timeout=10)
+    try:
+        async with app[REDIS].pipeline(transaction=False) as pipe:
+            pipe.delete(keys.worker_heartbeat(metrics.process_id))
+            pipe.zrem(keys.worker_heartbeats(), metrics.process_id)
+            await pipe.execute()
+    except Exception:
+        metrics.count_redis_error("heartbeat")
+        log.warning("withdrawing the worker heartbeat failed; it expires by itself")
+    _live_process_ids.discard(metrics.process_id)
+
+
+async def _heartbeat_loop(app: web.Application, stop: asyncio.Event) -> None:
+    from server.state import SETTINGS
+
+    interval = app[SETTINGS].heartbeat_seconds
+    while not stop.is_set():
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=interval)
+        if stop.is_set():
+            break
+        try:
+            await beat(app)
+        except Exception:
+            app[METRICS].count_redis_error("heartbeat")
+            log.exception("heartbeat failed; will try again")
+
+
+# ----- the scrape ----------------------------------------------------------------------------------------
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    """``GET /metrics`` (admin token): every live process's metrics, and the cluster-wide gauges."""
+    from server.auth import require_caller
+    from server.state import TOKENS
+
+    require_caller(request, request.app[TOKENS], admin=True)
+    body = await exposition(request.app)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def exposition(app: web.Application) -> bytes:
+    from server.state import REDIS
+
+    redis = app[REDIS]
+    await beat(app)  # this process's own snapshot, fresh
+    snapshots = await _live_snapshots(redis)
+    gauges = await cluster_gauges(app)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Merged(_merge(snapshots) + gauges))
+    return generate_latest(registry)
+
+
+async def _live_snapshots(redis: Any) -> dict[str, list]:
+    now = int(time.time() * 1000)
+    process_ids = sorted(await redis.zrangebyscore(keys.process_metrics_index(), now, "+inf"))
+    if not process_ids:
+        return {}
+    raw = await redis.mget([keys.process_metrics(p) for p in process_ids])
+    return {p: orjson.loads(r) for p, r in zip(process_ids, raw, strict=True) if r}
+
+
+def _merge(snapshots: dict[str, list]) -> list[Metric]:
+    families: dict[str, Metric] = {}
+    for process_id, snapshot in snapshots.items():
+        for name, kind, documentation, samples in snapshot:
+            family = families.get(name)
+            if family is None:
+                family = families[name] = Metric(name, documentation, kind)
+            for sample_name, labels, value in samples:
+                family.add_sample(sample_name, {"process": process_id, **labels}, value)
+    return list(families.values())
+
+
+class _Merged:
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self.families
+
+
+async def cluster_gauges(app: web.Application) -> list[Metric]:
+    """The gauges every process computes alike from Redis, at scrape time."""
+    from server.models import CORRECTION, KILL
+    from server.ops import propagation
+    from server.state import DESTINATIONS, OPS, PUSH_QUEUE, REDIS
+
+    redis, queue = app[REDIS], app[PUSH_QUEUE]
+    now = utc_now()
+    due, in_flight = await queue.depth()
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zcard(keys.push_waiting_since())
+        pipe.zrange(keys.push_waiting_since(), 0, 0, withscores=True)
+        pipe.hlen(keys.push_failed())
+        pending, oldest, failed = await pipe.execute()
+    depth = GaugeMetricFamily("syndicate_push_queue_depth", "Deliveries due or waiting to retry (due), and "
+                              "being attempted (in_flight).", labels=("state",))
+    depth.add_metric(("due",), due)
+    depth.add_metric(("in_flight",), in_flight)
+    oldest_age = max(0.0, now.timestamp() - oldest[0][1] / 1000) if oldest else 0.0
+    destinations = [d for d in await app[DESTINATIONS].all() if not d.expired(now)]
+    flow = await propagation(app[OPS], now=now)
+    partners = [p.name for p in (await app[OPS].partners.load_all())[0] if p.active]
+    counts = {(p, k): 0 for p in partners for k in (CORRECTION, KILL)}
+    ages = dict.fromkeys(counts, 0.0)
+    for item in flow["items"]:
+        for row in item["partners"]:
+            if not row["received"]:
+                slot = (row["partner"], item["kind"])
+                counts[slot] = counts.get(slot, 0) + 1
+                ages[slot] = max(ages.get(slot, 0.0), row["outstandingSeconds"] or 0.0)
+    outstanding = GaugeMetricFamily("syndicate_outstanding_revisions", "Corrections and kills (of the last 7 "
+                                    "days) an entitled partner has not received, by poll or push.",
+                                    labels=("partner", "kind"))
+    outstanding_age = GaugeMetricFamily("syndicate_outstanding_oldest_seconds", "How long the oldest "
+                                        "correction or kill a partner has not received has been outstanding "
+                                        "(0: none).", labels=("partner", "kind"))
+    for (partner, kind), count in sorted(counts.items()):
+        outstanding.add_metric((partner, kind), count)
+        outstanding_age.add_metric((partner, kind), round(ages[(partner, kind)], 3))
+    return [
+        depth,
+        GaugeMetricFamily("syndicate_push_pending_deliveries", "Deliveries not yet acknowledged (due, retrying "
+                          "or in flight).", value=pending),
+        GaugeMetricFamily("syndicate_push_oldest_pending_seconds", "Age of the oldest unacknowledged delivery "
+                          "(0: none).", value=round(oldest_age, 3)),
+        GaugeMetricFamily("syndicate_push_failed_deliveries", "Deliveries given up on, kept for a retry.",
+                          value=failed),
+        GaugeMetricFamily("syndicate_websub_subscriptions", "Active (verified, unexpired) WebSub "
+                          "subscriptions.", value=sum(1 for d in destinations if d.kind == "websub")),
+        GaugeMetricFamily("syndicate_webhook_endpoints", "Partners' webhook endpoints.",
+                          value=sum(1 for d in destinations if d.kind == "webhook")),
+        outstanding,
+        outstanding_age,
+        GaugeMetricFamily("syndicate_workers_alive", "Processes whose push workers have a live heartbeat.",
+                          value=await workers_alive(redis)),
+    ]
