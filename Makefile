@@ -25,7 +25,8 @@ lint: install
 	$(BIN)/ruff check .
 
 test: install system lint
-	$(BIN)/python -m pytest
+	@scripts/ensure-system.sh browser
+	SYNDICATE_REQUIRE_BROWSER=1 $(BIN)/python -m pytest
 
 bench: install system
 	$(BIN)/python scripts/bench.py

@@ -3,6 +3,7 @@
 # running as root, otherwise say exactly what to install.
 #   ensure-system.sh python   - python3 with the venv module
 #   ensure-system.sh redis    - a redis-server binary (SYNDICATE_REDIS_SERVER overrides the name)
+#   ensure-system.sh browser  - Debian's chromium at /usr/bin/chromium, for the dashboard's browser test
 set -euo pipefail
 
 need_root() {
@@ -30,8 +31,12 @@ case "${1:-}" in
     command -v "$bin" >/dev/null || apt_install "redis-server" redis-server
     # Debian's package starts a service on port 6379; we never use it: the server runs its own.
     ;;
+  browser)
+    # Playwright (a test dependency) drives this binary; it never downloads a browser of its own.
+    [ -x /usr/bin/chromium ] || apt_install "chromium (for the dashboard browser test)" chromium
+    ;;
   *)
-    echo "usage: $0 python|redis" >&2
+    echo "usage: $0 python|redis|browser" >&2
     exit 2
     ;;
 esac

@@ -26,7 +26,7 @@ from server.embedded_redis import start_embedded_redis
 from server.feed_builder import FeedBuilder
 from server.feed_cache import FeedCache
 from server.feeds import load_feed_definitions
-from server.ledger import PollLedger, drop_old_manifests
+from server.ledger import PollLedger, drop_old_manifests, drop_old_receipts
 from server.logs import request_middleware
 from server.metrics import (
     METRICS,
@@ -251,6 +251,7 @@ async def _maintenance_loop(app: web.Application, stop: asyncio.Event) -> None:
                 dropped = await store.drop_old_bodies(timedelta(days=settings.retention_days))
                 trimmed = await store.trim_changelog(timedelta(days=settings.changelog_retention_days))
                 await drop_old_manifests(store.redis)
+                await drop_old_receipts(store.redis, list(await store.redis.smembers(keys.partner_names())))
                 if dropped or trimmed:
                     log.info("retention: dropped %d old revision bodies, trimmed %d change-log entries",
                              dropped, trimmed)

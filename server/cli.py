@@ -19,6 +19,7 @@ from pathlib import Path
 import orjson
 import uvloop
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from server import logs, ops
 from server.credentials import with_local_credentials
@@ -57,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings.from_env()
         logs.configure(settings)  # JSON lines on stderr (SYNDICATE_LOG_FORMAT=text for humans)
         return args.run(args, settings)
+    except RedisError as exc:
+        print(f"syndicate: Redis is not reachable or failed ({exc}); check REDIS_URL", file=sys.stderr)
+        return 2
     except (SettingsError, CommandError, EmbeddedRedisError, FeedDefinitionError) as exc:
         print(f"syndicate: {exc}", file=sys.stderr)
         return 2

@@ -356,10 +356,6 @@ async def dashboard_page(request: web.Request) -> web.Response:
     return response
 
 
-async def to_dashboard(_request: web.Request) -> web.Response:
-    return _redirect("/ops")
-
-
 # --- the 24-hour chart -------------------------------------------------------------------------------
 
 
@@ -467,7 +463,6 @@ def setup(app: web.Application) -> None:
         trim_blocks=True, lstrip_blocks=True)
     env.filters.update({"duration": duration, "ago": ago, "utc": utc, "percent": percent})
     app.router.add_get("/ops", dashboard_page)
-    app.router.add_get("/ops/", to_dashboard)
     app.router.add_get("/ops/login", login_page)
     app.router.add_post("/ops/login", login)
     app.router.add_post("/ops/logout", logout)

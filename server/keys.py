@@ -120,6 +120,12 @@ def poll_ledger(name: str) -> str:
     return f"{PREFIX}:partner:{name}:polls"
 
 
+def partner_received(name: str) -> str:
+    """Hash: article id -> ``<version>|<epoch ms>``, the newest version the partner has received (by
+    poll or acknowledged push) and when it first got it; kept current as the ledger is flushed."""
+    return f"{PREFIX}:partner:{name}:received"
+
+
 def manifest(render_id: str) -> str:
     """String (JSON): which article versions one render holds, written once per render."""
     return f"{PREFIX}:manifest:{render_id}"

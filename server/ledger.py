@@ -6,7 +6,9 @@ capped Redis Stream per partner. A crash loses at most one interval of ledger li
 A render's manifest (which article versions it holds) is written once, under its render id.
 
 A partner has *received* version N of an article when it fetched (200, or 304 on the ETag it had) a
-render whose manifest holds that article at version N or later.
+render whose manifest holds that article at version N or later, or a push of it was acknowledged. The
+flush keeps a per-partner summary of that (article -> newest version received, and when), so status
+never depends on how many ledger lines are still kept.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -44,9 +46,26 @@ class PollLine:
     count: int = 1  # identical responses within one flush interval share a line
 
 
+# KEYS: the partner's received hash. ARGV: article, version, epoch ms, article, version, ms, ...
+# Keeps, per article, the highest version received and when it first arrived.
+_RECEIVE_LUA = """
+for i = 1, #ARGV, 3 do
+  local current = redis.call('HGET', KEYS[1], ARGV[i])
+  if not current or tonumber(string.match(current, '^(%d+)')) < tonumber(ARGV[i + 1]) then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1] .. '|' .. ARGV[i + 2])
+  end
+end
+return 1
+"""
+
+
 class PollLedger:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
+        self._receive = redis.register_script(_RECEIVE_LUA)
+        # What each partner received since the last flush: partner -> article -> (version, when).
+        self._receipts: dict[str, dict[str, tuple[int, datetime]]] = {}
+        self._credited: OrderedDict[tuple[str, str], None] = OrderedDict()  # (partner, render id) done here
         # Identical responses (same partner, feed, format, status and render) within one flush interval
         # become one line with a count: a partner hammering a feed cannot turn into a Redis write
         # per request, and the ledger stays exact.
@@ -70,12 +89,23 @@ class PollLedger:
             self._manifests_written[line.render_id] = None
             if len(self._manifests_written) > 10_000:
                 self._manifests_written.popitem(last=False)
+        if manifest is not None and line.status in (200, 304) and (partner, line.render_id) not in self._credited:
+            # Credit each render once per partner and process: a partner re-polling the same page
+            # costs no Redis write at all.
+            receipts = self._receipts.setdefault(partner, {})
+            for article_id, version in manifest:
+                if version > receipts.get(article_id, (0, line.at))[0]:
+                    receipts[article_id] = (version, line.at)
+            self._credited[(partner, line.render_id)] = None
+            if len(self._credited) > 50_000:
+                self._credited.popitem(last=False)
 
     async def flush(self) -> int:
         lines, self._lines = self._lines, {}
         manifests, self._manifests = self._manifests, {}
         last_used, self._last_used = self._last_used, {}
-        if not (lines or manifests or last_used):
+        receipts, self._receipts = self._receipts, {}
+        if not (lines or manifests or last_used or receipts):
             return 0
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -88,8 +118,17 @@ class PollLedger:
                     }, maxlen=LEDGER_MAX_LINES, approximate=True)
                 for (partner, key_id), at in last_used.items():
                     pipe.hset(keys.partner_last_used(partner), key_id, iso(at))
+                for partner, received in receipts.items():
+                    args = [v for article_id, (version, at) in received.items()
+                            for v in (article_id, version, int(at.timestamp() * 1000))]
+                    await self._receive(keys=[keys.partner_received(partner)], args=args, client=pipe)
                 await pipe.execute()
         except Exception:
+            for partner, received in receipts.items():
+                mine = self._receipts.setdefault(partner, {})
+                for article_id, got in received.items():
+                    if got[0] > mine.get(article_id, (0, got[1]))[0]:
+                        mine[article_id] = got
             for key, line in lines.items():  # keep them for the next flush
                 newer = self._lines.get(key)
                 self._lines[key] = line if newer is None else PollLine(
@@ -98,6 +137,15 @@ class PollLedger:
             self._manifests.update(manifests)
             raise
         return len(lines)
+
+    async def received(self, partner: str) -> dict[str, tuple[int, datetime]]:
+        """Per article: the newest version the partner has received, and when it first got it."""
+        stored = await self.redis.hgetall(keys.partner_received(partner))
+        result = {}
+        for article_id, value in stored.items():
+            version, _, millis = value.partition("|")
+            result[article_id] = (int(version), datetime.fromtimestamp(int(millis) / 1000, tz=UTC))
+        return result
 
     async def read(self, partner: str, since: datetime) -> list[PollLine]:
         start = f"{int(since.timestamp() * 1000)}-0"
@@ -109,6 +157,18 @@ def record_manifest(pipe: Any, render_id: str, manifest: bytes) -> None:
     """Queue the manifest write on a pipeline: once per render id, with its time for the retention job."""
     pipe.set(keys.manifest(render_id), manifest, nx=True)
     pipe.zadd(keys.manifests_by_time(), {render_id: time.time()}, nx=True)
+
+
+async def drop_old_receipts(redis: Redis, partner_names: list[str], now: datetime | None = None) -> int:
+    """Receipts older than the manifests' retention no longer matter to any status window."""
+    cutoff_ms = int(((now or utc_now()) - MANIFEST_RETENTION).timestamp() * 1000)
+    dropped = 0
+    for name in partner_names:
+        stored = await redis.hgetall(keys.partner_received(name))
+        old = [a for a, v in stored.items() if int(v.partition("|")[2] or 0) < cutoff_ms]
+        if old:
+            dropped += await redis.hdel(keys.partner_received(name), *old)
+    return dropped
 
 
 async def drop_old_manifests(redis: Redis, now: datetime | None = None) -> int:
@@ -137,7 +197,7 @@ async def partner_status(partner: Partner, ledger: PollLedger, store: ArticleSto
     polls = sum(line.count for line in last_hour)
     not_modified = sum(line.count for line in last_hour if line.status == 304)
 
-    received = await received_versions(store.redis, lines)
+    received = await ledger.received(partner.name)
     changes = await recent_changes(store, now - STATUS_WINDOW)
     readable = [f for name, f in feeds.items() if partner.may_read_feed(name)]
     articles = await store.get_many(list(dict.fromkeys(c.article_id for c in changes)))
@@ -175,24 +235,6 @@ async def partner_status(partner: Partner, ledger: PollLedger, store: ArticleSto
         "articles": report,
         "outstanding": sum(1 for item in report if not item["received"]),
     }
-
-
-async def received_versions(redis: Redis, lines: list[PollLine]) -> dict[str, tuple[int, datetime]]:
-    """For each article: the highest version the partner has received, and when it first got it."""
-    delivered = [line for line in lines if line.status in (200, 304) and line.render_id]
-    render_ids = list(dict.fromkeys(line.render_id for line in delivered))
-    manifests = dict(zip(render_ids, await redis.mget([keys.manifest(r) for r in render_ids]), strict=True)) \
-        if render_ids else {}
-    received: dict[str, tuple[int, datetime]] = {}
-    for line in delivered:  # oldest first
-        raw = manifests.get(line.render_id)
-        if raw is None:
-            continue
-        for article_id, version in orjson.loads(raw):
-            have, _at = received.get(article_id, (0, None))
-            if version > have:
-                received[article_id] = (version, line.at)
-    return received
 
 
 async def recent_changes(store: ArticleStore, since: datetime,

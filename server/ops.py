@@ -17,7 +17,7 @@ from server import keys
 from server.destinations import DestinationStore
 from server.feed_builder import in_feed
 from server.feeds import FeedDefinition
-from server.ledger import STATUS_WINDOW, PollLedger, partner_status, received_versions, recent_changes
+from server.ledger import STATUS_WINDOW, PollLedger, partner_status, recent_changes
 from server.models import CORRECTION, KILL, iso, utc_now
 from server.partners import Partner, PartnerStore
 from server.problems import NotFound
@@ -114,8 +114,7 @@ async def propagation(ctx: OpsContext, since: datetime | None = None,
     await ctx.ledger.flush()
     changes = await recent_changes(ctx.store, since, kinds=(CORRECTION, KILL))
     partners = [p for p in (await ctx.partners.load_all())[0] if p.active]
-    received = {p.name: await received_versions(ctx.redis, await ctx.ledger.read(p.name, since - STATUS_WINDOW))
-                for p in partners}
+    received = {p.name: await ctx.ledger.received(p.name) for p in partners}
     articles = {a.id: a for a in await ctx.store.get_many(list(dict.fromkeys(c.article_id for c in changes)))}
     items = []
     for change in reversed(changes):  # newest first
@@ -138,7 +137,7 @@ async def propagation(ctx: OpsContext, since: datetime | None = None,
         rows.sort(key=lambda r: (r["received"], r["partner"]))
         items.append({
             "id": article.id, "uri": article.uri, "kind": change.kind, "version": change.version,
-            "ingestedAt": iso(change.ingested_at), "headline": _headline(article),
+            "ingestedAt": iso(change.ingested_at), "headline": await _headline(ctx, article),
             "partners": rows, "outstanding": sum(1 for r in rows if not r["received"]),
         })
     return {"from": iso(since), "generatedAt": iso(now), "items": items,
@@ -180,7 +179,8 @@ async def retry(ctx: OpsContext, delivery: str) -> dict[str, Any]:
         if article is None or await ctx.destinations.get(failure["destination"]) is None:
             await ctx.redis.hdel(keys.push_failed(), member)
             raise NotFound(f"Delivery {delivery}: its article or destination no longer exists.")
-        await ctx.redis.hdel(keys.push_failed(), member)
+        if not await ctx.redis.hdel(keys.push_failed(), member):
+            raise NotFound(f"Delivery {delivery} is being retried already.")
         await ctx.queue.enqueue([failure["destination"]], article.id, article.version)
         return {"delivery": delivery, "destination": failure["destination"], "article": article.id,
                 "version": article.version, "requeued": True}
@@ -192,9 +192,13 @@ async def _recent_attempts(redis: Redis, since: datetime) -> list[dict[str, str]
     return [fields for _entry_id, fields in await redis.xrange(keys.push_attempts(), start, "+")]
 
 
-def _headline(article) -> str | None:
-    document = article.latest.document or {}
-    for headline in document.get("headlines", []):
+async def _headline(ctx: OpsContext, article) -> str | None:
+    """The story's headline; a kill keeps none, so it is taken from the revision before the kill
+    (ops need to know which story it was; none is left after a purge)."""
+    revision = article.latest
+    if revision.document is not None and not revision.document.get("headlines") and revision.version > 1:
+        revision = await ctx.store.revision(article.id, revision.version - 1)
+    for headline in (revision.document or {}).get("headlines", []):
         if headline.get("role", "main") == "main":
             return headline.get("value")
     return None

@@ -214,11 +214,12 @@ class PushWorker:
             return False
         if destination.kind == WEBSUB:
             feed = self.feeds.get(destination.feed or "")
-            if feed is None or feed.public:
-                return feed is not None
-            # Entitlements can change after subscribing: the topic must still be the partner's to read.
-            if not (partner.may_read_feed(feed.name) and partner.may_read_format(destination.format)):
+            if feed is None:
                 return False
+            # Entitlements can change after subscribing: the topic must still be the partner's to read.
+            if not feed.public and not (partner.may_read_feed(feed.name) and partner.may_read_format(destination.format)):
+                return False
+            # Subscribed with a key (even to a public feed): revoking that key ends the subscription.
             return any(k.key_id == destination.key_id and k.usable(utc_now()) for k in partner.keys)
         return True
 

@@ -54,13 +54,16 @@ class Behaviour:
     gone: bool = False  # answer 410 to every POST
     retry_after: str | None = None  # sent with failures
     delay_first: float = 0.0  # the first POST is answered only after this many seconds
+    delay_every: float = 0.0  # every POST is answered only after this many seconds
     redirect_to: str | None = None  # answer POSTs with 302 to this location
+    endless_body: bool = False  # answer POSTs 200 with a body that never ends (until the sender hangs up)
     success_status: int = 200
 
 
 @dataclass
 class Subscriber:
     behaviour: Behaviour = field(default_factory=Behaviour)
+    fixed_port: int | None = None  # listen on this port (e.g. one an endpoint was registered on while down)
     verifications: list[Received] = field(default_factory=list)  # GETs with hub.mode
     posts: list[Received] = field(default_factory=list)  # every POST, answered or not
     others: list[Received] = field(default_factory=list)  # anything else (e.g. a redirect followed)
@@ -71,7 +74,7 @@ class Subscriber:
     async def start(self) -> Subscriber:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._server = TestServer(app, host="127.0.0.1")
+        self._server = TestServer(app, host="127.0.0.1", port=self.fixed_port)
         await self._server.start_server()
         return self
 
@@ -116,15 +119,32 @@ class Subscriber:
         self.posts.append(received)
         if behaviour.delay_first and len(self.posts) == 1:
             await asyncio.sleep(behaviour.delay_first)
+        if behaviour.delay_every:
+            await asyncio.sleep(behaviour.delay_every)
         if behaviour.redirect_to is not None:
             return self._answer(received, web.Response(status=302, headers={"Location": behaviour.redirect_to}))
         if behaviour.gone:
             return self._answer(received, web.Response(status=410, text="gone"))
+        if behaviour.endless_body and not behaviour.fail_times:
+            return await self._endless(request, received)
         if behaviour.fail_times > 0:
             behaviour.fail_times -= 1
             headers = {"Retry-After": behaviour.retry_after} if behaviour.retry_after else {}
             return self._answer(received, web.Response(status=behaviour.fail_status, text="no", headers=headers))
         return self._answer(received, web.Response(status=behaviour.success_status, text="thanks"))
+
+    @staticmethod
+    async def _endless(request: web.Request, received: Received) -> web.StreamResponse:
+        response = web.StreamResponse(status=200, headers={"Content-Type": "text/plain"})
+        received.answered = 200
+        await response.prepare(request)
+        chunk = b"x" * 65536
+        try:
+            for _ in range(100_000):  # 6.5 GB: far more than any sender should read
+                await response.write(chunk)
+        except (ConnectionError, RuntimeError):
+            pass  # the sender stopped reading and hung up, as it should
+        return response
 
     @staticmethod
     def _answer(received: Received, response: web.Response) -> web.Response:

@@ -83,7 +83,7 @@ async def test_push_failure_shows_then_retry_delivers(aiohttp_client, settings, 
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
-        await make_partner(client, "pushed", feeds=["latest"], formats=["atom"])
+        await make_partner(client, "pushed", feeds=["latest"], formats=["atom", "json"])
         created = await client.post("/api/partners/pushed/endpoints", headers=ADMIN_JSON, data=orjson.dumps(
             {"url": f"http://127.0.0.1:{port}/hook", "format": "ninjs", "secret": "s" * 20}))
         assert created.status == 201
