@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 
 from server import logs, ops
 from server.credentials import with_local_credentials
-from server.destinations import WEBHOOK_FORMATS, DestinationStore, new_webhook
+from server.destinations import WEBHOOK_FEED_FORMATS, WEBHOOK_FORMATS, DestinationStore, new_webhook
 from server.embedded_redis import EmbeddedRedisError, start_embedded_redis
 from server.feeds import FeedDefinitionError, load_feed_definitions
 from server.ledger import PollLedger
@@ -489,6 +489,8 @@ def _endpoint_add(args: argparse.Namespace, settings: Settings) -> int:
         partner = await session.partners.get(args.name)
         if not 16 <= len(args.secret.encode()) <= 199:
             raise CommandError("--secret must be 16 to 199 bytes")
+        if not partner.may_read_format(WEBHOOK_FEED_FORMATS[args.format]):
+            raise CommandError(f"partner {partner.name} is not entitled to the {WEBHOOK_FEED_FORMATS[args.format]} format")
         await check_destination(args.url, settings.push_allow_networks)
         endpoint = await DestinationStore(session.partners.redis).save(
             new_webhook(partner.name, args.url, args.format, args.secret))

@@ -4,7 +4,8 @@ in every line logged while a request is handled, and one access line per request
 The request middleware takes the client's ``X-Request-Id`` when it is sane (1 to 64 of ``A-Z a-z 0-9
 . _ : -``), else makes one, echoes it in the response and keeps it (and the partner, once its key is
 recognised) in a context variable that both formatters read. Keys never reach a log: the access line
-names the partner, and every line has ``key=`` values in URLs and queries replaced by ``[redacted]``.
+names the partner, and every line has ``key=`` values in URLs and queries, and anything shaped like a
+partner key, replaced by ``[redacted]``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import IO, Any
 import orjson
 from aiohttp import web
 
+from server.partners import KEY_PREFIX
 from server.settings import Settings
 
 REQUEST_ID_HEADER = "X-Request-Id"
@@ -32,6 +34,8 @@ _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 # key=<value> in a query or URL, also percent-encoded inside another URL's query (a WebSub topic).
 _KEY_IN_URL = re.compile(
     r"(?i)((?:^|(?<=[?&;\s\"'/])|%3F|%26)(?:key|api[_-]?key)(?:=|%3D))(?:%(?!26)[0-9A-Fa-f]{2}|[^&\s\"'#%,])+")
+# A partner key anywhere (pasted into a path, a header echoed in an error): its id is kept, not its secret.
+_PARTNER_KEY = re.compile(re.escape(KEY_PREFIX) + r"([0-9a-f]{8})_[A-Za-z0-9_-]{16,}")
 _STANDARD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
 
@@ -56,7 +60,10 @@ def note_partner(name: str) -> None:
 
 
 def redact(text: str) -> str:
-    """``key=<anything>`` becomes ``key=[redacted]`` (in plain and percent-encoded query strings)."""
+    """``key=<anything>`` becomes ``key=[redacted]`` (in plain and percent-encoded query strings), and a
+    partner key anywhere else ``syn_<key id>_[redacted]``."""
+    if KEY_PREFIX in text:
+        text = _PARTNER_KEY.sub(KEY_PREFIX + r"\1_[redacted]", text)
     if "key" not in text.lower():
         return text
     return _KEY_IN_URL.sub(r"\1[redacted]", text)

@@ -10,6 +10,9 @@ import ipaddress
 import socket
 from urllib.parse import urlsplit
 
+import aiohttp
+import aiohttp.abc
+
 from server.problems import Problem
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -67,6 +70,26 @@ async def check_destination(url: str, allowed: tuple[Network, ...], field: str =
                 f"{field}: {host!r} resolves to {address}, an internal address the server does not push to "
                 "(an operator may allow it with SYNDICATE_PUSH_ALLOW_NETWORKS).",
                 errors=[{"pointer": f"/{field}", "detail": "resolves to a forbidden address"}])
+
+
+class SafeResolver(aiohttp.abc.AbstractResolver):
+    """aiohttp's resolver, minus the addresses the server must not push to: the check happens on the
+    very addresses the connection will use."""
+
+    def __init__(self, allowed: tuple[Network, ...]) -> None:
+        self._resolver = aiohttp.ThreadedResolver()
+        self._allowed = allowed
+
+    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> list:
+        results = await self._resolver.resolve(host, port, family)
+        safe = [r for r in results if not _forbidden(ipaddress.ip_address(r["host"]))
+                or any(ipaddress.ip_address(r["host"]) in network for network in self._allowed)]
+        if not safe:
+            raise OSError(f"{host} resolves only to addresses the server does not push to")
+        return safe
+
+    async def close(self) -> None:
+        await self._resolver.close()
 
 
 def _forbidden(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:

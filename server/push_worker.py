@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
 import hashlib
 import hmac
 import logging
@@ -37,8 +38,14 @@ from server.metrics import observe
 from server.models import PURGE, Article, iso, utc_now
 from server.partners import KeyTable
 from server.push_queue import Claim, PushQueue, now_ms
-from server.push_safety import UnsafeDestination, check_destination
-from server.render import NEWSML_MESSAGE_MEDIA_TYPE, FeedView, ItemView, render_atom_entry, render_newsml_item
+from server.push_safety import SafeResolver, UnsafeDestination, check_destination
+from server.render import (
+    NEWSML_ITEM_MEDIA_TYPE,
+    FeedView,
+    ItemView,
+    render_atom_entry,
+    render_newsml_news_item,
+)
 from server.settings import Settings
 from server.store import ArticleStore
 
@@ -48,7 +55,9 @@ MAX_BODY_READ = 64 * 1024
 SWEEP_SECONDS = 5.0
 BACKOFF_BASE_SECONDS = 2.0
 BACKOFF_CAP_SECONDS = 600.0
-WEBHOOK_MEDIA_TYPES = {"newsml": NEWSML_MESSAGE_MEDIA_TYPE, "ninjs": "application/json",
+# A NewsML-G2 webhook gets the article as a bare newsItem (what the issue asks for; its pictures are
+# referenced by guid); the single-item URL and WebSub NewsML topics carry them in a newsMessage.
+WEBHOOK_MEDIA_TYPES = {"newsml": NEWSML_ITEM_MEDIA_TYPE, "ninjs": "application/json",
                        "atom": "application/atom+xml;type=entry"}
 
 
@@ -108,8 +117,11 @@ class PushWorker:
 
     async def start(self) -> None:
         await ensure_dispatch_group(self.redis)
-        connector = aiohttp.TCPConnector(limit=200, limit_per_host=self.settings.push_concurrency_per_destination,
-                                         family=socket.AF_UNSPEC, keepalive_timeout=30)
+        # Concurrency is limited per destination by the worker (not per host: many callbacks of one
+        # aggregator share a host). The resolver refuses forbidden addresses at connect time, so a name
+        # re-pointed after the registration check still cannot reach an internal address.
+        connector = aiohttp.TCPConnector(limit=200, limit_per_host=0, family=socket.AF_UNSPEC, keepalive_timeout=30,
+                                         resolver=SafeResolver(self.settings.push_allow_networks))
         self._session = aiohttp.ClientSession(
             connector=connector, timeout=aiohttp.ClientTimeout(total=self.settings.push_timeout_seconds),
             auto_decompress=False)
@@ -399,7 +411,7 @@ class PushWorker:
                             built_at=article.latest.ingested_at, render_id=f"{article.id}-{article.version}",
                             include_photos=media)
             if destination.format == "newsml":
-                body = render_newsml_item(view, item)
+                body = render_newsml_news_item(view, item)
             elif destination.format == "atom":
                 body = render_atom_entry(view, item)
             else:
@@ -424,9 +436,17 @@ class PushWorker:
 
 
 def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delay-seconds or an HTTP-date), at least 1 s, at most the
+    backoff cap; None when absent or unreadable."""
     if not value:
         return None
-    if value.strip().isdigit():
-        return min(float(value.strip()), BACKOFF_CAP_SECONDS)
-    return None
+    value = value.strip()
+    if value.isdigit():
+        seconds = float(value)
+    else:
+        try:
+            seconds = (email.utils.parsedate_to_datetime(value) - utc_now()).total_seconds()
+        except (TypeError, ValueError):
+            return None
+    return min(max(seconds, 1.0), BACKOFF_CAP_SECONDS)
 

@@ -10,14 +10,21 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import ResponseError
 
 log = logging.getLogger(__name__)
 
 
+MAX_CONNECTIONS = 256
+
+
 async def connect(url: str, *, decode_responses: bool = True, timeout: float = 10.0) -> Redis:
-    client = Redis.from_url(url, decode_responses=decode_responses, health_check_interval=30)
+    # A blocking pool: under a burst (hundreds of pushes in flight) callers wait for a connection
+    # instead of failing with "too many connections".
+    pool = BlockingConnectionPool.from_url(url, decode_responses=decode_responses, health_check_interval=30,
+                                           max_connections=MAX_CONNECTIONS, timeout=20)
+    client = Redis(connection_pool=pool)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:

@@ -85,7 +85,7 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
-        return cls(
+        settings = cls(
             redis_url=_redis_url(env, "REDIS_URL"),
             cache_redis_url=_redis_url(env, "SYNDICATE_CACHE_REDIS_URL"),
             data_dir=Path(env.get("SYNDICATE_DATA_DIR") or "var"),
@@ -121,6 +121,9 @@ class Settings:
             log_format=_choice(env, "SYNDICATE_LOG_FORMAT", "JSON", ("JSON", "TEXT")).lower(),
             heartbeat_seconds=_float(env, "SYNDICATE_HEARTBEAT_SECONDS", 5.0, low=0.1),
         )
+        if settings.websub_lease_min > settings.websub_lease_max:
+            raise SettingsError("SYNDICATE_WEBSUB_LEASE_MIN: it is larger than SYNDICATE_WEBSUB_LEASE_MAX")
+        return settings
 
 
 def _int(env: Mapping[str, str], name: str, default: int, low: int | None = None, high: int | None = None) -> int:

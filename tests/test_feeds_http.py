@@ -281,21 +281,19 @@ async def test_cached_get_makes_no_redis_round_trip(partner_client, redis_url, s
     assert (await partner_client.get("/feeds/latest/atom")).status == 200  # warm
     probe = redis_sync.Redis.from_url(redis_url)
 
-    background = {"xadd", "incrby", "expire", "hset", "info", "get", "mget", "set", "zadd", "eval", "evalsha",
-                  "zrange", "xreadgroup", "xautoclaim", "xack", "publish", "zrangebyscore", "zrem"}
+    def calls() -> dict[str, int]:
+        return {k.removeprefix("cmdstat_"): v["calls"] for k, v in probe.info("commandstats").items()}
 
-    def reads() -> dict[str, int]:
-        """Commands a request could have made, leaving out the background flush and resync ones."""
-        stats = probe.info("commandstats")
-        return {k: v["calls"] for k, v in stats.items() if k.removeprefix("cmdstat_") not in background}
-
-    before = reads()
+    before = calls()
     for _ in range(50):
         response = await partner_client.get("/feeds/latest/atom")
         assert response.status == 200
     await asyncio.sleep(0.3)  # let the ledger flush
-    after = reads()
-    assert {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)} == {}
+    after = calls()
+    # Background work (ledger and rate-limit flushes, pub/sub resyncs, the push worker's polls) runs a
+    # few commands of its own; a round trip per request would show up as 50 or more of one command.
+    per_command = {k: after[k] - before.get(k, 0) for k in after}
+    assert max(per_command.values()) < 25, per_command
 
 
 async def test_concurrent_misses_render_once(partner_client, seed_v1):

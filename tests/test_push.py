@@ -826,7 +826,9 @@ async def test_a_partner_without_photo_rights_gets_pushes_without_photos(push, s
     assert "associations" in orjson.loads(bodies["/photos/ninjs"])
     assert "associations" not in orjson.loads(bodies["/text-only/ninjs"])
     assert b"media:content" in bodies["/photos/atom"] and b"media:content" not in bodies["/text-only/atom"]
-    assert b"ninat:picture" in bodies["/photos/newsml"] and b"ninat:picture" not in bodies["/text-only/newsml"]
+    # A NewsML-G2 webhook is a bare newsItem: it links its pictures by guid (no picture items travel).
+    photo_guid = b"https://media.news.example.com/2022/11/04/rostov-recruits"
+    assert photo_guid in bodies["/photos/newsml"] and photo_guid not in bodies["/text-only/newsml"]
     assert newsml_errors(bodies["/text-only/newsml"]) == []
     article_id = article_id_for_uri(seed_v1["uri"])
     for partner, key in keys_by_partner.items():

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import secrets
 from datetime import timedelta
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import orjson
@@ -180,9 +180,11 @@ def _parse_topic(raw: str, base_url: str) -> tuple[str, str | None, str | None, 
     """(topic without its key parameter, feed name, format, key) for one of our feed URLs."""
     parts = urlsplit(raw)
     base = urlsplit(base_url)
-    key = dict(p.split("=", 1) for p in parts.query.split("&") if "=" in p).get("key")
-    segments = parts.path.strip("/").split("/")
-    topic = f"{base_url}{parts.path}"
+    key = parse_qs(parts.query).get("key", [None])[0]
+    prefix = base.path.rstrip("/")  # a base URL may have a path (behind a proxy)
+    path = parts.path[len(prefix):] if parts.path.startswith(prefix + "/") else ""
+    segments = path.strip("/").split("/")
+    topic = f"{base_url}{path}"
     if (parts.scheme, parts.netloc) != (base.scheme, base.netloc) or len(segments) != 3 or segments[0] != "feeds":
         return topic, None, None, key
     return topic, segments[1], segments[2], key
@@ -190,10 +192,12 @@ def _parse_topic(raw: str, base_url: str) -> tuple[str, str | None, str | None, 
 
 def _lease(raw: object, settings) -> int | None:
     if raw is None or raw == "":
-        return settings.websub_lease_default
-    if not isinstance(raw, str) or not raw.isdigit():
+        requested = settings.websub_lease_default
+    elif not isinstance(raw, str) or not raw.isdigit():
         return None
-    return max(settings.websub_lease_min, min(int(raw), settings.websub_lease_max))
+    else:
+        requested = int(raw)
+    return max(settings.websub_lease_min, min(requested, settings.websub_lease_max))
 
 
 def _bearer(request: web.Request) -> str | None:
