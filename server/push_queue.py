@@ -46,9 +46,13 @@ end
 return due
 """
 
-# KEYS: latest hash, due, leased, state, waiting-since. ARGV: article, delivered version, member, now ms.
-# Done: unless a newer version arrived meanwhile, which becomes due at once.
+# KEYS: latest hash, due, leased, state, waiting-since, attempts stream.
+# ARGV: article, delivered version, member, now ms, max attempts kept, then the attempt record's fields.
+# Records the attempt, and is done: unless a newer version arrived meanwhile, which is due at once.
 _COMPLETE_LUA = """
+if #ARGV > 5 then
+  redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[5], '*', unpack(ARGV, 6))
+end
 redis.call('ZREM', KEYS[3], ARGV[3])
 redis.call('HDEL', KEYS[4], ARGV[1])
 local waiting = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
@@ -148,12 +152,14 @@ class PushQueue:
         raw = await self.redis.hget(keys.push_state(claim.destination_id), claim.article_id)
         return orjson.loads(raw) if raw else {}
 
-    async def complete(self, claim: Claim, version: int) -> bool:
-        """Acknowledged. True when a newer version is already waiting (it is due now)."""
+    async def complete(self, claim: Claim, version: int, attempt: dict | None = None) -> bool:
+        """Acknowledged (``attempt`` is recorded with it, in the same round trip). True when a newer
+        version is already waiting (it is due now)."""
+        fields = [item for pair in (attempt or {}).items() for item in pair]
         return bool(await self._complete(
             keys=[keys.push_latest(claim.destination_id), keys.push_due(), keys.push_leased(),
-                  keys.push_state(claim.destination_id), keys.push_waiting_since()],
-            args=[claim.article_id, version, claim.member, now_ms()]))
+                  keys.push_state(claim.destination_id), keys.push_waiting_since(), keys.push_attempts()],
+            args=[claim.article_id, version, claim.member, now_ms(), 100_000, *fields]))
 
     async def retry_at(self, claim: Claim, at_ms: int, state: dict) -> None:
         await self._retry(keys=[keys.push_due(), keys.push_leased(), keys.push_state(claim.destination_id)],

@@ -72,6 +72,18 @@ async def check_destination(url: str, allowed: tuple[Network, ...], field: str =
                 errors=[{"pointer": f"/{field}", "detail": "resolves to a forbidden address"}])
 
 
+def check_literal_address(url: str, allowed: tuple[Network, ...], field: str = "url") -> None:
+    """When the URL's host is an IP address, refuse a forbidden one (no DNS involved)."""
+    host, _port = check_url_shape(url, field)
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return  # a name: SafeResolver checks what it resolves to
+    if _forbidden(address) and not any(address in network for network in allowed):
+        raise UnsafeDestination(f"{field}: {address} is an internal address the server does not push to.",
+                                errors=[{"pointer": f"/{field}", "detail": "forbidden address"}])
+
+
 class SafeResolver(aiohttp.abc.AbstractResolver):
     """aiohttp's resolver, minus the addresses the server must not push to: the check happens on the
     very addresses the connection will use."""

@@ -38,7 +38,7 @@ from server.metrics import observe
 from server.models import PURGE, Article, iso, utc_now
 from server.partners import KeyTable
 from server.push_queue import Claim, PushQueue, now_ms
-from server.push_safety import SafeResolver, UnsafeDestination, check_destination
+from server.push_safety import SafeResolver, UnsafeDestination, check_destination, check_literal_address
 from server.render import (
     NEWSML_ITEM_MEDIA_TYPE,
     FeedView,
@@ -52,6 +52,7 @@ from server.store import ArticleStore
 log = logging.getLogger(__name__)
 
 MAX_BODY_READ = 64 * 1024
+ATTEMPTS_KEPT = 100_000
 SWEEP_SECONDS = 5.0
 BACKOFF_BASE_SECONDS = 2.0
 BACKOFF_CAP_SECONDS = 600.0
@@ -110,6 +111,7 @@ class PushWorker:
         self._tasks: list[asyncio.Task] = []
         self._in_flight: set[asyncio.Task] = set()
         self._active: dict[str, int] = {}  # deliveries in flight per destination
+        self._states: dict[str, dict] = {}  # claim member -> its earlier attempts, read with the batch
         self._bodies: OrderedDict[tuple, tuple[bytes, str]] = OrderedDict()
         self._session: aiohttp.ClientSession | None = None
 
@@ -294,6 +296,13 @@ class PushWorker:
         destinations = {d: Destination.from_record(orjson.loads(r)) for d, r in zip(destination_ids, records,
                                                                                    strict=True) if r}
         articles = await self.store.get_many(list(dict.fromkeys(c.article_id for c in claims)))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for claim in claims:
+                pipe.hget(keys.push_state(claim.destination_id), claim.article_id)
+            states = await pipe.execute()
+        # A claim's earlier attempts (none, for a first try) travel with it: no read per delivery.
+        self._states = {claim.member: orjson.loads(raw) if raw else {} for claim, raw in zip(claims, states,
+                                                                                                strict=True)}
         return destinations, {a.id: a for a in articles}
 
     async def _deliver(self, claim: Claim, destination: Destination | None, article: Article | None) -> None:
@@ -311,6 +320,7 @@ class PushWorker:
                 self._active.pop(claim.destination_id, None)
 
     async def _attempt(self, claim: Claim, destination: Destination | None, article: Article | None) -> None:
+        state = self._states.pop(claim.member, None)
         if destination is None or article is None:
             await self.queue.complete(claim, 1 << 62)
             return
@@ -319,11 +329,12 @@ class PushWorker:
         started = time.monotonic()
         outcome = await self._post(destination, article, version, body, content_type)
         latency_ms = round((time.monotonic() - started) * 1000, 1)
-        state = await self.queue.state(claim)
+        if state is None:
+            state = await self.queue.state(claim)
         attempt = int(state.get("attempts", 0)) + 1
-        await self._record_attempt(destination, article, version, attempt, outcome, latency_ms)
+        record = self._attempt_record(destination, article, version, attempt, outcome, latency_ms)
         if outcome.ok:
-            await self.queue.complete(claim, version)
+            await self.queue.complete(claim, version, record)
             observe(self).delivered(destination.kind, "ok", article.latest.ingested_at)
             if destination.partner:
                 # An acknowledged push counts as received, like a poll that delivered it.
@@ -332,6 +343,7 @@ class PushWorker:
                                             len(body), f"push-{article.id}-{version}"),
                                    ((article.id, version),))
             return
+        await self.redis.xadd(keys.push_attempts(), record, maxlen=ATTEMPTS_KEPT, approximate=True)
         if outcome.gone:
             log.info("subscription %s answered 410: ending it", destination.id)
             observe(self).delivered(destination.kind, "gone")
@@ -357,7 +369,9 @@ class PushWorker:
     async def _post(self, destination: Destination, article: Article, version: int, body: bytes,
                     content_type: str) -> Outcome:
         try:
-            await check_destination(destination.url, self.settings.push_allow_networks)
+            # Names are checked by SafeResolver as the connection is made; an address written into the
+            # URL never reaches a resolver, so it is checked here.
+            check_literal_address(destination.url, self.settings.push_allow_networks)
         except UnsafeDestination as exc:
             return Outcome(False, None, exc.detail, retry=False)
         headers = {"Content-Type": content_type, "User-Agent": "syndicate-push/1"}
@@ -425,14 +439,15 @@ class PushWorker:
             self._bodies.popitem(last=False)
         return result
 
-    async def _record_attempt(self, destination: Destination, article: Article, version: int, attempt: int,
-                              outcome: Outcome, latency_ms: float) -> None:
-        await self.redis.xadd(keys.push_attempts(), {
+    @staticmethod
+    def _attempt_record(destination: Destination, article: Article, version: int, attempt: int,
+                        outcome: Outcome, latency_ms: float) -> dict:
+        return {
             "at": iso(utc_now()), "destination": destination.id, "kind": destination.kind,
             "partner": destination.partner or "", "article": article.id, "version": version, "attempt": attempt,
             "status": outcome.status or 0, "ok": int(outcome.ok), "latencyMs": latency_ms,
             "error": outcome.error or "", "delivery": delivery_id(destination.id, article.id, version),
-        }, maxlen=100_000, approximate=True)
+        }
 
 
 def _retry_after(value: str | None) -> float | None:
