@@ -18,8 +18,10 @@ install: $(STAMP)
 system:
 	@scripts/ensure-system.sh redis
 
+# make run is a local demo: push may reach subscribers on this machine (loopback), which a real
+# deployment refuses unless SYNDICATE_PUSH_ALLOW_NETWORKS says otherwise.
 run: install system
-	$(BIN)/syndicate serve --demo
+	SYNDICATE_PUSH_ALLOW_NETWORKS="$${SYNDICATE_PUSH_ALLOW_NETWORKS-127.0.0.0/8,::1/128}" $(BIN)/syndicate serve --demo
 
 lint: install
 	$(BIN)/ruff check .

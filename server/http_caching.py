@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from functools import lru_cache
 
 from aiohttp import web
 
@@ -34,8 +35,15 @@ def choose_coding(accept_encoding: str, available: dict[str, bytes]) -> str:
     return "identity"
 
 
+@lru_cache(maxsize=4096)
 def http_date(moment: datetime) -> str:
+    # Cached: a feed's Last-Modified is formatted on every hit otherwise (strftime is not cheap).
     return moment.strftime("%a, %d %b %Y %H:%M:%S GMT")
+
+
+@lru_cache(maxsize=64)
+def _charset(media_type: str) -> str | None:
+    return "utf-8" if any(t in media_type for t in TEXT_TYPES_WITH_CHARSET) else None
 
 
 def not_modified(request: web.Request, etag: str, last_modified: datetime | None) -> bool:
@@ -71,7 +79,7 @@ def respond(request: web.Request, representation: Representation, cache_control:
         return web.Response(status=304, headers=headers)
     if coding != "identity":
         headers["Content-Encoding"] = coding
-    charset = "utf-8" if any(t in representation.media_type for t in TEXT_TYPES_WITH_CHARSET) else None
+    charset = _charset(representation.media_type)
     return web.Response(body=representation.bodies[coding], headers=headers,
                         content_type=representation.media_type, charset=charset)
 
