@@ -14,18 +14,12 @@ from typing import Any
 import feedparser
 import lxml.html
 import orjson
+from conftest import ARTICLES, ROOT, SEED_V1, SEED_V2, SHARED  # noqa: F401  (the paths live in conftest)
 from lxml import etree
 
 from server.models import CANCELED, CORRECTION, KILL, NEW, USABLE, Revision, article_id_for_uri, parse_iso
 from server.render import FeedView, ItemView
 
-ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
-ARTICLES = SHARED / "fixtures" / "articles"
-if not ARTICLES.exists():
-    ARTICLES = ROOT / "examples"
-SEED_V1 = ARTICLES / "serious-crime-convicts.v1.ninjs.json"
-SEED_V2 = ARTICLES / "serious-crime-convicts.v2-correction.ninjs.json"
 G2_XSD = SHARED / "standards" / "newsml-g2" / "NewsML-G2_2.35-spec-All-Power.xsd"
 
 NAR_NS = "http://iptc.org/std/nar/2006-10-01/"
