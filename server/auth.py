@@ -49,7 +49,8 @@ def require_caller(request: web.Request, table: TokenTable, *, admin: bool = Fal
     token = bearer_token(request)
     challenge = {"WWW-Authenticate": 'Bearer realm="syndicate"'}
     if token is None:
-        raise Unauthorised("This endpoint needs 'Authorization: Bearer <token>' (a publisher or admin token).",
+        needed = "the admin token" if admin else "a publisher or admin token"
+        raise Unauthorised(f"This endpoint needs 'Authorization: Bearer <token>' ({needed}).",
                            headers=challenge)
     caller = table.lookup(token)
     if caller is None:

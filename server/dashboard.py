@@ -60,9 +60,7 @@ TEMPLATES: web.AppKey[jinja2.Environment] = web.AppKey("ops_templates", jinja2.E
 DASHBOARD: web.AppKey[Dashboard] = web.AppKey("ops_dashboard")
 
 
-def ended_session_key(session_id: str) -> str:
-    """String with a TTL (the session's remaining life): a session ended by logout."""
-    return f"{keys.PREFIX}:ops:ended:{session_id}"
+ended_session_key = keys.ended_session
 
 
 # --- sessions, CSRF, throttle ------------------------------------------------------------------------

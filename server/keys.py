@@ -95,6 +95,11 @@ def render_lock(cache_key: str) -> str:
 PARTNERS_CHANNEL = f"{PREFIX}:partners:changes"
 
 
+def ended_session(session_id: str) -> str:
+    """String with a TTL (the session's remaining life): an ops dashboard session ended by logout."""
+    return f"{PREFIX}:ops:ended:{session_id}"
+
+
 def partner(name: str) -> str:
     """String (JSON): one partner, its entitlements and its keys (digests only)."""
     return f"{PREFIX}:partner:{name}"

@@ -155,7 +155,8 @@ async def deliveries(ctx: OpsContext, partner: str | None = None, failed_only: b
         if failed_only and fields.get("ok") == "1":
             continue
         attempts.append({**fields, "ok": fields.get("ok") == "1", "status": int(fields.get("status") or 0) or None,
-                         "attempt": int(fields.get("attempt") or 0), "version": int(fields.get("version") or 0)})
+                         "attempt": int(fields.get("attempt") or 0), "version": int(fields.get("version") or 0),
+                         "latencyMs": float(fields.get("latencyMs") or 0)})
         if len(attempts) >= limit:
             break
     given_up = [f for f in await failed_deliveries(ctx) if partner is None or f.get("partner") == partner]

@@ -2,13 +2,15 @@
 
 Three kinds of check: the file validates; its paths and methods are exactly the routes the application
 registers (so a new endpoint fails here until it is described); and real responses, from the app on a
-real Redis, match the documented schemas, status codes, media types and headers, with no field the
-description does not name.
+real Redis (and, for the WebSub hub, a real subscriber that verifies), match the documented schemas,
+status codes, media types and headers, with no field the description does not name.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -17,7 +19,7 @@ import orjson
 import pytest
 import yaml
 from aiohttp import web
-from conftest import ADMIN, AUTH
+from conftest import ADMIN, ADMIN_TOKEN, AUTH
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 from referencing import Registry, Resource
@@ -25,6 +27,8 @@ from referencing.jsonschema import DRAFT202012
 
 from server import keys, models, store
 from server.app import create_app
+from server.destinations import WEBHOOK, WEBHOOK_FORMATS, WEBSUB
+from server.push_safety import parse_networks
 from server.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,6 +119,8 @@ def test_enumerations_match_the_code(spec):
     outcome = schemas["IngestResult"]["allOf"][1]["properties"]["outcome"]
     assert outcome["enum"] == [store.CREATED, store.REVISED, store.UNCHANGED]
     assert listing["limit"]["schema"]["default"] == 50
+    assert schemas["EndpointCreate"]["properties"]["format"]["enum"] == list(WEBHOOK_FORMATS)
+    assert schemas["Destination"]["properties"]["kind"]["enum"] == [WEBHOOK, WEBSUB]
 
 
 # ----- real responses match the description ------------------------------------------------------
@@ -352,3 +358,214 @@ async def test_partner_and_feed_responses_match_the_description(spec, client, se
     assert problem["status"] == 422
     problem = await check(await client.delete("/api/partners/acme/keys/00000000", headers=ADMIN), key_path, "delete")
     assert problem["status"] == 404
+
+
+async def test_push_responses_match_the_description(spec, aiohttp_client, aiohttp_server, settings):
+    """The hub's answers (202, and its plain-text refusals), and the webhook endpoint routes, match the
+    description; a subscription verified by a real subscriber shows in the endpoint listing."""
+    check = Conformance(spec).check
+    endpoints, endpoint = "/api/partners/{name}/endpoints", "/api/partners/{name}/endpoints/{endpoint_id}"
+
+    async def verify(request: web.Request) -> web.Response:
+        return web.Response(text=request.query.get("hub.challenge", ""))
+
+    async def receive(_request: web.Request) -> web.Response:
+        return web.Response(status=204)
+
+    subscriber_app = web.Application()
+    subscriber_app.router.add_get("/callback", verify)
+    subscriber_app.router.add_post("/callback", receive)
+    subscriber = await aiohttp_server(subscriber_app, host="127.0.0.1")
+    callback = f"http://127.0.0.1:{subscriber.port}/callback"
+
+    app = create_app(replace(settings, push_allow_networks=parse_networks("127.0.0.0/8")))
+    client = await aiohttp_client(app)
+    created = await client.post("/api/partners", data=orjson.dumps(
+        {"name": "acme", "feeds": ["world"], "formats": ["atom", "json"]}), headers=ADMIN_JSON)
+    assert created.status == 201
+    key = (await created.json())["key"]
+
+    # The hub (aiohttp form-encodes a dict body): plain-text refusals, then an accepted subscription
+    # that the subscriber verifies.
+    feeds_base = f"{settings.base_url}/feeds"
+    await check(await client.post("/hub", data=b"{}", headers={"Content-Type": "application/json"}), "/hub", "post")
+    refused = await client.post("/hub", data={"hub.mode": "watch", "hub.topic": f"{feeds_base}/world/atom",
+                                              "hub.callback": callback})
+    assert await check(refused, "/hub", "post") and refused.status == 400
+    refused = await client.post("/hub", data={"hub.mode": "subscribe", "hub.topic": "https://elsewhere.example/x",
+                                              "hub.callback": callback})
+    assert refused.status == 400
+    await check(refused, "/hub", "post")
+    refused = await client.post("/hub", data={"hub.mode": "subscribe", "hub.topic": f"{feeds_base}/world/atom",
+                                              "hub.callback": callback})
+    assert refused.status == 403
+    await check(refused, "/hub", "post")
+    accepted = await client.post("/hub", data={"hub.mode": "subscribe", "hub.topic": f"{feeds_base}/world/atom",
+                                               "hub.callback": callback, "hub.secret": "s" * 20,
+                                               "hub.ignored": "x"},
+                                 headers={"Authorization": f"Bearer {key}"})
+    assert accepted.status == 202 and await check(accepted, "/hub", "post") is None
+    for _ in range(100):
+        listing = await check(await client.get("/api/partners/acme/endpoints", headers=ADMIN), endpoints, "get")
+        if listing["subscriptions"]:
+            break
+        await asyncio.sleep(0.05)
+    subscription = listing["subscriptions"][0]
+    assert subscription["kind"] == "websub" and subscription["secret"] == "set"
+    assert subscription["topic"] == f"{feeds_base}/world/atom" and subscription["expiresAt"] is not None
+
+    # Webhook endpoints.
+    body = {"url": callback, "format": "ninjs", "secret": "a-secret-of-20-bytes"}
+    added = await client.post("/api/partners/acme/endpoints", data=orjson.dumps(body), headers=ADMIN_JSON)
+    made = await check(added, endpoints, "post")
+    assert added.status == 201 and made["kind"] == "webhook" and made["secret"] == "set"
+    assert added.headers["Location"] == f"/api/partners/acme/endpoints/{made['id']}"
+    listing = await check(await client.get("/api/partners/acme/endpoints", headers=ADMIN), endpoints, "get")
+    assert [e["id"] for e in listing["items"]] == [made["id"]]
+    removed = await client.delete(f"/api/partners/acme/endpoints/{made['id']}", headers=ADMIN)
+    assert removed.status == 204 and await check(removed, endpoint, "delete") is None
+    problem = await check(await client.delete(f"/api/partners/acme/endpoints/{made['id']}", headers=ADMIN),
+                          endpoint, "delete")
+    assert problem["status"] == 404
+
+    # Problems on the endpoint routes.
+    post = "/api/partners/acme/endpoints"
+    problem = await check(await client.post(post, data=orjson.dumps(body), headers=JSON_AUTH), endpoints, "post")
+    assert problem["status"] == 403
+    problem = await check(await client.post(post, data=orjson.dumps(body)), endpoints, "post")
+    assert problem["status"] == 401
+    problem = await check(await client.post(post, data=b"[", headers=ADMIN_JSON), endpoints, "post")
+    assert problem["status"] == 400
+    problem = await check(await client.post("/api/partners/ghost/endpoints", data=orjson.dumps(body),
+                                            headers=ADMIN_JSON), endpoints, "post")
+    assert problem["status"] == 404
+    problem = await check(await client.post(post, data=orjson.dumps({**body, "format": "rss"}), headers=ADMIN_JSON),
+                          endpoints, "post")
+    assert problem["status"] == 422 and problem["errors"][0]["pointer"] == "/format"
+    problem = await check(await client.post(post, data=orjson.dumps({**body, "format": "newsml"}),
+                                            headers=ADMIN_JSON), endpoints, "post")  # newsml not granted
+    assert problem["status"] == 422 and problem["errors"][0]["pointer"] == "/format"
+    problem = await check(await client.post(post, data=orjson.dumps({**body, "url": "http://10.0.0.7/hook"}),
+                                            headers=ADMIN_JSON), endpoints, "post")
+    assert problem["status"] == 422 and problem["type"].endswith("/unsafe-destination")
+    problem = await check(await client.get("/api/partners/Not%20A%20Name/endpoints", headers=ADMIN), endpoints, "get")
+    assert problem["status"] == 422
+
+
+async def test_ops_responses_match_the_description(spec, aiohttp_client, aiohttp_server, settings, seed_v1, seed_v2):
+    """The ops API, /metrics and the /ops dashboard's pages and forms match the description, for a
+    partner whose webhook refuses every delivery (so there are failed attempts, a delivery given up on
+    to retry, and a correction and a kill the partner has not received)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    check = Conformance(spec).check
+    status, propagation, deliveries = "/api/status", "/api/propagation", "/api/deliveries"
+    retry, ops_retry = "/api/deliveries/{delivery_id}/retry", "/ops/deliveries/{delivery_id}/retry"
+
+    async def refuse(_request: web.Request) -> web.Response:
+        return web.Response(status=400)  # not retried: given up at once
+
+    receiver_app = web.Application()
+    receiver_app.router.add_post("/hook", refuse)
+    receiver = await aiohttp_server(receiver_app, host="127.0.0.1")
+    client = await aiohttp_client(create_app(replace(settings, push_allow_networks=parse_networks("127.0.0.0/8"))))
+    created = await client.post("/api/partners", data=orjson.dumps(
+        {"name": "acme", "feeds": ["latest"], "formats": ["atom", "json"]}), headers=ADMIN_JSON)
+    key = (await created.json())["key"]
+    hook = await client.post("/api/partners/acme/endpoints", headers=ADMIN_JSON, data=orjson.dumps(
+        {"url": f"http://127.0.0.1:{receiver.port}/hook", "format": "ninjs", "secret": "a-secret-of-20-bytes"}))
+    endpoint_id = (await hook.json())["id"]
+    assert (await client.post("/api/articles", data=orjson.dumps(seed_v1), headers=JSON_AUTH)).status == 201
+    article_id = models.article_id_for_uri(seed_v1["uri"])
+    assert (await client.get("/feeds/latest/atom", headers={"X-API-Key": key})).status == 200  # v1 by poll
+    assert (await client.post("/api/articles?signal=correction", data=orjson.dumps(seed_v2),
+                              headers=JSON_AUTH)).status == 200
+    assert (await client.delete(f"/api/articles/{article_id}", data=orjson.dumps({"reason": "legal"}),
+                                headers=JSON_AUTH)).status == 200
+
+    for _ in range(200):  # the kill (v3) is pushed, refused and given up on
+        listing = await check(await client.get(f"{deliveries}?status=failed&partner=acme", headers=ADMIN),
+                              deliveries, "get")
+        if listing["failed"] and listing["failed"][0]["version"] == 3:
+            break
+        await asyncio.sleep(0.05)
+    [failure] = listing["failed"]
+    assert failure["lastStatus"] == 400 and failure["destination"] == endpoint_id and failure["partner"] == "acme"
+    assert listing["attempts"] and all(not a["ok"] and a["status"] == 400 for a in listing["attempts"])
+    everything = await check(await client.get(deliveries, headers=ADMIN), deliveries, "get")
+    assert len(everything["attempts"]) >= len(listing["attempts"])
+    ghost = await check(await client.get(f"{deliveries}?partner=ghost&status=all", headers=ADMIN), deliveries, "get")
+    assert ghost == {"attempts": [], "failed": []}
+
+    overview = await check(await client.get(status, headers=ADMIN), status, "get")
+    [row] = overview["partners"]
+    assert row["partner"] == "acme" and row["state"] == "failing" and row["failingEndpoints"] == [endpoint_id]
+    assert row["lag"]["revisions"] == 2 and row["lastPoll"] is not None and overview["queue"]["failed"] == 1
+
+    flow = await check(await client.get(propagation, headers=ADMIN), propagation, "get")
+    assert [(i["kind"], i["version"]) for i in flow["items"]] == [("kill", 3), ("correction", 2)]
+    assert flow["outstanding"] == 2 and flow["items"][1]["partners"][0]["receivedVersion"] == 1
+    older = await check(await client.get(f"{propagation}?from=2000-01-01T00:00:00Z", headers=ADMIN),
+                        propagation, "get")
+    assert older["from"] == "2000-01-01T00:00:00Z" and len(older["items"]) == 2
+
+    scrape = await client.get("/metrics", headers=ADMIN)
+    text = (await check(scrape, "/metrics", "get")).decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert {"syndicate_http_requests", "syndicate_push_deliveries", "syndicate_outstanding_oldest_seconds",
+            "syndicate_push_oldest_pending_seconds", "syndicate_redis_errors"} <= families.keys()
+    assert [s.value for s in families["syndicate_outstanding_revisions"].samples
+            if s.labels == {"partner": "acme", "kind": "kill"}] == [1.0]
+
+    retried = await client.post(f"/api/deliveries/{failure['delivery']}/retry", headers=ADMIN)
+    result = await check(retried, retry, "post")
+    assert retried.status == 202 and result["version"] == 3 and result["requeued"] is True
+
+    # Problems.
+    for path in (status, propagation, deliveries, "/metrics"):
+        assert (await check(await client.get(path), path, "get"))["status"] == 401
+        assert (await check(await client.get(path, headers=AUTH), path, "get"))["status"] == 403
+    problem = await check(await client.get(f"{propagation}?from=yesterday", headers=ADMIN), propagation, "get")
+    assert problem["status"] == 400 and problem["parameter"] == "from"
+    problem = await check(await client.get(f"{deliveries}?status=bogus", headers=ADMIN), deliveries, "get")
+    assert problem["status"] == 400 and problem["parameter"] == "status"
+    problem = await check(await client.get(f"{deliveries}?partner=Not%20A%20Name", headers=ADMIN), deliveries, "get")
+    assert problem["status"] == 422
+    for unknown in ("0" * 32, "nope"):
+        problem = await check(await client.post(f"/api/deliveries/{unknown}/retry", headers=ADMIN), retry, "post")
+        assert problem["status"] == 404
+    assert (await check(await client.post(retry.replace("{delivery_id}", failure["delivery"]), headers=AUTH),
+                        retry, "post"))["status"] == 403
+
+    # The dashboard: HTML pages, 303s, the session cookie, CSRF and the login throttle.
+    async def page(method: str, path: str, template: str, **options):
+        response = await client.request(method, path, allow_redirects=False, **options)
+        await check(response, template, method.lower())
+        return response
+
+    assert (await page("GET", "/ops", "/ops")).headers["Location"] == "/ops/login"
+    assert (await page("GET", "/ops/login", "/ops/login")).status == 200
+    assert (await page("POST", "/ops/login", "/ops/login", data={"token": "not-the-admin-token"})).status == 401
+    assert (await page("POST", "/ops/login", "/ops/login", data={"token": ADMIN_TOKEN},
+                       headers={"Origin": "https://elsewhere.example"})).status == 403
+    signed_in = await page("POST", "/ops/login", "/ops/login", data={"token": ADMIN_TOKEN})
+    assert signed_in.status == 303 and signed_in.headers["Location"] == "/ops"
+    assert "HttpOnly" in signed_in.headers["Set-Cookie"] and "SameSite=Strict" in signed_in.headers["Set-Cookie"]
+    assert (await page("GET", "/ops/login", "/ops/login")).headers["Location"] == "/ops"
+    dashboard = await page("GET", "/ops", "/ops")
+    html = await dashboard.text()
+    assert dashboard.status == 200 and 'data-partner="acme" data-state="failing"' in html
+    csrf = html.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+    button = ops_retry.replace("{delivery_id}", failure["delivery"])
+    assert (await page("POST", button, ops_retry, data={"csrf": "forged"})).status == 403
+    pressed = await page("POST", button, ops_retry, data={"csrf": csrf})
+    assert pressed.status == 303 and pressed.headers["Location"] == "/ops#failed"
+    assert (await page("POST", "/ops/logout", "/ops/logout", data={})).status == 403
+    signed_out = await page("POST", "/ops/logout", "/ops/logout", data={"csrf": csrf})
+    assert signed_out.status == 303 and signed_out.headers["Location"] == "/ops/login"
+    assert (await page("GET", "/ops", "/ops")).status == 303
+    assert (await page("POST", button, ops_retry, data={"csrf": csrf})).headers["Location"] == "/ops/login"
+    for _ in range(5):
+        assert (await page("POST", "/ops/login", "/ops/login", data={"token": "not-the-admin-token"})).status == 401
+    throttled = await page("POST", "/ops/login", "/ops/login", data={"token": "not-the-admin-token"})
+    assert throttled.status == 429 and int(throttled.headers["Retry-After"]) > 0
