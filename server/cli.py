@@ -254,6 +254,7 @@ async def _print_banner(app: web.Application) -> None:
         f"  publisher token ({publisher.name}): {publisher.token}",
         f"  admin token:                 {settings.admin_token}",
         f"  health:   {base}/healthz   ready: {base}/readyz",
+        f"  ops:      {base}/ops (log in with the admin token)   metrics: {base}/metrics (admin token)",
         f"  articles: curl -H 'Authorization: Bearer {publisher.token}' {base}/api/articles",
     ]
     if DEMO_PARTNER_KEY in app:
