@@ -91,6 +91,10 @@ def create_app(settings: Settings) -> web.Application:
 
 
 def _add_routes(app: web.Application) -> None:
+    # The partner-facing routes come first: the router tries routes in order, and these are the hot path.
+    app.router.add_get("/feeds/{name}/{format}", feeds.get_feed)
+    app.router.add_get("/items/{id}", feeds.get_item)
+    app.router.add_get("/items/{id}/newsml", feeds.get_item_newsml)
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
     app.router.add_get("/metrics", metrics_endpoint)
@@ -116,9 +120,6 @@ def _add_routes(app: web.Application) -> None:
     app.router.add_get("/api/propagation", ops_api.get_propagation)
     app.router.add_get("/api/deliveries", ops_api.get_deliveries)
     app.router.add_post("/api/deliveries/{delivery_id}/retry", ops_api.retry_delivery)
-    app.router.add_get("/feeds/{name}/{format}", feeds.get_feed)
-    app.router.add_get("/items/{id}", feeds.get_item)
-    app.router.add_get("/items/{id}/newsml", feeds.get_item_newsml)
 
 
 async def _redis_context(app: web.Application) -> AsyncIterator[None]:
