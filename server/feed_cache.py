@@ -66,13 +66,10 @@ class FeedCache:
         self.ttl_seconds = ttl_seconds
         self.memory_bytes = memory_bytes
         self.generations: dict[str, int] = {}
-        self.last_seq_seen = 0
-        self.notice_received_at = 0.0  # monotonic time of the last notice, for staleness measurements
         self._memory: OrderedDict[tuple[str, str, str, str], tuple[RenderedFeed, float]] = OrderedDict()
         self._memory_used = 0
         self._inflight: dict[tuple, asyncio.Task[RenderedFeed]] = {}
         self._release_lock = cache_redis.register_script(_RELEASE_LOCK_LUA)
-        self.hits = self.misses = 0
 
     # ----- keeping generations current --------------------------------------------------------------
 
@@ -87,8 +84,6 @@ class FeedCache:
         notice = ChangeNotice.parse(message)
         for name, generation in notice.generations.items():
             self._raise_generation(name, generation)
-        self.last_seq_seen = max(self.last_seq_seen, notice.seq)
-        self.notice_received_at = time.monotonic()
 
     # ----- reading -------------------------------------------------------------------------------
 
@@ -100,10 +95,8 @@ class FeedCache:
         # Beside the generation, a render also ages out (kills leave the head page after a while).
         if cached is not None and cached[0].generation == generation and cached[1] > time.monotonic():
             self._memory.move_to_end(memory_key)
-            self.hits += 1
             observe(self).cache_result("memory_hit")
             return cached[0]
-        self.misses += 1
         flight_key = (*memory_key, generation)
         task = self._inflight.get(flight_key)
         if task is None:

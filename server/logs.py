@@ -48,10 +48,6 @@ class RequestContext:
 _current: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar("syndicate_request", default=None)
 
 
-def current_request() -> RequestContext | None:
-    return _current.get()
-
-
 def note_partner(name: str) -> None:
     """The request being handled was made with a key of this partner (called by the access check)."""
     context = _current.get()

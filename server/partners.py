@@ -153,9 +153,6 @@ class KeyTable:
         for key in partner.keys:
             self._by_key_id[key.key_id] = (key, partner.name)
 
-    def replaced(self, partners: Iterable[Partner], generation: int) -> KeyTable:
-        return KeyTable(partners, generation)
-
     def authenticate(self, presented: str, now: datetime) -> tuple[Partner, AccessKey] | None:
         """The partner and key, if ``presented`` is a usable key of an active partner."""
         key_id = parse_key_id(presented)

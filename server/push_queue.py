@@ -145,9 +145,6 @@ class PushQueue:
         members = await self._claim(keys=[keys.push_due(), keys.push_leased()], args=[now_ms(), lease_ms, count])
         return [Claim.parse(m) for m in members]
 
-    async def waiting_version(self, claim: Claim) -> int:
-        return int(await self.redis.hget(keys.push_latest(claim.destination_id), claim.article_id) or 0)
-
     async def state(self, claim: Claim) -> dict:
         raw = await self.redis.hget(keys.push_state(claim.destination_id), claim.article_id)
         return orjson.loads(raw) if raw else {}

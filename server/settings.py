@@ -75,10 +75,6 @@ class Settings:
             host = f"[{host}]"
         return f"http://{host}:{self.port}"
 
-    @property
-    def redis_data_dir(self) -> Path:
-        return self.data_dir / "redis"
-
     def with_tokens(self, publisher_tokens: tuple[PublisherToken, ...], admin_token: str) -> Settings:
         return replace(self, publisher_tokens=publisher_tokens, admin_token=admin_token)
 
