@@ -132,20 +132,26 @@ class FeedBuilder:
         now = utc_now()
         if since is None:
             cursor = await self.store.last_change_seq()  # read first: later changes are in the next page
+            # A page can change by losing an item (withheld, reclassified, purged), which no item's
+            # date shows: its Last-Modified is never older than the change log at render time, so an
+            # If-Modified-Since poller is never told "not modified" about a page that changed.
+            changed_at = await self.store.change_time(cursor)
             articles = await self._head_articles(feed, now)
         else:
             articles, cursor = await self._since_articles(feed, since, now)
+            changed_at = None
         return self.render(feed, fmt, articles, since=since, cursor=cursor, generation=generation, now=now,
-                           include_photos=include_photos)
+                           include_photos=include_photos, changed_at=changed_at)
 
     def render(self, feed: FeedDefinition, fmt: str, articles: list[Article], *, since: int | None, cursor: int,
-               generation: int, now: datetime, include_photos: bool = True) -> RenderedFeed:
+               generation: int, now: datetime, include_photos: bool = True,
+               changed_at: datetime | None = None) -> RenderedFeed:
         media_type, renderer = RENDERERS[fmt]
         first_url = self.self_url(feed, fmt)
         self_url = first_url if since is None else f"{first_url}?since={since}"
         next_url = f"{first_url}?since={cursor}"
         manifest = tuple((a.id, a.version) for a in articles)
-        last_modified = max((a.last_changed for a in articles), default=None)
+        last_modified = max([a.last_changed for a in articles] + ([changed_at] if changed_at else []), default=None)
         # Same content, same bytes: the render id and the document's date come from what the page
         # holds, not from the clock, so a re-render (another process, a cache expiry) keeps its ETag
         # and pollers keep getting 304s.

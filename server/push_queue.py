@@ -66,9 +66,17 @@ redis.call('ZREM', KEYS[5], ARGV[3])
 return 0
 """
 
-# KEYS: due, leased, state. ARGV: article, member, retry at ms, state JSON.
+# KEYS: due, leased, state, latest hash. ARGV: article, member, retry at ms, state JSON, attempted version,
+# now ms.
 _RETRY_LUA = """
 redis.call('ZREM', KEYS[2], ARGV[2])
+local waiting = tonumber(redis.call('HGET', KEYS[4], ARGV[1]) or '0')
+if waiting > tonumber(ARGV[5]) then
+  -- a newer revision (a kill, say) arrived during the failed attempt: it goes now, with a fresh count
+  redis.call('ZADD', KEYS[1], ARGV[6], ARGV[2])
+  redis.call('HDEL', KEYS[3], ARGV[1])
+  return 0
+end
 redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2])
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
 return 1
@@ -158,9 +166,11 @@ class PushQueue:
                   keys.push_state(claim.destination_id), keys.push_waiting_since(), keys.push_attempts()],
             args=[claim.article_id, version, claim.member, now_ms(), 100_000, *fields]))
 
-    async def retry_at(self, claim: Claim, at_ms: int, state: dict) -> None:
-        await self._retry(keys=[keys.push_due(), keys.push_leased(), keys.push_state(claim.destination_id)],
-                          args=[claim.article_id, claim.member, at_ms, orjson.dumps(state)])
+    async def retry_at(self, claim: Claim, at_ms: int, state: dict, version: int) -> None:
+        """Try ``version`` again at ``at_ms``, unless a newer version is waiting: that one is due now."""
+        await self._retry(keys=[keys.push_due(), keys.push_leased(), keys.push_state(claim.destination_id),
+                                keys.push_latest(claim.destination_id)],
+                          args=[claim.article_id, claim.member, at_ms, orjson.dumps(state), version, now_ms()])
 
     async def defer(self, claims: list[Claim], at_ms: int) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:

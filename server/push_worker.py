@@ -311,7 +311,13 @@ class PushWorker:
         except Exception:
             observe(self).delivery_error(destination.kind if destination is not None else "unknown")
             log.exception("delivery %s failed unexpectedly; it will be retried", claim.member)
-            await self.queue.retry_at(claim, now_ms() + 5000, {"lastError": "internal error"})
+            # Keep counting from the earlier attempts, so the give-up rule still applies to it.
+            state = await self.queue.state(claim)
+            version = article.version if article is not None else 0
+            await self.queue.retry_at(claim, now_ms() + 5000, {
+                **state, "version": version, "attempts": int(state.get("attempts", 0)) + 1,
+                "firstAttemptAt": state.get("firstAttemptAt") or iso(utc_now()), "lastError": "internal error"},
+                version)
         finally:
             remaining = self._active.get(claim.destination_id, 1) - 1
             if remaining > 0:
@@ -325,12 +331,19 @@ class PushWorker:
             await self.queue.complete(claim, 1 << 62)
             return
         version = article.version  # always the newest revision, whatever was queued
+        if not in_feed(article, utc_now(), None):
+            # Its newest revision is under embargo or withheld: nothing may go out now. The embargo's
+            # lift, or the next revision, queues it again.
+            await self.queue.complete(claim, version)
+            return
         body, content_type = self._body(destination, article)
         started = time.monotonic()
         outcome = await self._post(destination, article, version, body, content_type)
         latency_ms = round((time.monotonic() - started) * 1000, 1)
         if state is None:
             state = await self.queue.state(claim)
+        if state.get("version", version) != version:
+            state = {}  # earlier attempts were of an older revision: this one starts its own count
         attempt = int(state.get("attempts", 0)) + 1
         record = self._attempt_record(destination, article, version, attempt, outcome, latency_ms)
         if outcome.ok:
@@ -364,7 +377,8 @@ class PushWorker:
             BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
         observe(self).delivered(destination.kind, "retry")
         await self.queue.retry_at(claim, now_ms() + int(delay * 1000),
-                                  {"attempts": attempt, "firstAttemptAt": first_try, "lastError": outcome.error})
+                                  {"version": version, "attempts": attempt, "firstAttemptAt": first_try,
+                                   "lastError": outcome.error}, version)
 
     async def _post(self, destination: Destination, article: Article, version: int, body: bytes,
                     content_type: str) -> Outcome:

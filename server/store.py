@@ -362,6 +362,13 @@ class ArticleStore:
         entries = await self.redis.xrange(keys.changelog(), f"({seq}-0", "+", count=limit)
         return [_change(entry_id, fields) for entry_id, fields in entries]
 
+    async def change_time(self, seq: int) -> datetime | None:
+        """When change ``seq`` was ingested (None for 0, or a change already trimmed away)."""
+        if seq <= 0:
+            return None
+        entries = await self.redis.xrange(keys.changelog(), f"{seq}-0", f"{seq}-0")
+        return parse_iso(entries[0][1]["at"]) if entries else None
+
     async def oldest_change_seq(self) -> int | None:
         entries = await self.redis.xrange(keys.changelog(), "-", "+", count=1)
         return _change(*entries[0]).seq if entries else None
@@ -380,16 +387,23 @@ class ArticleStore:
                 return dropped
             for member in members:
                 article_id, _, version = member.rpartition(":")
-                raw = await self.redis.hget(keys.revisions(article_id), version)
+                # WATCHed: a purge that strips the same revision meanwhile must not be undone by
+                # writing back this older read.
                 async with self.redis.pipeline(transaction=True) as pipe:
-                    if raw is not None:
-                        revision = Revision.from_json(raw)
-                        if revision.document is not None:
-                            stripped = dataclasses.replace(revision, document=None, body_dropped_at=now)
-                            pipe.hset(keys.revisions(article_id), version, stripped.to_json())
-                            dropped += 1
-                    pipe.zrem(keys.revisions_with_bodies(), member)
-                    await pipe.execute()
+                    try:
+                        await pipe.watch(keys.revisions(article_id))
+                        raw = await pipe.hget(keys.revisions(article_id), version)
+                        pipe.multi()
+                        if raw is not None:
+                            revision = Revision.from_json(raw)
+                            if revision.document is not None:
+                                stripped = dataclasses.replace(revision, document=None, body_dropped_at=now)
+                                pipe.hset(keys.revisions(article_id), version, stripped.to_json())
+                                dropped += 1
+                        pipe.zrem(keys.revisions_with_bodies(), member)
+                        await pipe.execute()
+                    except WatchError:
+                        return dropped  # the article changed under us: the next run picks it up
 
     async def trim_changelog(self, retention: timedelta, now: datetime | None = None) -> int:
         """Drop change-log entries ingested more than ``retention`` ago; return how many went."""

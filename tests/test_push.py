@@ -1127,3 +1127,31 @@ async def test_a_webhook_format_needs_the_partners_format_entitlement(push, sync
         assert receiver.posts == []
     else:
         assert response.status == 422
+
+
+async def test_a_revision_put_under_embargo_is_not_pushed_by_an_older_ones_retry(push, sync_redis, receivers,
+                                                                                   seed_v1, fast_backoff):
+    await create_partner(push, name="acme", feeds=["*"], formats=["*"])
+    receiver = await receivers(Behaviour(fail_status=503, fail_times=1, delay_first=1.0))
+    await add_endpoint(push, "acme", receiver.url(), "ninjs")
+    await publish(push, seed_v1)
+    await wait_for(lambda: receiver.posts, message="v1 in flight")
+    embargoed = {**seed_v1, "versionCreated": "2030-01-01T00:00:00Z", "embargoedUntil": "2099-01-01T00:00:00Z",
+                 "headlines": [{"role": "main", "value": "Embargoed rewrite"}]}
+    await publish(push, embargoed)  # v2, under embargo, while v1's first attempt is failing
+    await wait_for(lambda: fanned_out(sync_redis), timeout=10, message="the queue to empty")
+    await asyncio.sleep(0.5)
+    assert all(b"Embargoed rewrite" not in post.body for post in receiver.posts)
+    assert receiver.delivered == []  # v1 was superseded by a revision nobody may see yet
+
+
+async def test_a_kill_during_a_failing_attempt_does_not_wait_for_its_retry_after(push, sync_redis, receivers,
+                                                                                 seed_v1):
+    await create_partner(push, name="acme", feeds=["*"], formats=["*"])
+    receiver = await receivers(Behaviour(fail_status=503, fail_times=1, delay_first=1.0, retry_after="600"))
+    await add_endpoint(push, "acme", receiver.url(), "atom")
+    await publish(push, seed_v1)
+    await wait_for(lambda: receiver.posts, message="v1 in flight")
+    await kill(push, article_id_for_uri(seed_v1["uri"]))  # arrives while v1 is being refused with Retry-After
+    await wait_for(lambda: receiver.delivered, timeout=8, message="the kill, long before v1's 600 s retry")
+    assert delivery_versions(receiver, only_ok=True) == [2]

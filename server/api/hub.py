@@ -35,7 +35,7 @@ from server.models import utc_now
 from server.ninjs import DocumentError, parse_json_object
 from server.partners import check_name
 from server.problems import Problem
-from server.push_safety import UnsafeDestination, check_destination
+from server.push_safety import SafeResolver, UnsafeDestination, check_destination, check_literal_address
 from server.state import ACCESS, DESTINATIONS, FEEDS, HUB_TASKS, PARTNERS, SETTINGS, TOKENS
 
 log = logging.getLogger(__name__)
@@ -98,10 +98,13 @@ async def _verify(app: web.Application, mode: str, subscription: Destination, le
     params = {"hub.mode": mode, "hub.topic": subscription.topic or "", "hub.challenge": challenge}
     if mode == "subscribe":
         params["hub.lease_seconds"] = str(lease)
+    allowed = app[SETTINGS].push_allow_networks
     try:
-        await check_destination(subscription.url, app[SETTINGS].push_allow_networks)
+        check_literal_address(subscription.url, allowed)
         timeout = aiohttp.ClientTimeout(total=app[SETTINGS].push_timeout_seconds)
-        async with aiohttp.ClientSession(timeout=timeout) as session, session.get(
+        # The resolver refuses internal addresses as the connection is made (no DNS-rebinding gap).
+        connector = aiohttp.TCPConnector(resolver=SafeResolver(allowed))
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session, session.get(
                 str(URL(subscription.url).update_query(params)), allow_redirects=False) as response:
             body = await response.content.read(4096)
             verified = 200 <= response.status < 300 and body.strip() == challenge.encode()
