@@ -27,7 +27,7 @@ from server.feed_builder import FeedBuilder
 from server.feed_cache import FeedCache
 from server.feeds import load_feed_definitions
 from server.ledger import PollLedger, drop_old_manifests, drop_old_receipts
-from server.logs import request_middleware
+from server.logs import ACCESS_LINES, request_middleware
 from server.metrics import (
     METRICS,
     Metrics,
@@ -221,6 +221,7 @@ async def _flush_loop(access: AccessControl, interval: float, stop: asyncio.Even
 
 
 async def _flush(access: AccessControl) -> None:
+    ACCESS_LINES.flush()
     try:
         await access.limiter.flush()
         await access.ledger.flush()

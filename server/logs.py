@@ -125,9 +125,47 @@ class TextFormatter(logging.Formatter):
         return redact(line)
 
 
+class AccessLines:
+    """JSON access lines, made in bulk off the request path: a request only appends a tuple; every
+    flush interval (and at shutdown) they become JSON lines in one write to the log stream. The lines
+    are exactly what the logging path would write; with the text format they go through logging."""
+
+    def __init__(self) -> None:
+        self.stream: IO[str] | None = None  # set by configure() for the JSON format
+        self._pending: list[tuple] = []
+
+    def add(self, *fields: Any) -> None:
+        self._pending.append(fields)
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, []
+        stream = self.stream
+        if not pending or stream is None:
+            return
+        lines = []
+        for created, request_id, partner, method, route, path, status, latency_ms in pending:
+            entry: dict[str, Any] = {
+                "timestamp": datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
+                .replace("+00:00", "Z"),
+                "level": "INFO", "logger": access_log.name,
+                "message": f"{method} {path} {status} {latency_ms:.2f} ms", "request_id": request_id,
+            }
+            if partner is not None:
+                entry["partner"] = partner
+            entry.update(method=method, route=route, path=path, status=status, latency_ms=latency_ms)
+            lines.append(orjson.dumps(entry).decode())
+        stream.write("\n".join(lines) + "\n")
+        stream.flush()
+
+
+ACCESS_LINES = AccessLines()
+
+
 def configure(settings: Settings, stream: IO[str] | None = None) -> logging.Handler:
     """Send every log line to stderr (or ``stream``) in the configured format, at the configured level.
     Replaces the root logger's handlers (like ``logging.basicConfig(force=True)``)."""
+    ACCESS_LINES.flush()
+    ACCESS_LINES.stream = None if settings.log_format == "text" else (stream if stream is not None else sys.stderr)
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(TextFormatter() if settings.log_format == "text" else JsonFormatter())
     root = logging.getLogger()
@@ -175,7 +213,12 @@ async def request_middleware(request: web.Request, handler: Any) -> web.StreamRe
             metrics.observe_request(request.method, route, status, elapsed, response)
         if access_log.isEnabledFor(logging.INFO):
             latency_ms = round(elapsed * 1000, 2)
-            access_log.info("%s %s %d %.2f ms", request.method, redact(request.path_qs), status, latency_ms,
-                            extra={"method": request.method, "route": route, "path": redact(request.path_qs),
-                                   "status": status, "latency_ms": latency_ms})
+            path = redact(request.path_qs)
+            if ACCESS_LINES.stream is not None:  # JSON: buffered, written by the flush loop
+                ACCESS_LINES.add(time.time(), context.request_id, context.partner, request.method, route, path,
+                                 status, latency_ms)
+            else:
+                access_log.info("%s %s %d %.2f ms", request.method, path, status, latency_ms,
+                                extra={"method": request.method, "route": route, "path": path,
+                                       "status": status, "latency_ms": latency_ms})
         _current.reset(token)
