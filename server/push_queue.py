@@ -46,40 +46,56 @@ end
 return due
 """
 
-# KEYS: latest hash, due, leased, state, waiting-since, attempts stream.
-# ARGV: article, delivered version, member, now ms, max attempts kept, then the attempt record's fields.
-# Records the attempt, and is done: unless a newer version arrived meanwhile, which is due at once.
-_COMPLETE_LUA = """
+# The end of an attempt, shared by complete, retry and give-up (the rule that makes the newest revision
+# win): the lease and the attempt count go, and if a newer version arrived meanwhile (a kill, say) it
+# is due at once, with a fresh count, whatever happened to the attempt. Returns true in that case.
+# Every script below uses KEYS 1 latest hash, 2 due, 3 leased, 4 state, 5 waiting-since (6: its own),
+# and ARGV 1 article, 2 member, 3 the attempted version, 4 now ms (5..: its own).
+_FINISH_ATTEMPT_LUA = """
+local function newer_is_waiting()
+  redis.call('ZREM', KEYS[3], ARGV[2])
+  redis.call('HDEL', KEYS[4], ARGV[1])
+  local waiting = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+  if waiting > tonumber(ARGV[3]) then
+    redis.call('ZADD', KEYS[2], ARGV[4], ARGV[2])
+    redis.call('ZADD', KEYS[5], ARGV[4], ARGV[2])
+    return true
+  end
+  return false
+end
+local function forget()
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('ZREM', KEYS[5], ARGV[2])
+end
+"""
+
+# KEYS 6: attempts stream. ARGV 5: max attempts kept, 6..: the attempt record's fields.
+# Acknowledged: records the attempt; done unless a newer version is waiting.
+_COMPLETE_LUA = _FINISH_ATTEMPT_LUA + """
 if #ARGV > 5 then
   redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[5], '*', unpack(ARGV, 6))
 end
-redis.call('ZREM', KEYS[3], ARGV[3])
-redis.call('HDEL', KEYS[4], ARGV[1])
-local waiting = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
-if waiting > tonumber(ARGV[2]) then
-  redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
-  redis.call('ZADD', KEYS[5], ARGV[4], ARGV[3])
-  return 1
-end
-redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('ZREM', KEYS[5], ARGV[3])
+if newer_is_waiting() then return 1 end
+forget()
 return 0
 """
 
-# KEYS: due, leased, state, latest hash. ARGV: article, member, retry at ms, state JSON, attempted version,
-# now ms.
-_RETRY_LUA = """
-redis.call('ZREM', KEYS[2], ARGV[2])
-local waiting = tonumber(redis.call('HGET', KEYS[4], ARGV[1]) or '0')
-if waiting > tonumber(ARGV[5]) then
-  -- a newer revision (a kill, say) arrived during the failed attempt: it goes now, with a fresh count
-  redis.call('ZADD', KEYS[1], ARGV[6], ARGV[2])
-  redis.call('HDEL', KEYS[3], ARGV[1])
-  return 0
-end
-redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2])
-redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
+# ARGV 5: retry at ms, 6: state JSON. Failed, to be tried again later, unless a newer version is
+# waiting: that one goes now.
+_RETRY_LUA = _FINISH_ATTEMPT_LUA + """
+if newer_is_waiting() then return 0 end
+redis.call('ZADD', KEYS[2], ARGV[5], ARGV[2])
+redis.call('HSET', KEYS[4], ARGV[1], ARGV[6])
 return 1
+"""
+
+# KEYS 6: failed hash. ARGV 5: failure JSON. Given up on (kept for ops); a newer version is not given
+# up with it.
+_GIVE_UP_LUA = _FINISH_ATTEMPT_LUA + """
+redis.call('HSET', KEYS[6], ARGV[2], ARGV[5])
+if newer_is_waiting() then return 1 end
+forget()
+return 0
 """
 
 # KEYS: due, leased. ARGV: member, at ms. Hand a claimed delivery back untried (no attempt counted).
@@ -87,25 +103,6 @@ _DEFER_LUA = """
 if redis.call('ZREM', KEYS[2], ARGV[1]) == 1 then redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1]) end
 return 1
 """
-
-# KEYS: latest hash, leased, state, failed, waiting-since, due.
-# ARGV: article, member, failure JSON, the version given up on, now ms.
-# A newer revision that arrived meanwhile (a kill, say) is not given up with it: it is due at once.
-_GIVE_UP_LUA = """
-redis.call('ZREM', KEYS[2], ARGV[2])
-redis.call('HDEL', KEYS[3], ARGV[1])
-redis.call('HSET', KEYS[4], ARGV[2], ARGV[3])
-local waiting = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
-if waiting > tonumber(ARGV[4]) then
-  redis.call('ZADD', KEYS[6], ARGV[5], ARGV[2])
-  redis.call('ZADD', KEYS[5], ARGV[5], ARGV[2])
-  return 1
-end
-redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('ZREM', KEYS[5], ARGV[2])
-return 0
-"""
-
 
 @dataclass(frozen=True, slots=True)
 class Claim:
@@ -161,16 +158,13 @@ class PushQueue:
         """Acknowledged (``attempt`` is recorded with it, in the same round trip). True when a newer
         version is already waiting (it is due now)."""
         fields = [item for pair in (attempt or {}).items() for item in pair]
-        return bool(await self._complete(
-            keys=[keys.push_latest(claim.destination_id), keys.push_due(), keys.push_leased(),
-                  keys.push_state(claim.destination_id), keys.push_waiting_since(), keys.push_attempts()],
-            args=[claim.article_id, version, claim.member, now_ms(), 100_000, *fields]))
+        return bool(await self._complete(keys=[*self._attempt_keys(claim), keys.push_attempts()],
+                                         args=[claim.article_id, claim.member, version, now_ms(), 100_000, *fields]))
 
     async def retry_at(self, claim: Claim, at_ms: int, state: dict, version: int) -> None:
         """Try ``version`` again at ``at_ms``, unless a newer version is waiting: that one is due now."""
-        await self._retry(keys=[keys.push_due(), keys.push_leased(), keys.push_state(claim.destination_id),
-                                keys.push_latest(claim.destination_id)],
-                          args=[claim.article_id, claim.member, at_ms, orjson.dumps(state), version, now_ms()])
+        await self._retry(keys=self._attempt_keys(claim),
+                          args=[claim.article_id, claim.member, version, now_ms(), at_ms, orjson.dumps(state)])
 
     async def defer(self, claims: list[Claim], at_ms: int) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -179,10 +173,14 @@ class PushQueue:
             await pipe.execute()
 
     async def give_up(self, claim: Claim, version: int, failure: dict) -> None:
-        await self._give_up(keys=[keys.push_latest(claim.destination_id), keys.push_leased(),
-                                  keys.push_state(claim.destination_id), keys.push_failed(),
-                                  keys.push_waiting_since(), keys.push_due()],
-                            args=[claim.article_id, claim.member, orjson.dumps(failure), version, now_ms()])
+        await self._give_up(keys=[*self._attempt_keys(claim), keys.push_failed()],
+                            args=[claim.article_id, claim.member, version, now_ms(), orjson.dumps(failure)])
+
+    @staticmethod
+    def _attempt_keys(claim: Claim) -> list[str]:
+        """KEYS 1-5 of the scripts that end an attempt (see ``_FINISH_ATTEMPT_LUA``)."""
+        return [keys.push_latest(claim.destination_id), keys.push_due(), keys.push_leased(),
+                keys.push_state(claim.destination_id), keys.push_waiting_since()]
 
     async def waiting(self) -> list[tuple[Claim, float]]:
         """Every unacknowledged delivery and since when it has waited (epoch ms), oldest first."""
