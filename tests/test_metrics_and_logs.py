@@ -117,7 +117,9 @@ async def test_metrics_after_publish_keyed_poll_304_and_push(app_client, sync_re
     await publish(app_client, seed_v1)
     await publish(app_client, seed_v2, "?signal=correction")
     # Newest wins: v1 and v2 may go out as one delivery or two.
-    await wait_for(lambda: receiver.delivered and not sync_redis.zcard(keys.push_waiting_since()),
+    # Wait for the correction itself: an empty queue alone may only mean v1 is done and v2 not yet fanned out.
+    await wait_for(lambda: any(b"200,000 people" in post.body for post in receiver.delivered)
+                   and not sync_redis.zcard(keys.push_waiting_since()),
                    message="the correction pushed and acknowledged")
     pushed = float(len(receiver.delivered))
 
