@@ -27,7 +27,7 @@ from server.feed_builder import FeedBuilder
 from server.feed_cache import FeedCache
 from server.feeds import load_feed_definitions
 from server.ledger import PollLedger, drop_old_manifests, drop_old_receipts
-from server.logs import ACCESS_LINES, request_middleware
+from server.logs import ACCESS_LINES
 from server.metrics import (
     METRICS,
     Metrics,
@@ -35,13 +35,12 @@ from server.metrics import (
     heartbeat_context,
     metrics_endpoint,
     observe,
-    redis_error_middleware,
 )
+from server.middleware import request_middleware
 from server.models import utc_now
 from server.notifications import Subscriber
 from server.ops import OpsContext
 from server.partners import PartnerStore
-from server.problems import problem_middleware
 from server.push_queue import PushQueue
 from server.push_worker import PushWorker, ensure_dispatch_group
 from server.ratelimit import RateLimiter
@@ -74,16 +73,15 @@ EMBARGO_POLL_SECONDS = 0.2
 
 def create_app(settings: Settings) -> web.Application:
     # aiohttp's own limit answers 413 before a handler reads more than this.
-    # Outermost first: request id, access line and request metrics; problem details; Redis error count.
-    app = web.Application(client_max_size=settings.max_body_bytes,
-                          middlewares=[request_middleware, problem_middleware, redis_error_middleware])
+    metrics = Metrics()
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[request_middleware(metrics)])
     app[SETTINGS] = settings
     app[TOKENS] = TokenTable(settings)
     app[FEEDS] = load_feed_definitions(settings.feeds_dir)
     app.cleanup_ctx.append(_redis_context)
     app.cleanup_ctx.append(_maintenance_context)
     app.cleanup_ctx.append(_embargo_context)
-    app[METRICS] = Metrics()
+    app[METRICS] = metrics
     app.cleanup_ctx.append(heartbeat_context)  # after Redis: worker heartbeat and metrics snapshot
     _add_routes(app)
     dashboard.setup(app)  # /ops: templates and routes

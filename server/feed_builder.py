@@ -16,6 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 import brotli
 import orjson
@@ -66,6 +67,8 @@ class Representation:
     etags: dict[str, str]
     last_modified: datetime | None
     links: dict[str, str] = field(default_factory=dict)  # rel -> URL, for the HTTP Link header
+    # Response headers per (coding, Cache-Control), made on first use by server.http_caching.respond.
+    heads: dict[tuple[str, str], Any] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     @property
     def empty(self) -> bool:

@@ -56,6 +56,11 @@ class ChangeNotice:
         return cls(int(seq), generations)
 
 
+def page_name(since: int | None) -> str:
+    """The cache's name for a page: the feed's head, or the page after a ``?since=`` cursor."""
+    return HEAD if since is None else f"since-{since}"
+
+
 class FeedCache:
     def __init__(self, store_redis: Redis, cache_redis: Redis, builder: FeedBuilder,
                  feeds: dict[str, FeedDefinition], ttl_seconds: int, memory_bytes: int) -> None:
@@ -87,16 +92,25 @@ class FeedCache:
 
     # ----- reading -------------------------------------------------------------------------------
 
-    async def get(self, feed: FeedDefinition, fmt: str, since: int | None, variant: str = "full") -> RenderedFeed:
-        page = HEAD if since is None else f"since-{since}"
-        generation = self.generations.get(feed.name, 0)
+    def hit(self, feed: FeedDefinition, fmt: str, page: str, variant: str = "full") -> RenderedFeed | None:
+        """The page from this process's memory, if it is current: the hot path (no I/O, no await)."""
         memory_key = (feed.name, variant, fmt, page)
         cached = self._memory.get(memory_key)
         # Beside the generation, a render also ages out (kills leave the head page after a while).
-        if cached is not None and cached[0].generation == generation and cached[1] > time.monotonic():
-            self._memory.move_to_end(memory_key)
-            observe(self).cache_result("memory_hit")
-            return cached[0]
+        if cached is None or cached[0].generation != self.generations.get(feed.name, 0) \
+                or cached[1] <= time.monotonic():
+            return None
+        self._memory.move_to_end(memory_key)
+        observe(self).cache_result("memory_hit")
+        return cached[0]
+
+    async def get(self, feed: FeedDefinition, fmt: str, since: int | None, variant: str = "full") -> RenderedFeed:
+        page = page_name(since)
+        found = self.hit(feed, fmt, page, variant)
+        if found is not None:
+            return found
+        generation = self.generations.get(feed.name, 0)
+        memory_key = (feed.name, variant, fmt, page)
         flight_key = (*memory_key, generation)
         task = self._inflight.get(flight_key)
         if task is None:

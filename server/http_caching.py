@@ -15,6 +15,15 @@ TEXT_TYPES_WITH_CHARSET = ("xml", "json")
 
 def choose_coding(accept_encoding: str, available: dict[str, bytes]) -> str:
     """br, else gzip, else identity, among the codings the client accepts (q > 0)."""
+    for coding in _acceptable(accept_encoding):
+        if coding in available:
+            return coding
+    return "identity"
+
+
+@lru_cache(maxsize=256)
+def _acceptable(accept_encoding: str) -> tuple[str, ...]:
+    # Cached: clients send a handful of distinct Accept-Encoding values, each on every request.
     accepted: dict[str, float] = {}
     for part in accept_encoding.split(","):
         token, _, params = part.strip().partition(";")
@@ -29,10 +38,7 @@ def choose_coding(accept_encoding: str, available: dict[str, bytes]) -> str:
             except ValueError:
                 quality = 0.0
         accepted[token] = quality
-    for coding in ("br", "gzip"):
-        if coding in available and accepted.get(coding, accepted.get("*", 0.0)) > 0:
-            return coding
-    return "identity"
+    return tuple(c for c in ("br", "gzip") if accepted.get(c, accepted.get("*", 0.0)) > 0)
 
 
 @lru_cache(maxsize=4096)
@@ -47,41 +53,50 @@ def _charset(media_type: str) -> str | None:
 
 
 def not_modified(request: web.Request, etag: str, last_modified: datetime | None) -> bool:
-    if_none_match = request.headers.get("If-None-Match")
+    headers = request.headers
+    if_none_match = headers.get("If-None-Match")
     if if_none_match is not None:
         if if_none_match.strip() == "*":
             return True
         wanted = _opaque(etag)
         return any(_opaque(candidate) == wanted for candidate in if_none_match.split(","))
+    if last_modified is None or "If-Modified-Since" not in headers:
+        return False
     if_modified_since = request.if_modified_since
-    if if_modified_since is not None and last_modified is not None:
-        return last_modified.replace(microsecond=0) <= if_modified_since
-    return False
+    return if_modified_since is not None and last_modified.replace(microsecond=0) <= if_modified_since
 
 
 def respond(request: web.Request, representation: Representation, cache_control: str,
             extra_headers: dict[str, str] | None = None) -> web.Response:
     coding = choose_coding(request.headers.get("Accept-Encoding", ""), representation.bodies)
-    etag = representation.etags[coding]
-    headers = {
-        "ETag": etag,
-        "Cache-Control": cache_control,
-        "Vary": "Accept-Encoding",
-        **(extra_headers or {}),
-    }
+    head = representation.heads.get((coding, cache_control))
+    if head is None:
+        head = representation.heads[(coding, cache_control)] = _heads(representation, coding, cache_control)
+    without_body, with_body = head
+    if extra_headers:
+        without_body, with_body = {**without_body, **extra_headers}, {**with_body, **extra_headers}
+    if representation.empty:
+        return web.Response(status=204, headers=without_body)
+    if not_modified(request, representation.etags[coding], representation.last_modified):
+        return web.Response(status=304, headers=without_body)
+    return web.Response(body=representation.bodies[coding], headers=with_body)
+
+
+def _heads(representation: Representation, coding: str, cache_control: str) -> tuple[dict[str, str], dict[str, str]]:
+    """The headers of a 304 (or 204) and of a 200 with the body in ``coding``: made once per
+    representation, coding and Cache-Control, since every hit on a cached feed sends the same ones."""
+    headers = {"ETag": representation.etags[coding], "Cache-Control": cache_control, "Vary": "Accept-Encoding"}
     if representation.last_modified is not None:
         headers["Last-Modified"] = http_date(representation.last_modified)
     if representation.links:
         headers["Link"] = ", ".join(f'<{url}>; rel="{rel}"' for rel, url in representation.links.items())
-    if representation.empty:
-        return web.Response(status=204, headers=headers)
-    if not_modified(request, etag, representation.last_modified):
-        return web.Response(status=304, headers=headers)
+    with_body = dict(headers)
     if coding != "identity":
-        headers["Content-Encoding"] = coding
+        with_body["Content-Encoding"] = coding
     charset = _charset(representation.media_type)
-    return web.Response(body=representation.bodies[coding], headers=headers,
-                        content_type=representation.media_type, charset=charset)
+    with_body["Content-Type"] = f"{representation.media_type}; charset={charset}" if charset \
+        else representation.media_type
+    return headers, with_body
 
 
 def _opaque(tag: str) -> str:

@@ -63,40 +63,49 @@ class PollLedger:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self._receive = redis.register_script(_RECEIVE_LUA)
-        # What each partner received since the last flush: partner -> article -> (version, when).
-        self._receipts: dict[str, dict[str, tuple[int, datetime]]] = {}
+        # What each partner received since the last flush: partner -> article -> (version, epoch seconds).
+        self._receipts: dict[str, dict[str, tuple[int, float]]] = {}
         self._credited: OrderedDict[tuple[str, str], None] = OrderedDict()  # (partner, render id) done here
         # Identical responses (same partner, feed, format, status and render) within one flush interval
         # become one line with a count: a partner hammering a feed cannot turn into a Redis write
-        # per request, and the ledger stays exact.
-        self._lines: dict[tuple[str, str, str, int, str], PollLine] = {}
+        # per request, and the ledger stays exact. (partner, feed, format, status, render id) ->
+        # [last response's epoch seconds, bytes, count].
+        self._lines: dict[tuple[str, str, str, int, str], list] = {}
         self._manifests: dict[str, bytes] = {}
-        self._last_used: dict[tuple[str, str], datetime] = {}
+        self._last_used: dict[tuple[str, str], float] = {}
         self._manifests_written: OrderedDict[str, None] = OrderedDict()  # render ids this process wrote
 
-    def record(self, partner: str, key_id: str | None, line: PollLine,
-               manifest: tuple[tuple[str, int], ...] | None = None) -> None:
-        """Buffer one line (no I/O). The render's manifest is written with the first line that names
-        it in this process (``SET NX``: once per render id, whichever process delivers it first)."""
-        key = (partner, line.feed, line.format, line.status, line.render_id)
-        seen = self._lines.get(key)
-        self._lines[key] = line if seen is None else PollLine(
-            line.at, line.feed, line.format, line.status, seen.size + line.size, line.render_id, seen.count + 1)
+    def record(self, partner: str, key_id: str | None, feed: str, fmt: str, status: int, size: int,
+               render_id: str, manifest: tuple[tuple[str, int], ...] | None = None, at: float | None = None) -> None:
+        """Buffer one line (no I/O; ``at`` is epoch seconds, now by default). The render's manifest is
+        written with the first line that names it in this process (``SET NX``: once per render id,
+        whichever process delivers it first)."""
+        at = time.time() if at is None else at
+        key = (partner, feed, fmt, status, render_id)
+        pending = self._lines.get(key)
+        if pending is None:
+            self._lines[key] = [at, size, 1]
+        else:
+            pending[0] = at
+            pending[1] += size
+            pending[2] += 1
         if key_id is not None:
-            self._last_used[(partner, key_id)] = line.at
-        if manifest is not None and line.render_id not in self._manifests_written:
-            self._manifests[line.render_id] = orjson.dumps(manifest)
-            self._manifests_written[line.render_id] = None
+            self._last_used[(partner, key_id)] = at
+        if manifest is None:
+            return
+        if render_id not in self._manifests_written:
+            self._manifests[render_id] = orjson.dumps(manifest)
+            self._manifests_written[render_id] = None
             if len(self._manifests_written) > 10_000:
                 self._manifests_written.popitem(last=False)
-        if manifest is not None and line.status in (200, 304) and (partner, line.render_id) not in self._credited:
+        if status in (200, 304) and (partner, render_id) not in self._credited:
             # Credit each render once per partner and process: a partner re-polling the same page
             # costs no Redis write at all.
             receipts = self._receipts.setdefault(partner, {})
             for article_id, version in manifest:
-                if version > receipts.get(article_id, (0, line.at))[0]:
-                    receipts[article_id] = (version, line.at)
-            self._credited[(partner, line.render_id)] = None
+                if version > receipts.get(article_id, (0, at))[0]:
+                    receipts[article_id] = (version, at)
+            self._credited[(partner, render_id)] = None
             if len(self._credited) > 50_000:
                 self._credited.popitem(last=False)
 
@@ -111,16 +120,16 @@ class PollLedger:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for render_id, manifest in manifests.items():
                     record_manifest(pipe, render_id, manifest)
-                for (partner, *_rest), line in lines.items():
+                for (partner, feed, fmt, status, render_id), (at, size, count) in lines.items():
                     pipe.xadd(keys.poll_ledger(partner), {
-                        "at": iso(line.at), "feed": line.feed, "format": line.format, "status": line.status,
-                        "bytes": line.size, "render": line.render_id, "count": line.count,
+                        "at": _iso_epoch(at), "feed": feed, "format": fmt, "status": status, "bytes": size,
+                        "render": render_id, "count": count,
                     }, maxlen=LEDGER_MAX_LINES, approximate=True)
                 for (partner, key_id), at in last_used.items():
-                    pipe.hset(keys.partner_last_used(partner), key_id, iso(at))
+                    pipe.hset(keys.partner_last_used(partner), key_id, _iso_epoch(at))
                 for partner, received in receipts.items():
                     args = [v for article_id, (version, at) in received.items()
-                            for v in (article_id, version, int(at.timestamp() * 1000))]
+                            for v in (article_id, version, int(at * 1000))]
                     await self._receive(keys=[keys.partner_received(partner)], args=args, client=pipe)
                 await pipe.execute()
         except Exception:
@@ -131,9 +140,7 @@ class PollLedger:
                         mine[article_id] = got
             for key, line in lines.items():  # keep them for the next flush
                 newer = self._lines.get(key)
-                self._lines[key] = line if newer is None else PollLine(
-                    newer.at, line.feed, line.format, line.status, line.size + newer.size, line.render_id,
-                    line.count + newer.count)
+                self._lines[key] = line if newer is None else [newer[0], line[1] + newer[1], line[2] + newer[2]]
             self._manifests.update(manifests)
             raise
         return len(lines)
@@ -255,6 +262,10 @@ async def recent_changes(store: ArticleStore, since: datetime,
                                       fields["kind"], at))
         end = f"({batch[-1][0]}"
     return list(reversed(changes))
+
+
+def _iso_epoch(at: float) -> str:
+    return iso(datetime.fromtimestamp(at, UTC))
 
 
 def _line(fields: dict[str, str]) -> PollLine:

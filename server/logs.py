@@ -1,28 +1,26 @@
 """Logging: one JSON object per line (or readable text with ``SYNDICATE_LOG_FORMAT=text``), a request id
 in every line logged while a request is handled, and one access line per request.
 
-The request middleware takes the client's ``X-Request-Id`` when it is sane (1 to 64 of ``A-Z a-z 0-9
-. _ : -``), else makes one, echoes it in the response and keeps it (and the partner, once its key is
-recognised) in a context variable that both formatters read. Keys never reach a log: the access line
+The request middleware (:mod:`server.middleware`) takes the client's ``X-Request-Id`` when it is sane
+(1 to 64 of ``A-Z a-z 0-9 . _ : -``), else makes one, echoes it in the response and keeps it (and the
+partner, once its key is recognised) in a context variable that both formatters read. Keys never reach a log: the access line
 names the partner, and every line has ``key=`` values in URLs and queries, and anything shaped like a
 partner key, replaced by ``[redacted]``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
+import itertools
 import logging
 import re
 import secrets
 import sys
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, Any
 
 import orjson
-from aiohttp import web
 
 from server.partners import KEY_PREFIX
 from server.settings import Settings
@@ -45,12 +43,12 @@ class RequestContext:
     partner: str | None = None
 
 
-_current: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar("syndicate_request", default=None)
+current_context: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar("syndicate_request", default=None)
 
 
 def note_partner(name: str) -> None:
     """The request being handled was made with a key of this partner (called by the access check)."""
-    context = _current.get()
+    context = current_context.get()
     if context is not None:
         context.partner = name
 
@@ -65,10 +63,16 @@ def redact(text: str) -> str:
     return _KEY_IN_URL.sub(r"\1[redacted]", text)
 
 
+# Made request ids: 16 random hex digits for this process, then a counter (32 hex digits in all). Unique
+# without asking the operating system for randomness on every request.
+_PROCESS_PREFIX = secrets.token_hex(8)
+_request_numbers = itertools.count(1)
+
+
 def request_id_for(presented: str | None) -> str:
     if presented is not None and _SANE_REQUEST_ID.fullmatch(presented):
         return presented
-    return secrets.token_hex(16)
+    return f"{_PROCESS_PREFIX}{next(_request_numbers):016x}"
 
 
 # ----- formatters ----------------------------------------------------------------------------------
@@ -92,7 +96,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": redact(record.getMessage()),
         }
-        context = _current.get()
+        context = current_context.get()
         if context is not None:
             entry["request_id"] = context.request_id
             if context.partner is not None:
@@ -111,7 +115,7 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         parts = [_timestamp(record), record.levelname, record.name]
-        context = _current.get()
+        context = current_context.get()
         if context is not None:
             parts.append(f"[{context.request_id}" + (f" partner={context.partner}]" if context.partner else "]"))
         line = " ".join(parts) + ": " + record.getMessage()
@@ -127,8 +131,9 @@ class TextFormatter(logging.Formatter):
 
 class AccessLines:
     """JSON access lines, made in bulk off the request path: a request only appends a tuple; every
-    flush interval (and at shutdown) they become JSON lines in one write to the log stream. The lines
-    are exactly what the logging path would write; with the text format they go through logging."""
+    flush interval (and at shutdown) they become JSON lines in one write to the log stream, their paths
+    redacted then. The lines are exactly what the logging path would write; with the text format they
+    go through logging."""
 
     def __init__(self) -> None:
         self.stream: IO[str] | None = None  # set by configure() for the JSON format
@@ -143,7 +148,8 @@ class AccessLines:
         if not pending or stream is None:
             return
         lines = []
-        for created, request_id, partner, method, route, path, status, latency_ms in pending:
+        for created, request_id, partner, method, route, raw_path, status, latency_ms in pending:
+            path = redact(raw_path)
             entry: dict[str, Any] = {
                 "timestamp": datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
                 .replace("+00:00", "Z"),
@@ -176,49 +182,3 @@ def configure(settings: Settings, stream: IO[str] | None = None) -> logging.Hand
     root.setLevel(settings.log_level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # the middleware writes the access lines
     return handler
-
-
-# ----- the request middleware ------------------------------------------------------------------------
-
-
-@web.middleware
-async def request_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Outermost: request id and context for every line, one access line, and the request metrics."""
-    from server.metrics import METRICS  # late: server.metrics imports the app's modules
-
-    started = time.perf_counter()
-    context = RequestContext(request_id_for(request.headers.get(REQUEST_ID_HEADER)))
-    token = _current.set(context)
-    status = 500
-    response: web.StreamResponse | None = None
-    try:
-        response = await handler(request)
-        status = response.status
-        if not response.prepared:
-            response.headers[REQUEST_ID_HEADER] = context.request_id
-        return response
-    except web.HTTPException as exc:  # redirects and the like, which the problem middleware lets through
-        status = exc.status
-        exc.headers[REQUEST_ID_HEADER] = context.request_id
-        raise
-    except asyncio.CancelledError:
-        status = 499  # the client went away
-        raise
-    finally:
-        elapsed = time.perf_counter() - started
-        resource = request.match_info.route.resource
-        route = resource.canonical if resource is not None else "(unmatched)"
-        metrics = request.app.get(METRICS)
-        if metrics is not None:
-            metrics.observe_request(request.method, route, status, elapsed, response)
-        if access_log.isEnabledFor(logging.INFO):
-            latency_ms = round(elapsed * 1000, 2)
-            path = redact(request.path_qs)
-            if ACCESS_LINES.stream is not None:  # JSON: buffered, written by the flush loop
-                ACCESS_LINES.add(time.time(), context.request_id, context.partner, request.method, route, path,
-                                 status, latency_ms)
-            else:
-                access_log.info("%s %s %d %.2f ms", request.method, path, status, latency_ms,
-                                extra={"method": request.method, "route": route, "path": path,
-                                       "status": status, "latency_ms": latency_ms})
-        _current.reset(token)

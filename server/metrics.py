@@ -27,10 +27,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import socket
 import sys
 import time
+from bisect import bisect_left
 from collections.abc import AsyncIterator, Iterable
 from datetime import datetime
 from typing import Any
@@ -38,7 +40,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 from redis.exceptions import RedisError
 
 from server import keys
@@ -78,18 +81,10 @@ class Metrics:
         self.process_id = process_id or f"{socket.gethostname()}:{os.getpid()}"
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.http_requests = Counter("syndicate_http_requests", "HTTP requests answered, by route template, "
-                                     "method and status.", ("method", "route", "status"), registry=r)
-        self.http_duration = Histogram("syndicate_http_request_duration_seconds", "Time to answer a request "
-                                       "(until the response is handed to the server), by route template.",
-                                       ("route",), buckets=HTTP_BUCKETS, registry=r)
-        self.cacheable = Counter("syndicate_http_cacheable_responses", "GET and HEAD responses carrying an ETag "
-                                 "(200 or 304): the denominator of the 304 ratio.", ("route",), registry=r)
-        self.not_modified = Counter("syndicate_http_not_modified", "304 Not Modified responses.", ("route",),
-                                    registry=r)
-        self.feed_cache = Counter("syndicate_feed_cache_requests", "Feed page lookups: memory_hit (this "
-                                  "process's memory), redis_hit (rendered by any process, read from Redis) or "
-                                  "render (built here).", ("result",), registry=r)
+        # The request metrics are counted in plain numbers (this is every request's path) and become
+        # Prometheus families only when collected.
+        self.http = _RequestCounts()
+        r.register(self.http)
         self.render_seconds = Histogram("syndicate_feed_render_seconds", "Time to build a feed page on a cache "
                                         "miss (choose the articles, render, compress), by format.", ("format",),
                                         buckets=RENDER_BUCKETS, registry=r)
@@ -101,46 +96,25 @@ class Metrics:
                                           buckets=DELIVERY_BUCKETS, registry=r)
         self.redis_errors = Counter("syndicate_redis_errors", "Redis errors caught and logged, by where.",
                                     ("where",), registry=r)
-        self._cache_children = {result: self.feed_cache.labels(result=result) for result in CACHE_RESULTS}
         # Present from the start (at 0), so rate() and increase() see the first increment.
-        for result in CACHE_RESULTS:
-            self._cache_children[result].inc(0)
         for kind in ("webhook", "websub"):
             for outcome in DELIVERY_OUTCOMES:
                 self.deliveries.labels(kind=kind, outcome=outcome).inc(0)
         for where in REDIS_ERROR_PLACES:
             self.redis_errors.labels(where=where).inc(0)
-        self._request_children: dict[tuple[str, str, int], Any] = {}
-        self._route_children: dict[str, tuple[Any, Any, Any]] = {}
 
     # ----- recording (all cheap: no I/O) ----------------------------------------------------------
 
-    def observe_request(self, method: str, route: str, status: int, seconds: float,
-                        response: web.StreamResponse | None) -> None:
-        method = method if method in KNOWN_METHODS else "OTHER"
-        child = self._request_children.get((method, route, status))
-        if child is None:
-            child = self._request_children[(method, route, status)] = self.http_requests.labels(
-                method=method, route=route, status=str(status))
-        child.inc()
-        per_route = self._route_children.get(route)
-        if per_route is None:
-            per_route = self._route_children[route] = (self.http_duration.labels(route=route),
-                                                       self.cacheable.labels(route=route),
-                                                       self.not_modified.labels(route=route))
-        per_route[0].observe(seconds)
-        if (method in ("GET", "HEAD") and status in (200, 304) and response is not None
-                and "ETag" in response.headers):
-            per_route[1].inc()
-            if status == 304:
-                per_route[2].inc()
+    def observe_request(self, method: str, route: str, status: int, seconds: float, has_etag: bool) -> None:
+        """One answered request; ``has_etag``: the response carried an ETag (cacheable)."""
+        self.http.observe(method if method in KNOWN_METHODS else "OTHER", route, status, seconds, has_etag)
 
     def cache_result(self, result: str) -> None:
-        self._cache_children[result].inc()
+        self.http.cache_results[result] += 1
 
     def rendering(self, fmt: str):
         """``with observe(cache).rendering(fmt):`` around a render: counts it and times it."""
-        self._cache_children["render"].inc()
+        self.http.cache_results["render"] += 1
         return self.render_seconds.labels(format=fmt).time()
 
     def delivered(self, kind: str, outcome: str, ingested_at: datetime | None = None) -> None:
@@ -198,17 +172,69 @@ def observe(component: object) -> Metrics:
 METRICS = web.AppKey("metrics", Metrics)
 
 
-# ----- redis errors in handlers ----------------------------------------------------------------------
+# ----- request counts ---------------------------------------------------------------------------------
 
 
-@web.middleware
-async def redis_error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Innermost: counts a Redis error a handler raised (the problem middleware then logs it, as a 500)."""
-    try:
-        return await handler(request)
-    except RedisError:
-        request.app[METRICS].redis_errors.labels(where="http").inc()
-        raise
+class _RouteCounts:
+    __slots__ = ("buckets", "seconds", "cacheable", "not_modified")
+
+    def __init__(self) -> None:
+        self.buckets = [0] * (len(HTTP_BUCKETS) + 1)  # per bucket, not cumulative; the last is +Inf
+        self.seconds = 0.0
+        self.cacheable = 0
+        self.not_modified = 0
+
+
+class _RequestCounts:
+    """The metrics every request touches, as plain counts, and the collector that presents them to
+    Prometheus: ``syndicate_http_requests_total``, ``syndicate_http_request_duration_seconds``,
+    ``syndicate_http_cacheable_responses_total``, ``syndicate_http_not_modified_total`` and
+    ``syndicate_feed_cache_requests_total``."""
+
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, str, int], int] = {}
+        self.routes: dict[str, _RouteCounts] = {}
+        self.cache_results = dict.fromkeys(CACHE_RESULTS, 0)
+
+    def observe(self, method: str, route: str, status: int, seconds: float, has_etag: bool) -> None:
+        key = (method, route, status)
+        self.requests[key] = self.requests.get(key, 0) + 1
+        counts = self.routes.get(route)
+        if counts is None:
+            counts = self.routes[route] = _RouteCounts()
+        counts.buckets[bisect_left(HTTP_BUCKETS, seconds)] += 1  # bounds are inclusive ("le")
+        counts.seconds += seconds
+        if has_etag and method in ("GET", "HEAD") and status in (200, 304):
+            counts.cacheable += 1
+            if status == 304:
+                counts.not_modified += 1
+
+    def collect(self) -> Iterable[Metric]:
+        requests = CounterMetricFamily("syndicate_http_requests", "HTTP requests answered, by route template, "
+                                       "method and status.", labels=("method", "route", "status"))
+        for (method, route, status), count in list(self.requests.items()):
+            requests.add_metric((method, route, str(status)), count)
+        duration = HistogramMetricFamily("syndicate_http_request_duration_seconds", "Time to answer a request "
+                                         "(until the response is handed to the server), by route template.",
+                                         labels=("route",))
+        cacheable = CounterMetricFamily("syndicate_http_cacheable_responses", "GET and HEAD responses carrying "
+                                        "an ETag (200 or 304): the denominator of the 304 ratio.", labels=("route",))
+        not_modified = CounterMetricFamily("syndicate_http_not_modified", "304 Not Modified responses.",
+                                           labels=("route",))
+        for route, counts in list(self.routes.items()):
+            cumulative, buckets = 0, []
+            for bound, count in zip((*HTTP_BUCKETS, math.inf), counts.buckets, strict=True):
+                cumulative += count
+                buckets.append((floatToGoString(bound), cumulative))
+            duration.add_metric((route,), buckets, counts.seconds)
+            cacheable.add_metric((route,), counts.cacheable)
+            not_modified.add_metric((route,), counts.not_modified)
+        cache = CounterMetricFamily("syndicate_feed_cache_requests", "Feed page lookups: memory_hit (this "
+                                    "process's memory), redis_hit (rendered by any process, read from Redis) or "
+                                    "render (built here).", labels=("result",))
+        for result, count in self.cache_results.items():
+            cache.add_metric((result,), count)
+        return [requests, duration, cacheable, not_modified, cache]
 
 
 # ----- heartbeats and snapshots in Redis ---------------------------------------------------------------

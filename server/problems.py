@@ -1,7 +1,8 @@
 """RFC 9457 problem details: the one error shape of the HTTP API, and the middleware that makes it.
 
-Domain code raises :class:`Problem` (or a subclass); the middleware turns it, any aiohttp HTTP error,
-and any unexpected exception into an ``application/problem+json`` response. The CLI prints
+Domain code raises :class:`Problem` (or a subclass); the request middleware (:mod:`server.middleware`)
+has :func:`problem_for` turn it, any aiohttp HTTP error, and any unexpected exception into an
+``application/problem+json`` response. The CLI prints
 ``problem.detail`` as its one-line error.
 """
 
@@ -98,15 +99,12 @@ def problem_response(problem: Problem, instance: str | None = None) -> web.Respo
     )
 
 
-@web.middleware
-async def problem_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except Problem as problem:
-        return problem_response(problem, request.path)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
+def problem_for(request: web.Request, exc: Exception) -> web.Response:
+    """The problem+json answer for an exception a handler raised: a :class:`Problem` as it is, an
+    aiohttp HTTP error (4xx/5xx) with its status, anything else a logged 500."""
+    if isinstance(exc, Problem):
+        return problem_response(exc, request.path)
+    if isinstance(exc, web.HTTPException):
         if exc.status == 413:
             detail = f"The body is larger than the limit of {request.app[SETTINGS].max_body_bytes} bytes."
         else:
@@ -114,10 +112,9 @@ async def problem_middleware(request: web.Request, handler: Any) -> web.StreamRe
         headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "www-authenticate", "retry-after")}
         return problem_response(Problem(detail, status=exc.status, slug=_slug(exc.status), headers=headers),
                                 request.path)
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return problem_response(Problem("The server failed to handle this request; it has been logged.",
-                                        status=500, slug="internal"), request.path)
+    log.exception("unhandled error on %s %s", request.method, request.path, exc_info=exc)
+    return problem_response(Problem("The server failed to handle this request; it has been logged.",
+                                    status=500, slug="internal"), request.path)
 
 
 def _slug(status: int) -> str:

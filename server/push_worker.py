@@ -33,7 +33,7 @@ from server import keys
 from server.destinations import WEBHOOK, WEBHOOK_FEED_FORMATS, WEBSUB, Destination, DestinationStore
 from server.feed_builder import RENDERERS, FeedBuilder, in_feed
 from server.feeds import FeedDefinition
-from server.ledger import PUSH_PREFIX, PollLedger, PollLine
+from server.ledger import PUSH_PREFIX, PollLedger
 from server.metrics import observe
 from server.models import PURGE, Article, iso, utc_now
 from server.partners import KeyTable
@@ -351,10 +351,8 @@ class PushWorker:
             observe(self).delivered(destination.kind, "ok", article.latest.ingested_at)
             if destination.partner:
                 # An acknowledged push counts as received, like a poll that delivered it.
-                self.ledger.record(destination.partner, None,
-                                   PollLine(utc_now(), f"{PUSH_PREFIX}{destination.id}", destination.format, 200,
-                                            len(body), f"push-{article.id}-{version}"),
-                                   ((article.id, version),))
+                self.ledger.record(destination.partner, None, f"{PUSH_PREFIX}{destination.id}", destination.format,
+                                   200, len(body), f"push-{article.id}-{version}", ((article.id, version),))
             return
         await self.redis.xadd(keys.push_attempts(), record, maxlen=ATTEMPTS_KEPT, approximate=True)
         if outcome.gone:

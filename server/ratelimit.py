@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 
 from redis.asyncio import Redis
 
@@ -21,19 +22,35 @@ WINDOW_SECONDS = 60
 FULL, NOT_MODIFIED = 10, 1  # tenths of a request
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Quota:
+    """A partner's standing in the current window, as this process knows it (counts in tenths)."""
+
     allowed: bool
     limit: int
-    remaining: int
+    used: int  # tenths: every process's at the last flush, plus this process's since
     reset_seconds: int
 
+    @property
+    def remaining(self) -> int:
+        return max(0, self.limit - (self.used + 9) // 10)
+
+    # IETF draft-ietf-httpapi-ratelimit-headers: the RateLimit-Policy and RateLimit fields.
+    @property
+    def policy(self) -> str:
+        return _policy(self.limit)
+
+    @property
+    def state(self) -> str:
+        return f'"partner";r={self.remaining};t={self.reset_seconds}'
+
     def headers(self) -> dict[str, str]:
-        """IETF draft-ietf-httpapi-ratelimit-headers (RateLimit-Policy and RateLimit fields)."""
-        return {
-            "RateLimit-Policy": f'"partner";q={self.limit};w={WINDOW_SECONDS}',
-            "RateLimit": f'"partner";r={self.remaining};t={self.reset_seconds}',
-        }
+        return {"RateLimit-Policy": self.policy, "RateLimit": self.state}
+
+
+@lru_cache(maxsize=256)
+def _policy(limit: int) -> str:
+    return f'"partner";q={limit};w={WINDOW_SECONDS}'
 
 
 class RateLimiter:
@@ -46,10 +63,14 @@ class RateLimiter:
         now = time.time() if now is None else now
         window = int(now // WINDOW_SECONDS) * WINDOW_SECONDS
         used = self._known_total.get((partner, window), 0) + self._pending.get((partner, window), 0)
-        remaining = max(0, limit - (used + 9) // 10)
         reset = max(1, int(window + WINDOW_SECONDS - now))
         # Allowed while any budget is left: a request is only known to be a cheap 304 once answered.
-        return Quota(used < limit * 10, limit, remaining, reset)
+        return Quota(used < limit * 10, limit, used, reset)
+
+    def charge(self, partner: str, quota: Quota, tenths: int) -> None:
+        """Count an answered request (checked with ``quota``) and update ``quota`` to include it."""
+        self.record(partner, tenths)
+        quota.used += tenths
 
     def record(self, partner: str, tenths: int, now: float | None = None) -> None:
         now = time.time() if now is None else now

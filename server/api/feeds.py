@@ -6,11 +6,14 @@ representation to :func:`server.http_caching.respond`.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import orjson
 from aiohttp import web
 
 from server.access import Grant
 from server.feed_builder import Representation, in_feed
+from server.feed_cache import page_name
 from server.feeds import FORMATS, FeedDefinition
 from server.http_caching import respond
 from server.models import Article, is_article_id, utc_now
@@ -22,15 +25,20 @@ NINJS_MEDIA_TYPE = "application/json"
 
 
 async def get_feed(request: web.Request) -> web.Response:
-    feed = _feed(request)
-    fmt = request.match_info["format"]
+    # Every cached poll comes through here: one lookup of each shared object, and no await on a hit.
+    app, match = request.app, request.match_info
+    feeds, name, fmt = app[FEEDS], match["name"], match["format"]
+    feed = feeds.get(name)
+    if feed is None:
+        raise NotFound(f"No feed {name!r}; the feeds are {', '.join(sorted(feeds))}.", feeds=sorted(feeds))
     if fmt not in FORMATS:
         raise NotFound(f"No format {fmt!r}; this feed comes as {', '.join(FORMATS)}.", formats=list(FORMATS))
-    since = _since(request)
-    access = request.app[ACCESS]
+    since = _since(request) if request.query_string else None
+    access, cache = app[ACCESS], app[FEED_CACHE]
     grant = access.authorise(request, feed, fmt)
-    rendered = await request.app[FEED_CACHE].get(feed, fmt, since, grant.variant)
-    response = respond(request, rendered, _cache_control(feed, grant, request.app[SETTINGS].feed_max_age_seconds))
+    rendered = cache.hit(feed, fmt, page_name(since), grant.variant) \
+        or await cache.get(feed, fmt, since, grant.variant)
+    response = respond(request, rendered, _cache_control(feed, grant, app[SETTINGS].feed_max_age_seconds))
     access.delivered(request, grant, response, feed.name, fmt, rendered.render_id, rendered.manifest)
     return response
 
@@ -77,15 +85,6 @@ async def get_item_newsml(request: web.Request) -> web.Response:
     return response
 
 
-def _feed(request: web.Request) -> FeedDefinition:
-    feeds = request.app[FEEDS]
-    name = request.match_info["name"]
-    feed = feeds.get(name)
-    if feed is None:
-        raise NotFound(f"No feed {name!r}; the feeds are {', '.join(sorted(feeds))}.", feeds=sorted(feeds))
-    return feed
-
-
 def _since(request: web.Request) -> int | None:
     raw = request.query.get("since")
     if raw is None:
@@ -121,8 +120,12 @@ def _item_delivered(request: web.Request, grant: Grant, response: web.StreamResp
 
 def _cache_control(feed: FeedDefinition, grant: Grant, max_age: int) -> str:
     # A response that needed a key must not be kept by shared caches.
-    scope = "public" if feed.public and grant.partner is None else "private"
-    return f"{scope}, max-age={max_age}"
+    return _cache_control_value(feed.public and grant.partner is None, max_age)
+
+
+@lru_cache(maxsize=16)
+def _cache_control_value(public: bool, max_age: int) -> str:
+    return f"{'public' if public else 'private'}, max-age={max_age}"
 
 
 def _item_cache_control(request: web.Request) -> str:
