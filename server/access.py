@@ -136,7 +136,7 @@ class AccessControl:
         tenths = NOT_MODIFIED if status == 304 else FULL
         quota = grant.quota
         if quota is not None:
-            self.limiter.charge(partner.name, quota, tenths)
+            self.limiter.charge(quota, tenths)
             headers = response.headers
             headers["RateLimit-Policy"] = quota.policy
             headers["RateLimit"] = quota.state

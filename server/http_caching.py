@@ -7,6 +7,7 @@ from datetime import datetime
 from functools import lru_cache
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from server.feed_builder import Representation
 
@@ -68,35 +69,42 @@ def not_modified(request: web.Request, etag: str, last_modified: datetime | None
 
 def respond(request: web.Request, representation: Representation, cache_control: str,
             extra_headers: dict[str, str] | None = None) -> web.Response:
-    coding = choose_coding(request.headers.get("Accept-Encoding", ""), representation.bodies)
+    headers = request.headers
+    coding = choose_coding(headers.get("Accept-Encoding", ""), representation.bodies)
     head = representation.heads.get((coding, cache_control))
     if head is None:
-        head = representation.heads[(coding, cache_control)] = _heads(representation, coding, cache_control)
-    without_body, with_body = head
+        head = representation.heads[(coding, cache_control)] = _head(representation, coding, cache_control)
+    etag, body, without_body, with_body = head
     if extra_headers:
-        without_body, with_body = {**without_body, **extra_headers}, {**with_body, **extra_headers}
-    if representation.empty:
+        without_body, with_body = CIMultiDict(without_body), CIMultiDict(with_body)
+        without_body.update(extra_headers)
+        with_body.update(extra_headers)
+    if not body:
         return web.Response(status=204, headers=without_body)
-    if not_modified(request, representation.etags[coding], representation.last_modified):
+    if ("If-None-Match" in headers or "If-Modified-Since" in headers) \
+            and not_modified(request, etag, representation.last_modified):
         return web.Response(status=304, headers=without_body)
-    return web.Response(body=representation.bodies[coding], headers=with_body)
+    return web.Response(body=body, headers=with_body)
 
 
-def _heads(representation: Representation, coding: str, cache_control: str) -> tuple[dict[str, str], dict[str, str]]:
-    """The headers of a 304 (or 204) and of a 200 with the body in ``coding``: made once per
-    representation, coding and Cache-Control, since every hit on a cached feed sends the same ones."""
-    headers = {"ETag": representation.etags[coding], "Cache-Control": cache_control, "Vary": "Accept-Encoding"}
+def _head(representation: Representation, coding: str,
+          cache_control: str) -> tuple[str, bytes, CIMultiDict[str], CIMultiDict[str]]:
+    """The ETag, the body, and the headers of a 304 (or 204) and of a 200, for one coding and
+    Cache-Control: made once per representation, since every hit on a cached feed sends the same ones
+    (aiohttp copies them into each response)."""
+    headers = CIMultiDict({"ETag": representation.etags[coding], "Cache-Control": cache_control,
+                           "Vary": "Accept-Encoding"})
     if representation.last_modified is not None:
         headers["Last-Modified"] = http_date(representation.last_modified)
     if representation.links:
         headers["Link"] = ", ".join(f'<{url}>; rel="{rel}"' for rel, url in representation.links.items())
-    with_body = dict(headers)
+    with_body = CIMultiDict(headers)
     if coding != "identity":
         with_body["Content-Encoding"] = coding
     charset = _charset(representation.media_type)
     with_body["Content-Type"] = f"{representation.media_type}; charset={charset}" if charset \
         else representation.media_type
-    return headers, with_body
+    return representation.etags[coding], representation.bodies[coding], headers, with_body
 
 
 def _opaque(tag: str) -> str:

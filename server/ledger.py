@@ -91,14 +91,14 @@ class PollLedger:
             pending[2] += 1
         if key_id is not None:
             self._last_used[(partner, key_id)] = at
-        if manifest is None:
-            return
+        if manifest is None or (partner, render_id) in self._credited:
+            return  # the usual case: this partner re-polled a render already credited here
         if render_id not in self._manifests_written:
             self._manifests[render_id] = orjson.dumps(manifest)
             self._manifests_written[render_id] = None
             if len(self._manifests_written) > 10_000:
                 self._manifests_written.popitem(last=False)
-        if status in (200, 304) and (partner, render_id) not in self._credited:
+        if status in (200, 304):
             # Credit each render once per partner and process: a partner re-polling the same page
             # costs no Redis write at all.
             receipts = self._receipts.setdefault(partner, {})

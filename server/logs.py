@@ -70,9 +70,12 @@ _request_numbers = itertools.count(1)
 
 
 def request_id_for(presented: str | None) -> str:
-    if presented is not None and _SANE_REQUEST_ID.fullmatch(presented):
+    if presented is not None and _sane_request_id(presented):
         return presented
     return f"{_PROCESS_PREFIX}{next(_request_numbers):016x}"
+
+
+_sane_request_id = _SANE_REQUEST_ID.fullmatch
 
 
 # ----- formatters ----------------------------------------------------------------------------------

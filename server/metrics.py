@@ -107,7 +107,7 @@ class Metrics:
 
     def observe_request(self, method: str, route: str, status: int, seconds: float, has_etag: bool) -> None:
         """One answered request; ``has_etag``: the response carried an ETag (cacheable)."""
-        self.http.observe(method if method in KNOWN_METHODS else "OTHER", route, status, seconds, has_etag)
+        self.http.observe(method, route, status, seconds, has_etag)
 
     def cache_result(self, result: str) -> None:
         self.http.cache_results[result] += 1
@@ -197,6 +197,8 @@ class _RequestCounts:
         self.cache_results = dict.fromkeys(CACHE_RESULTS, 0)
 
     def observe(self, method: str, route: str, status: int, seconds: float, has_etag: bool) -> None:
+        if method not in KNOWN_METHODS:
+            method = "OTHER"
         key = (method, route, status)
         self.requests[key] = self.requests.get(key, 0) + 1
         counts = self.routes.get(route)

@@ -30,6 +30,7 @@ class Quota:
     limit: int
     used: int  # tenths: every process's at the last flush, plus this process's since
     reset_seconds: int
+    window: tuple[str, int]  # (partner, window start): where this request is counted
 
     @property
     def remaining(self) -> int:
@@ -61,15 +62,16 @@ class RateLimiter:
 
     def check(self, partner: str, limit: int, now: float | None = None) -> Quota:
         now = time.time() if now is None else now
-        window = int(now // WINDOW_SECONDS) * WINDOW_SECONDS
-        used = self._known_total.get((partner, window), 0) + self._pending.get((partner, window), 0)
-        reset = max(1, int(window + WINDOW_SECONDS - now))
+        start = int(now // WINDOW_SECONDS) * WINDOW_SECONDS
+        window = (partner, start)
+        used = self._known_total.get(window, 0) + self._pending.get(window, 0)
+        reset = max(1, int(start + WINDOW_SECONDS - now))
         # Allowed while any budget is left: a request is only known to be a cheap 304 once answered.
-        return Quota(used < limit * 10, limit, used, reset)
+        return Quota(used < limit * 10, limit, used, reset, window)
 
-    def charge(self, partner: str, quota: Quota, tenths: int) -> None:
-        """Count an answered request (checked with ``quota``) and update ``quota`` to include it."""
-        self.record(partner, tenths)
+    def charge(self, quota: Quota, tenths: int) -> None:
+        """Count an answered request in the window it was checked in, and update ``quota`` to include it."""
+        self._pending[quota.window] = self._pending.get(quota.window, 0) + tenths
         quota.used += tenths
 
     def record(self, partner: str, tenths: int, now: float | None = None) -> None:

@@ -108,3 +108,41 @@ def test_revocation_and_disabling_reach_every_process(redis_url, tmp_path):
         for process in (a, b):
             process.terminate()
             process.wait(20)
+
+
+async def test_a_served_process_sends_whole_bodies_under_concurrent_polls(redis_url, tmp_path):
+    """``syndicate serve`` runs on uvloop with zero-copy writes (headers and body handed over as two
+    buffers): every response to many concurrent keep-alive polls must still be the whole body."""
+    import gzip
+    from concurrent.futures import ThreadPoolExecutor
+    from http.client import HTTPConnection
+
+    key = await make_partner(redis_url)
+    port = free_port()
+    server = start_server(redis_url, tmp_path / "a", port)
+    try:
+        assert http.request(port, "POST", "/api/articles", SEED_V1.read_bytes(), HEADERS)[0] == 201
+        status, identity = http.get(port, "/feeds/latest/atom", {"X-API-Key": key})
+        assert status == 200 and len(identity) > 4096 and identity.rstrip().endswith(b"</feed>")
+
+        def poll(n: int) -> bytes:
+            coding = "gzip" if n % 2 else "identity"
+            connection = HTTPConnection("127.0.0.1", port, timeout=10)
+            try:
+                bodies = []
+                for _ in range(10):
+                    connection.request("GET", "/feeds/latest/atom",
+                                       headers={"X-API-Key": key, "Accept-Encoding": coding})
+                    response = connection.getresponse()
+                    assert response.status == 200
+                    body = response.read()
+                    bodies.append(gzip.decompress(body) if coding == "gzip" else body)
+                return b"".join(b"" if body == identity else b"x" for body in bodies)
+            finally:
+                connection.close()
+
+        with ThreadPoolExecutor(16) as pool:
+            assert list(pool.map(poll, range(32))) == [b""] * 32
+    finally:
+        server.terminate()
+        server.wait(20)
