@@ -36,7 +36,7 @@ from server.metrics import (
     metrics_endpoint,
     observe,
 )
-from server.middleware import request_middleware
+from server.middleware import add_get, add_route, add_unmatched_route
 from server.models import utc_now
 from server.notifications import Subscriber
 from server.ops import OpsContext
@@ -73,8 +73,9 @@ EMBARGO_POLL_SECONDS = 0.2
 
 def create_app(settings: Settings) -> web.Application:
     # aiohttp's own limit answers 413 before a handler reads more than this.
+    # No aiohttp middleware: every route's handler is wrapped instead (see server.middleware).
     metrics = Metrics()
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[request_middleware(metrics)])
+    app = web.Application(client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[TOKENS] = TokenTable(settings)
     app[FEEDS] = load_feed_definitions(settings.feeds_dir)
@@ -85,39 +86,44 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(heartbeat_context)  # after Redis: worker heartbeat and metrics snapshot
     _add_routes(app)
     dashboard.setup(app)  # /ops: templates and routes
+    app.on_startup.append(_add_unmatched_route)  # last: after every route, tests' own included
     return app
+
+
+async def _add_unmatched_route(app: web.Application) -> None:
+    add_unmatched_route(app)
 
 
 def _add_routes(app: web.Application) -> None:
     # The partner-facing routes come first: the router tries routes in order, and these are the hot path.
-    app.router.add_get("/feeds/{name}/{format}", feeds.get_feed)
-    app.router.add_get("/items/{id}", feeds.get_item)
-    app.router.add_get("/items/{id}/newsml", feeds.get_item_newsml)
-    app.router.add_get("/healthz", health.healthz)
-    app.router.add_get("/readyz", health.readyz)
-    app.router.add_get("/metrics", metrics_endpoint)
-    app.router.add_post("/api/articles", articles.create_article)
-    app.router.add_get("/api/articles", articles.list_articles)
-    app.router.add_get("/api/articles/{id}", articles.get_article)
-    app.router.add_put("/api/articles/{id}", articles.put_article)
-    app.router.add_delete("/api/articles/{id}", articles.kill_article)
-    app.router.add_get("/api/articles/{id}/versions", articles.list_versions)
-    app.router.add_get("/api/articles/{id}/versions/{version}", articles.get_version)
-    app.router.add_post("/api/partners", partners.create_partner)
-    app.router.add_get("/api/partners", partners.list_partners)
-    app.router.add_get("/api/partners/{name}", partners.get_partner)
-    app.router.add_patch("/api/partners/{name}", partners.update_partner)
-    app.router.add_post("/api/partners/{name}/keys", partners.issue_key)
-    app.router.add_delete("/api/partners/{name}/keys/{key_id}", partners.revoke_key)
-    app.router.add_get("/api/partners/{name}/status", partners.get_partner_status)
-    app.router.add_post("/api/partners/{name}/endpoints", hub.add_endpoint)
-    app.router.add_get("/api/partners/{name}/endpoints", hub.list_endpoints)
-    app.router.add_delete("/api/partners/{name}/endpoints/{endpoint_id}", hub.remove_endpoint)
-    app.router.add_post("/hub", hub.hub)
-    app.router.add_get("/api/status", ops_api.get_status)
-    app.router.add_get("/api/propagation", ops_api.get_propagation)
-    app.router.add_get("/api/deliveries", ops_api.get_deliveries)
-    app.router.add_post("/api/deliveries/{delivery_id}/retry", ops_api.retry_delivery)
+    add_get(app, "/feeds/{name}/{format}", feeds.get_feed)
+    add_get(app, "/items/{id}", feeds.get_item)
+    add_get(app, "/items/{id}/newsml", feeds.get_item_newsml)
+    add_get(app, "/healthz", health.healthz)
+    add_get(app, "/readyz", health.readyz)
+    add_get(app, "/metrics", metrics_endpoint)
+    add_route(app, "POST", "/api/articles", articles.create_article)
+    add_get(app, "/api/articles", articles.list_articles)
+    add_get(app, "/api/articles/{id}", articles.get_article)
+    add_route(app, "PUT", "/api/articles/{id}", articles.put_article)
+    add_route(app, "DELETE", "/api/articles/{id}", articles.kill_article)
+    add_get(app, "/api/articles/{id}/versions", articles.list_versions)
+    add_get(app, "/api/articles/{id}/versions/{version}", articles.get_version)
+    add_route(app, "POST", "/api/partners", partners.create_partner)
+    add_get(app, "/api/partners", partners.list_partners)
+    add_get(app, "/api/partners/{name}", partners.get_partner)
+    add_route(app, "PATCH", "/api/partners/{name}", partners.update_partner)
+    add_route(app, "POST", "/api/partners/{name}/keys", partners.issue_key)
+    add_route(app, "DELETE", "/api/partners/{name}/keys/{key_id}", partners.revoke_key)
+    add_get(app, "/api/partners/{name}/status", partners.get_partner_status)
+    add_route(app, "POST", "/api/partners/{name}/endpoints", hub.add_endpoint)
+    add_get(app, "/api/partners/{name}/endpoints", hub.list_endpoints)
+    add_route(app, "DELETE", "/api/partners/{name}/endpoints/{endpoint_id}", hub.remove_endpoint)
+    add_route(app, "POST", "/hub", hub.hub)
+    add_get(app, "/api/status", ops_api.get_status)
+    add_get(app, "/api/propagation", ops_api.get_propagation)
+    add_get(app, "/api/deliveries", ops_api.get_deliveries)
+    add_route(app, "POST", "/api/deliveries/{delivery_id}/retry", ops_api.retry_delivery)
 
 
 async def _redis_context(app: web.Application) -> AsyncIterator[None]:

@@ -33,6 +33,7 @@ from aiohttp import web
 
 from server import keys, ops
 from server.ledger import PUSH_PREFIX
+from server.middleware import add_get, add_route
 from server.models import parse_iso, utc_now
 from server.problems import NotFound
 from server.state import OPS, REDIS, SETTINGS, TOKENS
@@ -460,8 +461,8 @@ def setup(app: web.Application) -> None:
         loader=jinja2.FileSystemLoader(str(Path(__file__).parent / "templates")),
         trim_blocks=True, lstrip_blocks=True)
     env.filters.update({"duration": duration, "ago": ago, "utc": utc, "percent": percent})
-    app.router.add_get("/ops", dashboard_page)
-    app.router.add_get("/ops/login", login_page)
-    app.router.add_post("/ops/login", login)
-    app.router.add_post("/ops/logout", logout)
-    app.router.add_post("/ops/deliveries/{delivery_id}/retry", retry_delivery)
+    add_get(app, "/ops", dashboard_page)
+    add_get(app, "/ops/login", login_page)
+    add_route(app, "POST", "/ops/login", login)
+    add_route(app, "POST", "/ops/logout", logout)
+    add_route(app, "POST", "/ops/deliveries/{delivery_id}/retry", retry_delivery)

@@ -22,6 +22,7 @@ from push_helpers import Behaviour, Subscriber, wait_for
 from server import keys, logs
 from server.app import create_app
 from server.metrics import METRICS
+from server.middleware import add_get
 
 JSON_HEADERS = {**AUTH, "Content-Type": "application/json"}
 ADMIN_JSON = {**ADMIN, "Content-Type": "application/json"}
@@ -251,7 +252,7 @@ async def test_json_access_lines_have_request_id_status_partner_and_never_the_ke
         logging.getLogger("server.test").warning("inside the handler, url %s", request.path_qs)
         raise RuntimeError("boom")
 
-    app.router.add_get("/test/noisy", noisy)
+    add_get(app, "/test/noisy", noisy)  # as every route is added: wrapped
     client = await aiohttp_client(app)
     key = await make_partner(client, "acme")
     await publish(client, seed_v1)
