@@ -138,8 +138,7 @@ class AccessControl:
         if quota is not None:
             self.limiter.charge(quota, tenths)
             headers = response.headers
-            headers["RateLimit-Policy"] = quota.policy
-            headers["RateLimit"] = quota.state
+            headers["RateLimit-Policy"], headers["RateLimit"] = quota.header_values()
         else:
             self.limiter.record(partner.name, tenths)
         if status == 200 or status == 304:
@@ -172,11 +171,11 @@ def _etags_sent(request: web.Request) -> set[str]:
 
 
 def _presented_key(request: web.Request) -> str | None:
-    header = request.headers.get("Authorization")
+    headers = request.headers
+    header = headers.get("Authorization")
     if header:
-        scheme, _, value = header.partition(" ")
-        if scheme.lower() != "bearer" or not value.strip():
+        if header[:7].lower() != "bearer " or not header[7:].strip():
             raise Unauthorised("Only 'Authorization: Bearer <key>' is understood here.",
                                headers={"WWW-Authenticate": _CHALLENGE})
-        return value.strip()
-    return request.headers.get("X-API-Key") or request.query.get("key") or None
+        return header[7:].strip()
+    return headers.get("X-API-Key") or (request.query.get("key") if request.query_string else None) or None

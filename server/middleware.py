@@ -45,12 +45,12 @@ UNMATCHED_ROUTE = "(unmatched)"
 
 
 def add_route(app: web.Application, method: str, path: str, handler: Handler) -> None:
-    app.router.add_route(method, path, wrap(handler, app[METRICS]))
+    app.router.add_route(method, path, wrap(handler, app[METRICS], route=path))
 
 
 def add_get(app: web.Application, path: str, handler: Handler) -> None:
     """GET (and HEAD) ``path``."""
-    app.router.add_get(path, wrap(handler, app[METRICS]))
+    app.router.add_get(path, wrap(handler, app[METRICS], route=path))
 
 
 def add_unmatched_route(app: web.Application) -> None:
@@ -73,7 +73,7 @@ def add_unmatched_route(app: web.Application) -> None:
 
 def wrap(handler: Handler, metrics: Metrics, route: str | None = None) -> Handler:
     """``handler`` with the request id, problem details, metrics and access line around it; ``route``
-    names it in metrics and logs (by default its route template)."""
+    names it in metrics and logs (the route template; by default read from the request)."""
     count = metrics.http.observe
 
     async def handle(request: web.Request) -> web.StreamResponse:

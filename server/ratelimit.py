@@ -36,17 +36,14 @@ class Quota:
     def remaining(self) -> int:
         return max(0, self.limit - (self.used + 9) // 10)
 
-    # IETF draft-ietf-httpapi-ratelimit-headers: the RateLimit-Policy and RateLimit fields.
-    @property
-    def policy(self) -> str:
-        return _policy(self.limit)
-
-    @property
-    def state(self) -> str:
-        return f'"partner";r={self.remaining};t={self.reset_seconds}'
-
     def headers(self) -> dict[str, str]:
-        return {"RateLimit-Policy": self.policy, "RateLimit": self.state}
+        """IETF draft-ietf-httpapi-ratelimit-headers: the RateLimit-Policy and RateLimit fields."""
+        policy, state = self.header_values()
+        return {"RateLimit-Policy": policy, "RateLimit": state}
+
+    def header_values(self) -> tuple[str, str]:
+        """The RateLimit-Policy and RateLimit values (what :meth:`headers` holds, without the dict)."""
+        return _policy(self.limit), f'"partner";r={self.remaining};t={self.reset_seconds}'
 
 
 @lru_cache(maxsize=256)
