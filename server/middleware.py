@@ -106,7 +106,9 @@ def wrap(handler: Handler, metrics: Metrics, route: str | None = None) -> Handle
             raise
         finally:
             elapsed = perf_counter() - started
-            name = route or request.match_info.route.resource.canonical
+            if (name := route) is None:
+                resource = request.match_info.route.resource
+                name = resource.canonical if resource is not None else UNMATCHED_ROUTE
             count(request.method, name, status, elapsed,
                   (status == 200 or status == 304) and response is not None and "ETag" in response.headers)
             if access_log.isEnabledFor(logging.INFO):
