@@ -13,6 +13,7 @@ never depends on how many ledger lines are still kept.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -74,6 +75,7 @@ class PollLedger:
         self._manifests: dict[str, bytes] = {}
         self._last_used: dict[tuple[str, str], float] = {}
         self._manifests_written: OrderedDict[str, None] = OrderedDict()  # render ids this process wrote
+        self._flush_lock = asyncio.Lock()
 
     def record(self, partner: str, key_id: str | None, feed: str, fmt: str, status: int, size: int,
                render_id: str, manifest: tuple[tuple[str, int], ...] | None = None, at: float | None = None) -> None:
@@ -110,6 +112,13 @@ class PollLedger:
                 self._credited.popitem(last=False)
 
     async def flush(self) -> int:
+        """Write what is buffered. A flush that starts while another is writing waits for it, so that
+        when it returns everything buffered before the call is in Redis (the status endpoints rely on
+        that; without the wait they could read while the background flush still held the lines)."""
+        async with self._flush_lock:
+            return await self._flush()
+
+    async def _flush(self) -> int:
         lines, self._lines = self._lines, {}
         manifests, self._manifests = self._manifests, {}
         last_used, self._last_used = self._last_used, {}

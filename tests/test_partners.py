@@ -4,6 +4,7 @@ the poll ledger and a partner's status (the seed correction scenario), and the C
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 import feedparser
 import orjson
@@ -279,3 +280,39 @@ def test_partner_cli(redis_url, tmp_path):
                          (["partner", "revoke", "acme", "nokey"], "no key")):
         result = run_cli(*args, env=env)
         assert result.returncode != 0 and needle in result.stderr and result.stderr.count("\n") == 1, result.stderr
+
+
+async def test_a_flush_waits_for_one_already_writing(redis_url):
+    """The status endpoints flush before they read: a flush that finds the background flush holding
+    the lines must wait until they are in Redis, not return at once with nothing to do."""
+    from server.ledger import PollLedger
+    from server.models import utc_now
+    from server.redis_setup import connect
+
+    redis = await connect(redis_url)
+    writing_pipeline = redis.pipeline
+
+    def slow_pipeline(*args, **kwargs):  # the background flush's writes take a while to reach Redis
+        pipe = writing_pipeline(*args, **kwargs)
+        execute = pipe.execute
+
+        async def slow_execute(*a, **k):
+            await asyncio.sleep(0.3)
+            return await execute(*a, **k)
+
+        pipe.execute = slow_execute
+        return pipe
+
+    try:
+        ledger = PollLedger(redis)
+        redis.pipeline = slow_pipeline
+        for n in range(50):
+            ledger.record("acme", None, "latest", "atom", 200, 100, f"render-{n}")
+        background = asyncio.create_task(ledger.flush())
+        await asyncio.sleep(0.05)  # it has taken the lines and is writing them
+        await ledger.flush()
+        lines = await ledger.read("acme", utc_now() - timedelta(minutes=1))
+        assert len(lines) == 50
+        assert await background == 50
+    finally:
+        await redis.aclose()
