@@ -129,18 +129,13 @@ class AccessControl:
                   fmt: str | None, render_id: str,
                   manifest: tuple[tuple[str, int], ...] | None = None) -> None:
         """After the response is made: count it against the quota and write its ledger line (in memory)."""
-        partner = grant.partner
-        if partner is None:
+        partner, quota = grant.partner, grant.quota
+        if partner is None or quota is None:  # the public, or the admin: no quota, no ledger
             return
         status = response.status
-        tenths = NOT_MODIFIED if status == 304 else FULL
-        quota = grant.quota
-        if quota is not None:
-            self.limiter.charge(quota, tenths)
-            headers = response.headers
-            headers["RateLimit-Policy"], headers["RateLimit"] = quota.header_values()
-        else:
-            self.limiter.record(partner.name, tenths)
+        self.limiter.charge(quota, NOT_MODIFIED if status == 304 else FULL)
+        headers = response.headers
+        headers["RateLimit-Policy"], headers["RateLimit"] = quota.header_values()
         if status == 200 or status == 304:
             if status == 304 and response.headers.get("ETag", "") not in _etags_sent(request):
                 render_id, manifest = "", None  # 304 by date or '*': no proof of which render it holds

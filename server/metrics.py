@@ -105,10 +105,6 @@ class Metrics:
 
     # ----- recording (all cheap: no I/O) ----------------------------------------------------------
 
-    def observe_request(self, method: str, route: str, status: int, seconds: float, has_etag: bool) -> None:
-        """One answered request; ``has_etag``: the response carried an ETag (cacheable)."""
-        self.http.observe(method, route, status, seconds, has_etag)
-
     def cache_result(self, result: str) -> None:
         self.http.cache_results[result] += 1
 

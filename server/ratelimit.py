@@ -71,11 +71,6 @@ class RateLimiter:
         self._pending[quota.window] = self._pending.get(quota.window, 0) + tenths
         quota.used += tenths
 
-    def record(self, partner: str, tenths: int, now: float | None = None) -> None:
-        now = time.time() if now is None else now
-        window = int(now // WINDOW_SECONDS) * WINDOW_SECONDS
-        self._pending[(partner, window)] = self._pending.get((partner, window), 0) + tenths
-
     async def flush(self) -> None:
         """Add this process's counts to Redis and learn every process's totals, for each partner that
         used the current window here (so other processes' use is seen even when this one is idle)."""
