@@ -3,6 +3,7 @@ the seed article. Each test starts from an empty database."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -128,6 +129,16 @@ def snapshot(url: str) -> dict[bytes, object]:
     with redis_sync.Redis.from_url(url) as raw:
         return {key: (raw.type(key), readers[raw.type(key)](raw, key))
                 for key in sorted(raw.keys("*")) if not key.startswith(b"syn:lock:")}
+
+
+async def room_in_rate_window(seconds: float = 15) -> None:
+    """Wait, if need be, for a fresh rate-limit window, so a scenario that counts requests against a
+    partner's limit cannot straddle a window boundary (where the count rightly starts again)."""
+    from server.ratelimit import WINDOW_SECONDS
+
+    left = WINDOW_SECONDS - time.time() % WINDOW_SECONDS
+    if left < seconds:
+        await asyncio.sleep(left + 0.05)
 
 
 async def make_partner(redis_url: str, name: str = "reader", feeds=("*",), formats=("*",), **options) -> str:

@@ -10,7 +10,7 @@ import feedparser
 import orjson
 import pytest
 import redis as redis_sync
-from conftest import ADMIN, AUTH, cli_env, make_partner, run_cli, snapshot
+from conftest import ADMIN, AUTH, cli_env, make_partner, room_in_rate_window, run_cli, snapshot
 
 from server.app import create_app
 from server.models import article_id_for_uri
@@ -167,6 +167,7 @@ async def test_partner_without_photo_rights_gets_feeds_without_photos(client, se
 
 async def test_rate_limit_with_headers_and_cheaper_304s(client, seed_v1):
     await publish(client, seed_v1)
+    await room_in_rate_window()
     key = (await create_partner(client, name="slow", feeds=["latest"], formats=["atom"], rate_limit=2))["key"]
     headers = {"X-API-Key": key}
     first = await client.get("/feeds/latest/atom", headers=headers)
@@ -192,6 +193,7 @@ async def test_rate_limit_with_headers_and_cheaper_304s(client, seed_v1):
 
 async def test_rate_limit_is_shared_by_processes(aiohttp_client, settings, redis_url):
     key = await make_partner(redis_url, "shared", rate_limit=4)
+    await room_in_rate_window()
     a = await aiohttp_client(create_app(settings))
     b = await aiohttp_client(create_app(settings))
     headers = {"X-API-Key": key}
