@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 
 from aiohttp import web
+from multidict import CIMultiDictProxy
 
 from server import keys
 from server.auth import TokenTable
@@ -129,19 +130,50 @@ class AccessControl:
                   fmt: str | None, render_id: str,
                   manifest: tuple[tuple[str, int], ...] | None = None) -> None:
         """After the response is made: count it against the quota and write its ledger line (in memory)."""
+        body = response.body if isinstance(response, web.Response) else None
+        values = self.settle(grant, response.status, response.headers.get("ETag", ""),
+                             request.headers.get("If-None-Match", ""), len(body) if isinstance(body, bytes) else 0,
+                             feed, fmt, render_id, manifest)
+        if values is not None:
+            response.headers["RateLimit-Policy"], response.headers["RateLimit"] = values
+
+    def settle(self, grant: Grant, status: int, etag: str, if_none_match: str, size: int, feed: str,
+               fmt: str | None, render_id: str,
+               manifest: tuple[tuple[str, int], ...] | None = None) -> tuple[str, str] | None:
+        """Charge an answer to the partner's quota and buffer its ledger line; the RateLimit-Policy and
+        RateLimit values to send with it (None for the public and the admin: no quota, no ledger)."""
         partner, quota = grant.partner, grant.quota
-        if partner is None or quota is None:  # the public, or the admin: no quota, no ledger
-            return
-        status = response.status
+        if partner is None or quota is None:
+            return None
         self.limiter.charge(quota, NOT_MODIFIED if status == 304 else FULL)
-        headers = response.headers
-        headers["RateLimit-Policy"], headers["RateLimit"] = quota.header_values()
         if status == 200 or status == 304:
-            if status == 304 and response.headers.get("ETag", "") not in _etags_sent(request):
+            if status == 304 and etag not in _etags_in(if_none_match):
                 render_id, manifest = "", None  # 304 by date or '*': no proof of which render it holds
-            body = response.body if isinstance(response, web.Response) else None
-            self.ledger.record(partner.name, grant.key_id, feed, fmt or "ninjs", status,
-                               len(body) if isinstance(body, bytes) else 0, render_id, manifest)
+            self.ledger.record(partner.name, grant.key_id, feed, fmt or "ninjs", status, size, render_id, manifest)
+        return quota.header_values()
+
+    def remembered_grant(self, headers: CIMultiDictProxy[str], query_key: str | None, feed: FeedDefinition,
+                         fmt: str) -> Grant | None:
+        """The grant :meth:`authorise` would give a feed request, when it can be told from memory alone and
+        without a side effect: no key on a public feed, or a key this table has accepted before, entitled
+        and within its quota, while no address is being throttled. None means "ask :meth:`authorise`",
+        which also gives every refusal its answer."""
+        if self._failures:
+            return None
+        try:
+            presented = presented_key(headers, query_key)
+        except Problem:
+            return None
+        if presented is None:
+            return Grant(None, None, None) if feed.public else None
+        found = self.table.accepted(presented)
+        if found is None:
+            return None
+        partner, key = found
+        if not feed.public and not (partner.may_read_feed(feed.name) and partner.may_read_format(fmt)):
+            return None
+        quota = self.limiter.check(partner.name, partner.rate_limit or self.default_rate_limit)
+        return Grant(partner, key.key_id, quota) if quota.allowed else None
 
     def _check_not_throttled(self, address: str) -> None:
         minute = int(time.time() // 60)
@@ -161,16 +193,20 @@ class AccessControl:
             self._failures = {a: v for a, v in self._failures.items() if v[0] == minute}
 
 
-def _etags_sent(request: web.Request) -> set[str]:
-    return {tag.strip().removeprefix("W/") for tag in request.headers.get("If-None-Match", "").split(",")}
+def _etags_in(if_none_match: str) -> set[str]:
+    return {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
 
 
 def _presented_key(request: web.Request) -> str | None:
-    headers = request.headers
+    return presented_key(request.headers, request.query.get("key") if request.query_string else None)
+
+
+def presented_key(headers: CIMultiDictProxy[str], query_key: str | None) -> str | None:
+    """The key a request presents (``Authorization: Bearer``, ``X-API-Key`` or ``?key=``), if any."""
     header = headers.get("Authorization")
     if header:
         if header[:7].lower() != "bearer " or not header[7:].strip():
             raise Unauthorised("Only 'Authorization: Bearer <key>' is understood here.",
                                headers={"WWW-Authenticate": _CHALLENGE})
         return header[7:].strip()
-    return headers.get("X-API-Key") or (request.query.get("key") if request.query_string else None) or None
+    return headers.get("X-API-Key") or query_key or None

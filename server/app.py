@@ -96,7 +96,7 @@ async def _add_unmatched_route(app: web.Application) -> None:
 
 def _add_routes(app: web.Application) -> None:
     # The partner-facing routes come first: the router tries routes in order, and these are the hot path.
-    add_get(app, "/feeds/{name}/{format}", feeds.get_feed)
+    add_get(app, feeds.FEED_ROUTE, feeds.get_feed)
     add_get(app, "/items/{id}", feeds.get_item)
     add_get(app, "/items/{id}/newsml", feeds.get_item_newsml)
     add_get(app, "/healthz", health.healthz)

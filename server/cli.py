@@ -177,9 +177,28 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     app.on_startup.append(_print_banner)
     # uvloop's transports move big cached bodies noticeably faster than asyncio's (see Benchmarks).
     use_zero_copy_writes()
-    web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None,
-                loop=uvloop.new_event_loop())
+    uvloop.run(_run_server(app, settings.host, settings.port))
     return 0
+
+
+async def _run_server(app: web.Application, host: str, port: int) -> None:
+    """Serve until SIGINT or SIGTERM, then shut down gracefully: what ``web.run_app`` does, with the
+    runner that answers cached feed polls on the fast path (:mod:`server.fast_path`)."""
+    import signal
+
+    from server.fast_path import FastPathRunner
+
+    runner = FastPathRunner(app, zero_copy=True, access_log=None, keepalive_timeout=75.0)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
 
 
 def use_zero_copy_writes() -> None:

@@ -16,8 +16,10 @@ import logging
 import re
 import secrets
 import sys
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import IO, Any
 
 import orjson
@@ -151,12 +153,11 @@ class AccessLines:
         if not pending or stream is None:
             return
         lines = []
-        for created, request_id, partner, method, route, raw_path, status, latency_ms in pending:
-            path = redact(raw_path)
+        for created, request_id, partner, method, route, raw_path, status, elapsed in pending:
+            path = _redacted_path(raw_path)
+            latency_ms = round(elapsed * 1000, 2)
             entry: dict[str, Any] = {
-                "timestamp": datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
-                .replace("+00:00", "Z"),
-                "level": "INFO", "logger": access_log.name,
+                "timestamp": _timestamp_of(created), "level": "INFO", "logger": access_log.name,
                 "message": f"{method} {path} {status} {latency_ms:.2f} ms", "request_id": request_id,
             }
             if partner is not None:
@@ -165,6 +166,23 @@ class AccessLines:
             lines.append(orjson.dumps(entry).decode())
         stream.write("\n".join(lines) + "\n")
         stream.flush()
+
+
+@lru_cache(maxsize=1024)
+def _redacted_path(raw_path: str) -> str:
+    # Cached: pollers send the same few URLs over and over.
+    return redact(raw_path)
+
+
+def _timestamp_of(created: float) -> str:
+    """ISO 8601 in UTC to the millisecond, as the JSON formatter writes it (the second part memoised)."""
+    second = int(created)
+    return f"{_second_of(second)}.{int((created - second) * 1000):03d}Z"
+
+
+@lru_cache(maxsize=4)
+def _second_of(second: int) -> str:
+    return datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 ACCESS_LINES = AccessLines()
@@ -185,3 +203,23 @@ def configure(settings: Settings, stream: IO[str] | None = None) -> logging.Hand
     root.setLevel(settings.log_level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # the middleware writes the access lines
     return handler
+
+
+def access_line(request_id: str, partner: str | None, method: str, route: str, path_qs: str, status: int,
+                elapsed: float) -> None:
+    """Log one answered request: with the JSON format, buffered for :data:`ACCESS_LINES`; with the text
+    format, through logging (with the request's context, whoever answered it)."""
+    if not access_log.isEnabledFor(logging.INFO):
+        return
+    if ACCESS_LINES.stream is not None:
+        ACCESS_LINES.add(time.time(), request_id, partner, method, route, path_qs, status, elapsed)
+        return
+    latency_ms = round(elapsed * 1000, 2)
+    path = redact(path_qs)
+    token = current_context.set(RequestContext(request_id, partner))
+    try:
+        access_log.info("%s %s %d %.2f ms", method, path, status, latency_ms,
+                        extra={"method": method, "route": route, "path": path, "status": status,
+                               "latency_ms": latency_ms})
+    finally:
+        current_context.reset(token)

@@ -184,13 +184,14 @@ class _RouteCounts:
 class _RequestCounts:
     """The metrics every request touches, as plain counts, and the collector that presents them to
     Prometheus: ``syndicate_http_requests_total``, ``syndicate_http_request_duration_seconds``,
-    ``syndicate_http_cacheable_responses_total``, ``syndicate_http_not_modified_total`` and
-    ``syndicate_feed_cache_requests_total``."""
+    ``syndicate_http_cacheable_responses_total``, ``syndicate_http_not_modified_total``,
+    ``syndicate_feed_cache_requests_total`` and ``syndicate_http_fast_path_answers_total``."""
 
     def __init__(self) -> None:
         self.requests: dict[tuple[str, str, int], int] = {}
         self.routes: dict[str, _RouteCounts] = {}
         self.cache_results = dict.fromkeys(CACHE_RESULTS, 0)
+        self.fast_answers = 0  # of the requests above, those answered by server.fast_path
 
     def observe(self, method: str, route: str, status: int, seconds: float, has_etag: bool) -> None:
         if method not in KNOWN_METHODS:
@@ -232,7 +233,10 @@ class _RequestCounts:
                                     "render (built here).", labels=("result",))
         for result, count in self.cache_results.items():
             cache.add_metric((result,), count)
-        return [requests, duration, cacheable, not_modified, cache]
+        fast = CounterMetricFamily("syndicate_http_fast_path_answers", "Cached feed polls answered from memory "
+                                   "beneath aiohttp's request handling (server.fast_path); the rest of the "
+                                   "requests went through their route.", value=self.fast_answers)
+        return [requests, duration, cacheable, not_modified, cache, fast]
 
 
 # ----- heartbeats and snapshots in Redis ---------------------------------------------------------------

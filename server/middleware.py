@@ -19,23 +19,13 @@ so those are wrapped too. What the wrapper does, in order:
 from __future__ import annotations
 
 import asyncio
-import logging
-import time
 from collections.abc import Awaitable, Callable
 from time import perf_counter
 
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from server.logs import (
-    ACCESS_LINES,
-    REQUEST_ID_HEADER,
-    RequestContext,
-    access_log,
-    current_context,
-    redact,
-    request_id_for,
-)
+from server.logs import REQUEST_ID_HEADER, RequestContext, access_line, current_context, request_id_for
 from server.metrics import METRICS, Metrics
 from server.problems import NotFound, Problem, problem_for
 
@@ -111,20 +101,7 @@ def wrap(handler: Handler, metrics: Metrics, route: str | None = None) -> Handle
                 name = resource.canonical if resource is not None else UNMATCHED_ROUTE
             count(request.method, name, status, elapsed,
                   (status == 200 or status == 304) and response is not None and "ETag" in response.headers)
-            if access_log.isEnabledFor(logging.INFO):
-                _access_line(request, context, name, status, elapsed)
+            access_line(context.request_id, context.partner, request.method, name, request.path_qs, status, elapsed)
             current_context.reset(token)
 
     return handle
-
-
-def _access_line(request: web.Request, context: RequestContext, route: str, status: int, elapsed: float) -> None:
-    latency_ms = round(elapsed * 1000, 2)
-    if ACCESS_LINES.stream is not None:  # JSON: buffered, redacted and written by the flush loop
-        ACCESS_LINES.add(time.time(), context.request_id, context.partner, request.method, route,
-                         request.path_qs, status, latency_ms)
-        return
-    path = redact(request.path_qs)
-    access_log.info("%s %s %d %.2f ms", request.method, path, status, latency_ms,
-                    extra={"method": request.method, "route": route, "path": path, "status": status,
-                           "latency_ms": latency_ms})

@@ -43,12 +43,17 @@ class Quota:
 
     def header_values(self) -> tuple[str, str]:
         """The RateLimit-Policy and RateLimit values (what :meth:`headers` holds, without the dict)."""
-        return _policy(self.limit), f'"partner";r={self.remaining};t={self.reset_seconds}'
+        return _policy(self.limit), _state(self.remaining, self.reset_seconds)
 
 
 @lru_cache(maxsize=256)
 def _policy(limit: int) -> str:
     return f'"partner";q={limit};w={WINDOW_SECONDS}'
+
+
+@lru_cache(maxsize=1024)
+def _state(remaining: int, reset_seconds: int) -> str:
+    return f'"partner";r={remaining};t={reset_seconds}'
 
 
 class RateLimiter:

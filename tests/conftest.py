@@ -16,8 +16,10 @@ from pathlib import Path
 import orjson
 import pytest
 import redis as redis_sync
+from aiohttp.test_utils import TestServer
 
 from server.app import create_app
+from server.fast_path import FastPathRunner
 from server.settings import PublisherToken, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,9 +101,17 @@ def settings(redis_url: str, tmp_path: Path) -> Settings:
     )
 
 
+class FastPathTestServer(TestServer):
+    """aiohttp's test server with the runner ``syndicate serve`` uses: cached feed polls on a kept-alive
+    connection are answered by :mod:`server.fast_path`, as in production."""
+
+    async def _make_runner(self, **kwargs):
+        return FastPathRunner(self.app, **kwargs)
+
+
 @pytest.fixture
 async def client(aiohttp_client, settings: Settings):
-    return await aiohttp_client(create_app(settings))
+    return await aiohttp_client(FastPathTestServer(create_app(settings)))
 
 
 @pytest.fixture
@@ -159,7 +169,7 @@ async def make_partner(redis_url: str, name: str = "reader", feeds=("*",), forma
 async def partner_client(aiohttp_client, settings: Settings, redis_url: str):
     """A client that reads feeds with the key of a partner entitled to everything."""
     key = await make_partner(redis_url)
-    return await aiohttp_client(create_app(settings), headers={"X-API-Key": key})
+    return await aiohttp_client(FastPathTestServer(create_app(settings)), headers={"X-API-Key": key})
 
 
 def cli_env(**overrides: str) -> dict[str, str]:

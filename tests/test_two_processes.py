@@ -112,7 +112,8 @@ def test_revocation_and_disabling_reach_every_process(redis_url, tmp_path):
 
 async def test_a_served_process_sends_whole_bodies_under_concurrent_polls(redis_url, tmp_path):
     """``syndicate serve`` runs on uvloop with zero-copy writes (headers and body handed over as two
-    buffers): every response to many concurrent keep-alive polls must still be the whole body."""
+    buffers) and answers kept-alive polls on the fast path: every response to many concurrent
+    keep-alive polls must still be the whole body."""
     import gzip
     from concurrent.futures import ThreadPoolExecutor
     from http.client import HTTPConnection
@@ -143,6 +144,10 @@ async def test_a_served_process_sends_whole_bodies_under_concurrent_polls(redis_
 
         with ThreadPoolExecutor(16) as pool:
             assert list(pool.map(poll, range(32))) == [b""] * 32
+        # Most of those polls were kept-alive repeats: answered on the fast path (server.fast_path).
+        status, metrics = http.get(port, "/metrics", {"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        fast = [line for line in metrics.decode().splitlines() if line.startswith("syndicate_http_fast_path_answers")]
+        assert status == 200 and len(fast) == 1 and float(fast[0].split()[-1]) >= 32 * 5
     finally:
         server.terminate()
         server.wait(20)

@@ -22,6 +22,7 @@ from server.render import NEWSML_MESSAGE_MEDIA_TYPE, FeedView, ItemView, render_
 from server.state import ACCESS, FEED_BUILDER, FEED_CACHE, FEEDS, SETTINGS, STORE
 
 NINJS_MEDIA_TYPE = "application/json"
+FEED_ROUTE = "/feeds/{name}/{format}"
 
 
 async def get_feed(request: web.Request) -> web.Response:
@@ -38,7 +39,7 @@ async def get_feed(request: web.Request) -> web.Response:
     grant = access.authorise(request, feed, fmt)
     rendered = cache.hit(feed, fmt, page_name(since), grant.variant) \
         or await cache.get(feed, fmt, since, grant.variant)
-    response = respond(request, rendered, _cache_control(feed, grant, app[SETTINGS].feed_max_age_seconds))
+    response = respond(request, rendered, cache_control(feed, grant, app[SETTINGS].feed_max_age_seconds))
     access.delivered(request, grant, response, feed.name, fmt, rendered.render_id, rendered.manifest)
     return response
 
@@ -118,7 +119,7 @@ def _item_delivered(request: web.Request, grant: Grant, response: web.StreamResp
                                   ((article_id, version),))
 
 
-def _cache_control(feed: FeedDefinition, grant: Grant, max_age: int) -> str:
+def cache_control(feed: FeedDefinition, grant: Grant, max_age: int) -> str:
     # A response that needed a key must not be kept by shared caches.
     return _cache_control_value(feed.public and grant.partner is None, max_age)
 

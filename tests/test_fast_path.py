@@ -1,0 +1,238 @@
+"""The fast path (server.fast_path): cached feed polls on a kept-alive connection are answered beneath
+aiohttp's request handling, and must be answered exactly as the route answers them: the same status,
+body and headers, the same quota charge, ledger line, metrics and access line. Everything the fast path
+does not take (misses, refusals, pipelined requests behind a slow one) still gets the route's answer,
+in order. Requests go over raw sockets, so which connection carries what is under the test's control."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+
+import orjson
+import pytest
+from conftest import ADMIN, AUTH, room_in_rate_window
+from prometheus_client.parser import text_string_to_metric_families
+
+from server.metrics import METRICS
+
+JSON_HEADERS = {**AUTH, "Content-Type": "application/json"}
+ADMIN_JSON = {**ADMIN, "Content-Type": "application/json"}
+PER_REQUEST = {"date", "x-request-id", "ratelimit"}  # differ between any two answers
+
+
+class Connection:
+    """One kept-alive HTTP/1.1 connection, written and read by hand."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, client) -> Connection:
+        return cls(*await asyncio.open_connection("127.0.0.1", client.server.port))
+
+    async def send(self, *requests: bytes) -> None:
+        self.writer.write(b"".join(requests))
+        await self.writer.drain()
+
+    async def response(self, head_request: bool = False) -> tuple[int, dict[str, str], bytes]:
+        head = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), 10)
+        status_line, *lines = head.decode().split("\r\n")[:-2]
+        headers: dict[str, str] = {}
+        for line in lines:
+            name, _, value = line.partition(":")
+            assert name.lower() not in headers, f"{name} sent twice"
+            headers[name.lower()] = value.strip()
+        status = int(status_line.split(" ")[1])
+        length = 0 if head_request or status == 304 else int(headers.get("content-length", 0))
+        body = await asyncio.wait_for(self.reader.readexactly(length), 10)
+        return status, headers, body
+
+    async def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+        await self.send(request(path, headers))
+        return await self.response()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def request(path: str, headers: dict[str, str] | None = None, method: str = "GET") -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", "Host: test", *(f"{k}: {v}" for k, v in (headers or {}).items())]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def fast_answers(client) -> int:
+    return client.server.app[METRICS].http.fast_answers
+
+
+def fixed(headers: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in headers.items() if k not in PER_REQUEST}
+
+
+async def publish(client, doc) -> None:
+    response = await client.post("/api/articles", data=orjson.dumps(doc), headers=JSON_HEADERS)
+    assert response.status in (200, 201), await response.text()
+
+
+async def partner_key(client, name="acme", **body) -> str:
+    body = {"name": name, "feeds": ["latest"], "formats": ["atom", "rss", "json", "newsml"], **body}
+    response = await client.post("/api/partners", data=orjson.dumps(body), headers=ADMIN_JSON)
+    assert response.status == 201, await response.text()
+    return (await response.json())["key"]
+
+
+@pytest.fixture
+async def polling(client, seed_v1):
+    """The seed published, a partner's key, and a connection whose first poll has rendered the feed."""
+    await publish(client, seed_v1)
+    key = await partner_key(client)
+    connection = await Connection.open(client)
+    status, _headers, _body = await connection.get("/feeds/latest/atom", {"X-API-Key": key})
+    assert status == 200
+    yield client, key, connection
+    connection.close()
+
+
+@pytest.mark.parametrize("coding", ["identity", "gzip", "br"])
+async def test_a_kept_alive_poll_is_answered_on_the_fast_path_as_the_route_answers_it(polling, coding):
+    client, key, connection = polling
+    headers = {"X-API-Key": key, "Accept-Encoding": coding}
+    before = fast_answers(client)
+    fast = await connection.get("/feeds/latest/atom", headers)
+    assert fast_answers(client) == before + 1
+    # Connection: close is never taken by the fast path: the route answers it.
+    route = await connection.get("/feeds/latest/atom", {**headers, "Connection": "close"})
+    assert fast_answers(client) == before + 1
+    assert fast[0] == route[0] == 200 and fast[2] == route[2]
+    assert fixed(fast[1]) == {k: v for k, v in fixed(route[1]).items() if k != "connection"}
+    assert fast[1]["ratelimit-policy"] == route[1]["ratelimit-policy"]
+    assert fast[1]["x-request-id"] != route[1]["x-request-id"] and len(fast[1]["x-request-id"]) == 32
+    if coding == "gzip":
+        assert gzip.decompress(fast[2]).rstrip().endswith(b"</feed>")
+
+
+async def test_a_304_and_the_ledger_the_quota_and_the_metrics_behind_it(polling):
+    client, key, connection = polling
+    status, headers, _body = await connection.get("/feeds/latest/atom", {"X-API-Key": key})
+    before = fast_answers(client)
+    remaining = int(headers["ratelimit"].split("r=")[1].split(";")[0])
+    etag = headers["etag"]
+    fast = await connection.get("/feeds/latest/atom", {"X-API-Key": key, "If-None-Match": etag})
+    assert fast[0] == 304 and fast[2] == b"" and fast_answers(client) == before + 1
+    assert "content-length" not in fast[1] and "content-type" not in fast[1]
+    route = await connection.get("/feeds/latest/atom", {"X-API-Key": key, "If-None-Match": etag,
+                                                        "Connection": "close"})
+    assert route[0] == 304 and fixed(fast[1]) == {k: v for k, v in fixed(route[1]).items() if k != "connection"}
+    # A 304 costs a tenth of a request: the one after a full request shows one fewer remaining.
+    assert int(fast[1]["ratelimit"].split("r=")[1].split(";")[0]) == remaining - 1
+
+    response = await client.get("/api/partners/acme/status", headers=ADMIN)
+    status_report = await response.json()
+    assert status_report["lastHour"]["polls"] == 4 and status_report["lastHour"]["notModified"] == 2
+    assert all(article["received"] for article in status_report["articles"])
+
+    text = await (await client.get("/metrics", headers=ADMIN)).text()
+    samples = [s for family in text_string_to_metric_families(text) for s in family.samples]
+    not_modified = [s.value for s in samples if s.name == "syndicate_http_requests_total"
+                    and s.labels["route"] == "/feeds/{name}/{format}" and s.labels["status"] == "304"]
+    assert sum(not_modified) == 2
+    assert [s.value for s in samples if s.name == "syndicate_http_fast_path_answers_total"] == [fast_answers(client)]
+
+
+async def test_a_revision_is_served_on_the_next_poll_and_then_from_the_fast_path_again(polling, seed_v2):
+    client, key, connection = polling
+    await publish(client, seed_v2)
+    before = fast_answers(client)
+    status, _headers, body = await connection.get("/feeds/latest/json", {"X-API-Key": key})
+    assert status == 200 and fast_answers(client) == before  # a miss: the route renders it
+    assert orjson.loads(body)["items"][0]["_syndicate"]["version"] == 2
+    status, _headers, again = await connection.get("/feeds/latest/json", {"X-API-Key": key})
+    assert status == 200 and again == body and fast_answers(client) == before + 1
+
+
+async def test_refusals_come_from_the_route(polling):
+    client, key, connection = polling
+    before = fast_answers(client)
+    assert (await connection.get("/feeds/latest/atom"))[0] == 401
+    status, headers, body = await connection.get("/feeds/latest/atom", {"X-API-Key": key + "x"})
+    assert status == 401 and headers["content-type"] == "application/problem+json"
+    assert (await connection.get("/feeds/nope/atom", {"X-API-Key": key}))[0] == 404
+    assert (await connection.get("/feeds/latest/xml", {"X-API-Key": key}))[0] == 404
+    assert (await connection.get("/feeds/latest/atom?since=abc", {"X-API-Key": key}))[0] == 400
+    limited = await partner_key(client, "limited", formats=["atom"])
+    assert (await connection.get("/feeds/latest/rss", {"X-API-Key": limited}))[0] == 403
+    assert fast_answers(client) == before
+
+
+async def test_a_revoked_key_fails_on_the_next_poll_of_a_kept_alive_connection(polling):
+    client, key, connection = polling
+    assert (await connection.get("/feeds/latest/atom", {"X-API-Key": key}))[0] == 200
+    key_id = key.split("_")[1]  # syn_<key id>_<secret>
+    assert (await client.delete(f"/api/partners/acme/keys/{key_id}", headers=ADMIN)).status in (200, 204)
+    status, headers, _body = await connection.get("/feeds/latest/atom", {"X-API-Key": key})
+    assert status == 401 and "www-authenticate" in headers
+
+
+async def test_the_rate_limit_holds_on_the_fast_path(client, seed_v1):
+    await publish(client, seed_v1)
+    key = await partner_key(client, "slow", rate_limit=3)
+    await room_in_rate_window()
+    connection = await Connection.open(client)
+    try:
+        before = fast_answers(client)
+        statuses = [(await connection.get("/feeds/latest/atom", {"X-API-Key": key}))[0] for _ in range(4)]
+        assert statuses == [200, 200, 200, 429]
+        assert fast_answers(client) == before + 2  # the first renders; the 429 is the route's
+    finally:
+        connection.close()
+
+
+async def test_pipelined_requests_are_answered_in_order(polling):
+    client, key, connection = polling
+    feed = request("/feeds/latest/atom", {"X-API-Key": key})
+    before = fast_answers(client)
+    await connection.send(feed, request("/healthz"), feed, feed, request("/nowhere"), feed,
+                          request("/feeds/latest/atom", {"X-API-Key": key}, method="HEAD"), feed)
+    answers = [await connection.response() for _ in range(6)]
+    answers.append(await connection.response(head_request=True))
+    answers.append(await connection.response())
+    assert [a[0] for a in answers] == [200, 200, 200, 200, 404, 200, 200, 200]
+    assert fast_answers(client) == before + 1  # the first: the rest came behind a request of aiohttp's
+    feeds = [a for a in answers if a[1].get("content-type", "").startswith("application/atom+xml")]
+    assert len(feeds) == 6 and len({a[2] for a in feeds if a[2]}) == 1
+    assert answers[6][2] == b"" and answers[6][1]["content-length"] == answers[0][1]["content-length"]
+    assert answers[1][2].startswith(b"{") and answers[4][1]["content-type"] == "application/problem+json"
+
+
+async def test_a_request_split_across_writes_is_answered_whole(polling):
+    client, key, connection = polling
+    raw = request("/feeds/latest/atom", {"X-API-Key": key, "Accept-Encoding": "gzip"})
+    for cut in (5, len(raw) // 2, len(raw) - 2):
+        await connection.send(raw[:cut])
+        await asyncio.sleep(0.01)
+        await connection.send(raw[cut:])
+        status, headers, body = await connection.response()
+        assert status == 200 and headers["content-encoding"] == "gzip"
+        assert gzip.decompress(body).rstrip().endswith(b"</feed>")
+
+
+async def test_a_key_in_the_query_a_since_page_and_the_public_feed(polling):
+    client, key, connection = polling
+    status, headers, body = await connection.get(f"/feeds/latest/atom?key={key}")
+    assert status == 200
+    cursor = headers["link"].split("since=")[1].split(">")[0]
+    before = fast_answers(client)
+    for _ in range(2):  # the first renders the page, the second is served from memory
+        status, headers, page = await connection.get(f"/feeds/latest/json?since={int(cursor) - 1}&key={key}")
+        assert status == 200 and len(orjson.loads(page)["items"]) == 1
+    status, headers, _body = await connection.get(f"/feeds/latest/atom?key={key}")
+    assert status == 200 and fast_answers(client) == before + 2
+    # An unknown query parameter is the route's to judge (it ignores it).
+    assert (await connection.get(f"/feeds/latest/atom?key={key}&utm_source=x"))[0] == 200
+    assert fast_answers(client) == before + 2
+
+    for _ in range(2):
+        status, headers, _body = await connection.get("/feeds/headlines/rss")
+        assert status == 200 and headers["cache-control"].startswith("public")
+        assert "ratelimit" not in headers
+    assert fast_answers(client) == before + 3
