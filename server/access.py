@@ -131,17 +131,17 @@ class AccessControl:
                   manifest: tuple[tuple[str, int], ...] | None = None) -> None:
         """After the response is made: count it against the quota and write its ledger line (in memory)."""
         body = response.body if isinstance(response, web.Response) else None
-        values = self.settle(grant, response.status, response.headers.get("ETag", ""),
-                             request.headers.get("If-None-Match", ""), len(body) if isinstance(body, bytes) else 0,
-                             feed, fmt, render_id, manifest)
-        if values is not None:
-            response.headers["RateLimit-Policy"], response.headers["RateLimit"] = values
+        quota = self.settle(grant, response.status, response.headers.get("ETag", ""),
+                            request.headers.get("If-None-Match", ""), len(body) if isinstance(body, bytes) else 0,
+                            feed, fmt, render_id, manifest)
+        if quota is not None:
+            response.headers["RateLimit-Policy"], response.headers["RateLimit"] = quota.header_values()
 
     def settle(self, grant: Grant, status: int, etag: str, if_none_match: str, size: int, feed: str,
                fmt: str | None, render_id: str,
-               manifest: tuple[tuple[str, int], ...] | None = None) -> tuple[str, str] | None:
-        """Charge an answer to the partner's quota and buffer its ledger line; the RateLimit-Policy and
-        RateLimit values to send with it (None for the public and the admin: no quota, no ledger)."""
+               manifest: tuple[tuple[str, int], ...] | None = None) -> Quota | None:
+        """Charge an answer to the partner's quota and buffer its ledger line; the quota, for the
+        RateLimit headers to send with it (None for the public and the admin: no quota, no ledger)."""
         partner, quota = grant.partner, grant.quota
         if partner is None or quota is None:
             return None
@@ -150,19 +150,15 @@ class AccessControl:
             if status == 304 and etag not in _etags_in(if_none_match):
                 render_id, manifest = "", None  # 304 by date or '*': no proof of which render it holds
             self.ledger.record(partner.name, grant.key_id, feed, fmt or "ninjs", status, size, render_id, manifest)
-        return quota.header_values()
+        return quota
 
-    def remembered_grant(self, headers: CIMultiDictProxy[str], query_key: str | None, feed: FeedDefinition,
-                         fmt: str) -> Grant | None:
-        """The grant :meth:`authorise` would give a feed request, when it can be told from memory alone and
-        without a side effect: no key on a public feed, or a key this table has accepted before, entitled
-        and within its quota, while no address is being throttled. None means "ask :meth:`authorise`",
-        which also gives every refusal its answer."""
+    def remembered_grant(self, presented: str | None, feed: FeedDefinition, fmt: str) -> Grant | None:
+        """The grant :meth:`authorise` would give a feed request presenting ``presented`` (see
+        :func:`presented_key`), when it can be told from memory alone and without a side effect: no key
+        on a public feed, or a key this table has accepted before, entitled and within its quota, while
+        no address is being throttled. None means "ask :meth:`authorise`", which also gives every
+        refusal its answer."""
         if self._failures:
-            return None
-        try:
-            presented = presented_key(headers, query_key)
-        except Problem:
             return None
         if presented is None:
             return Grant(None, None, None) if feed.public else None

@@ -25,15 +25,22 @@ quota charge with its ``RateLimit`` headers and the poll-ledger line
 (:meth:`AccessControl.settle <server.access.AccessControl.settle>`), the request metrics and the access
 line, and an ``X-Request-Id``. ``tests/test_fast_path.py`` checks both paths give the same answers.
 
-The wrapping uses a few of aiohttp's private attributes (listed in ``_PROTOCOL_ATTRIBUTES``); if an
-aiohttp release lacks one, no connection is wrapped and every request takes the ordinary path (a
-warning says so, and the fast-path test fails).
+A poller sends the same bytes poll after poll. So a connection remembers the last request it answered
+here as a :class:`Poll` (what it asks, read once), and when the next bytes are identical and the parser
+is known to be between requests, they are answered from the Poll without being parsed again
+(:meth:`_Parser.replay`). Only the reading is skipped: the key, the quota and the cache are checked
+afresh for every answer, and if any check fails the bytes go to the parser and on to aiohttp as usual.
+
+This uses a few of aiohttp's private attributes (listed in ``_PROTOCOL_ATTRIBUTES``); if an aiohttp
+release lacks one, no connection gets the fast path and every request takes the ordinary path (a
+warning says so, and the fast-path tests fail).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from email.utils import formatdate
 from time import perf_counter
 from typing import Any
@@ -42,19 +49,37 @@ from aiohttp import web
 from aiohttp.http import HttpVersion11
 from aiohttp.streams import EMPTY_PAYLOAD
 
+from server.access import presented_key
 from server.api.feeds import FEED_ROUTE, cache_control
 from server.feed_cache import page_name
-from server.feeds import FORMATS
+from server.feeds import FORMATS, FeedDefinition
 from server.http_caching import choose_coding, etag_matches, response_head
 from server.logs import REQUEST_ID_HEADER, access_line, request_id_for
 from server.metrics import METRICS
+from server.problems import Problem
 from server.state import ACCESS, FEED_CACHE, FEEDS, SETTINGS
 
 log = logging.getLogger(__name__)
 
-# What the wrapping reads or sets on aiohttp's RequestHandler (all set in its __init__).
-_PROTOCOL_ATTRIBUTES = ("_parser", "_waiter", "_messages", "_loop", "_keepalive_timeout", "_next_keepalive_close_time")
+# What the fast path reads or sets on aiohttp's RequestHandler (all set in its __init__).
+_PROTOCOL_ATTRIBUTES = ("_parser", "_waiter", "_messages", "_loop", "_keepalive_timeout",
+                        "_next_keepalive_close_time", "_close", "_force_close", "_upgraded", "_payload_parser")
 _QUERY_NAMES = frozenset({"key", "since"})
+_END_OF_HEAD = b"\r\n\r\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Poll:
+    """What a feed poll asks, read from its request once."""
+
+    target: str  # the request target as sent (for the access line)
+    feed: FeedDefinition
+    fmt: str
+    page: str
+    presented: str | None  # the key it presents, if any
+    accept_encoding: str
+    if_none_match: str | None
+    request_id: str | None  # the client's own X-Request-Id, if it sent one
 
 
 class FastPath:
@@ -63,67 +88,72 @@ class FastPath:
     def __init__(self, app: web.Application, zero_copy: bool = False) -> None:
         self.access, self.cache, self.feeds = app[ACCESS], app[FEED_CACHE], app[FEEDS]
         self.max_age = app[SETTINGS].feed_max_age_seconds
-        self.metrics = app[METRICS]
+        self.counts = app[METRICS].http
         self.zero_copy = zero_copy  # the loop's writelines is flow-controlled (uvloop): send head and body as they are
+        self.replayed = 0  # answers given to unparsed repeats (see _Parser.replay)
         self._date_second = -1
         self._date_line = b""
 
-    def install(self, protocol: web.RequestHandler) -> bool:
-        if not all(hasattr(protocol, name) for name in _PROTOCOL_ATTRIBUTES):
-            return False
-        protocol._parser = _Parser(protocol._parser, protocol, self)
-        return True
-
-    def answer(self, protocol: Any, message: Any, payload: Any) -> bool:
-        """Answer one parsed request now, if it is one of ours; False leaves it to aiohttp untouched."""
-        started = perf_counter()
+    def read(self, message: Any, payload: Any) -> Poll | None:
+        """The poll a parsed request is, if it is one the fast path may answer; None leaves it to aiohttp."""
         target: str = message.path
         if message.method != "GET" or not target.startswith("/feeds/") or message.should_close \
                 or message.version != HttpVersion11 or payload is not EMPTY_PAYLOAD or "%" in target:
-            return False
-        transport = protocol.transport
-        if transport is None or transport.is_closing() or transport.get_write_buffer_size():
-            return False
+            return None
         path, _, query_string = target.partition("?")
         parts = path.split("/")
         if len(parts) != 4:
-            return False
+            return None
         feed, fmt = self.feeds.get(parts[2]), parts[3]
         if feed is None or fmt not in FORMATS:
-            return False
+            return None
         query_key = since = None
         if query_string:
             query = message.url.query
             if not _QUERY_NAMES.issuperset(query) or len(query) != len(set(query)):
-                return False
+                return None
             query_key, raw_since = query.get("key"), query.get("since")
             if raw_since is not None:
                 if not raw_since.isdigit() or len(raw_since) > 18:
-                    return False
+                    return None
                 since = int(raw_since)
         headers = message.headers
         if_none_match = headers.get("If-None-Match")
         if if_none_match is None and "If-Modified-Since" in headers:
+            return None
+        try:
+            presented = presented_key(headers, query_key)
+        except Problem:
+            return None
+        return Poll(target, feed, fmt, page_name(since), presented, headers.get("Accept-Encoding", ""),
+                    if_none_match, headers.get(REQUEST_ID_HEADER))
+
+    def answer(self, protocol: Any, poll: Poll) -> bool:
+        """Answer a poll now, if memory allows; False leaves the request to aiohttp, with nothing done."""
+        started = perf_counter()
+        transport = protocol.transport
+        if transport is None or transport.is_closing() or transport.get_write_buffer_size():
             return False
+        feed, fmt = poll.feed, poll.fmt
         access = self.access
-        grant = access.remembered_grant(headers, query_key, feed, fmt)
+        grant = access.remembered_grant(poll.presented, feed, fmt)
         if grant is None:
             return False
-        rendered = self.cache.hit(feed, fmt, page_name(since), grant.variant)
+        rendered = self.cache.hit(feed, fmt, poll.page, grant.variant)
         if rendered is None:
             return False
-        head = response_head(rendered, choose_coding(headers.get("Accept-Encoding", ""), rendered.bodies),
+        head = response_head(rendered, choose_coding(poll.accept_encoding, rendered.bodies),
                              cache_control(feed, grant, self.max_age))
         if not head.body:
             return False  # an empty page is a 204: the route's
+        if_none_match = poll.if_none_match
         status = 304 if if_none_match is not None and etag_matches(if_none_match, head.etag) else 200
 
-        request_id = request_id_for(headers.get(REQUEST_ID_HEADER))
-        rate_limit = access.settle(grant, status, head.etag, if_none_match or "",
-                                   len(head.body) if status == 200 else 0, feed.name, fmt,
-                                   rendered.render_id, rendered.manifest)
-        quota_lines = "" if rate_limit is None else \
-            f"RateLimit-Policy: {rate_limit[0]}\r\nRateLimit: {rate_limit[1]}\r\n"
+        request_id = request_id_for(poll.request_id)
+        quota = access.settle(grant, status, head.etag, if_none_match or "",
+                              len(head.body) if status == 200 else 0, feed.name, fmt,
+                              rendered.render_id, rendered.manifest)
+        quota_lines = "" if quota is None else quota.header_lines()
         per_request = f"{quota_lines}{REQUEST_ID_HEADER}: {request_id}\r\n\r\n".encode()
         header_bytes = b"".join((head.wire_200 if status == 200 else head.wire_304, self._date(), per_request))
         if status == 304:
@@ -136,10 +166,11 @@ class FastPath:
         protocol._next_keepalive_close_time = protocol._loop.time() + protocol._keepalive_timeout
 
         elapsed = perf_counter() - started
-        self.metrics.http.observe("GET", FEED_ROUTE, status, elapsed, True)
-        self.metrics.http.fast_answers += 1
-        access_line(request_id, grant.partner.name if grant.partner else None, "GET", FEED_ROUTE, target, status,
-                    elapsed)
+        counts = self.counts
+        counts.observe("GET", FEED_ROUTE, status, elapsed, True)
+        counts.fast_answers += 1
+        access_line(request_id, grant.partner.name if grant.partner else None, "GET", FEED_ROUTE, poll.target,
+                    status, elapsed)
         return True
 
     def _date(self) -> bytes:
@@ -151,50 +182,104 @@ class FastPath:
 
 class _Parser:
     """aiohttp's request parser for one connection, with cached feed polls taken out of what it yields
-    while the connection is idle (aiohttp's protocol is then waiting for its next request)."""
+    while the connection is idle (aiohttp's protocol is then waiting for its next request), and the
+    last one remembered for :meth:`replay`."""
 
-    __slots__ = ("_parser", "_protocol", "_fast_path")
+    __slots__ = ("_parser", "_protocol", "_fast_path", "_between_requests", "_last_bytes", "_last_poll")
 
     def __init__(self, parser: Any, protocol: Any, fast_path: FastPath) -> None:
         self._parser, self._protocol, self._fast_path = parser, protocol, fast_path
+        # True only when the parser is known to hold no part of a request: everything fed to it so far
+        # ended with a whole request that has no body, and nothing was left queued behind it.
+        self._between_requests = True
+        self._last_bytes = b""
+        self._last_poll: Poll | None = None
+
+    def replay(self, data: bytes) -> bool:
+        """Answer ``data`` unparsed if it is, byte for byte, the last poll answered on this connection,
+        and the parser is between requests (so parsing it would give that same request again)."""
+        poll = self._last_poll
+        if poll is None or not self._between_requests or data != self._last_bytes:
+            return False
+        protocol = self._protocol
+        waiter = protocol._waiter
+        if waiter is None or waiter.done() or protocol._messages or protocol._close or protocol._force_close \
+                or protocol._upgraded or protocol._payload_parser is not None:
+            return False
+        try:
+            if self._fast_path.answer(protocol, poll):
+                self._fast_path.replayed += 1
+                return True
+            return False
+        except Exception:
+            log.exception("the fast path failed on a request; aiohttp answers it")
+            return False
 
     def feed_data(self, data: bytes) -> Any:
+        was_between = self._between_requests
+        self._between_requests = False  # until this parse is known to have ended between requests
         result = self._parser.feed_data(data)
         messages = result[0]
         if not messages:
             return result
         protocol = self._protocol
         waiter = protocol._waiter
-        if waiter is None or waiter.done() or protocol._messages:
+        idle = waiter is not None and not waiter.done() and not protocol._messages
+        self._between_requests = idle and len(messages) == 1 and not result[1] \
+            and messages[0][1] is EMPTY_PAYLOAD and data.endswith(_END_OF_HEAD)
+        if not idle:
             return result
         answered = 0
+        fast_path = self._fast_path
         for message, payload in messages:
             try:
-                if not self._fast_path.answer(protocol, message, payload):
+                poll = fast_path.read(message, payload)
+                if poll is None or not fast_path.answer(protocol, poll):
                     break
             except Exception:
                 log.exception("the fast path failed on a request; aiohttp answers it")
                 break
             answered += 1
             self._parser.message_consumed()  # as aiohttp does for each message it takes
+            if was_between and self._between_requests:  # these bytes were this one request, whole
+                self._last_bytes, self._last_poll = data, poll
         if not answered:
             return result
-        return (list(messages)[answered:], *result[1:])
+        return messages[answered:], result[1], result[2]
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._parser, name)
+
+
+class _Protocol(web.RequestHandler):
+    """aiohttp's protocol for one connection, offering each read to the fast path's replay first."""
+
+    __slots__ = ()
+
+    def __init__(self, manager: _Server, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        fast_path = manager.fast_path
+        if fast_path is None:
+            return
+        if not all(hasattr(self, name) for name in _PROTOCOL_ATTRIBUTES):
+            log.warning("this aiohttp's protocol lacks what server.fast_path needs; cached polls take the "
+                        "ordinary path")
+            manager.fast_path = None
+            return
+        self._parser = _Parser(self._parser, self, fast_path)
+
+    def data_received(self, data: bytes) -> None:
+        parser = self._parser
+        if data and type(parser) is _Parser and parser.replay(data):
+            return
+        super().data_received(data)
 
 
 class _Server(web.Server):
     fast_path: FastPath | None = None
 
     def __call__(self) -> web.RequestHandler:
-        protocol = super().__call__()
-        if self.fast_path is not None and not self.fast_path.install(protocol):
-            log.warning("this aiohttp's protocol lacks what server.fast_path needs; cached polls take the "
-                        "ordinary path")
-            self.fast_path = None
-        return protocol
+        return _Protocol(self, loop=self._loop, **self._kwargs)
 
 
 class FastPathRunner(web.AppRunner):

@@ -45,6 +45,10 @@ class Quota:
         """The RateLimit-Policy and RateLimit values (what :meth:`headers` holds, without the dict)."""
         return _policy(self.limit), _state(self.remaining, self.reset_seconds)
 
+    def header_lines(self) -> str:
+        """The same two fields as HTTP header lines, each ending in CRLF (for :mod:`server.fast_path`)."""
+        return _header_lines(self.limit, self.remaining, self.reset_seconds)
+
 
 @lru_cache(maxsize=256)
 def _policy(limit: int) -> str:
@@ -54,6 +58,11 @@ def _policy(limit: int) -> str:
 @lru_cache(maxsize=1024)
 def _state(remaining: int, reset_seconds: int) -> str:
     return f'"partner";r={remaining};t={reset_seconds}'
+
+
+@lru_cache(maxsize=1024)
+def _header_lines(limit: int, remaining: int, reset_seconds: int) -> str:
+    return f"RateLimit-Policy: {_policy(limit)}\r\nRateLimit: {_state(remaining, reset_seconds)}\r\n"
 
 
 class RateLimiter:

@@ -65,6 +65,10 @@ def fast_answers(client) -> int:
     return client.server.app[METRICS].http.fast_answers
 
 
+def replayed(client) -> int:
+    return client.server.runner.server.fast_path.replayed
+
+
 def fixed(headers: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in headers.items() if k not in PER_REQUEST}
 
@@ -236,3 +240,58 @@ async def test_a_key_in_the_query_a_since_page_and_the_public_feed(polling):
         assert status == 200 and headers["cache-control"].startswith("public")
         assert "ratelimit" not in headers
     assert fast_answers(client) == before + 3
+
+
+async def test_a_repeated_poll_is_answered_unparsed_and_still_checked_afresh(polling, seed_v2):
+    client, key, connection = polling
+    raw = request("/feeds/latest/json", {"X-API-Key": key, "Accept-Encoding": "gzip"})
+    answers = []
+    for _ in range(4):
+        await connection.send(raw)
+        answers.append(await connection.response())
+    assert replayed(client) >= 2 and len({a[2] for a in answers}) == 1
+    assert len({a[1]["x-request-id"] for a in answers}) == 4
+
+    await publish(client, seed_v2)  # the page in memory is now stale: a replay must not serve it
+    before = replayed(client)
+    await connection.send(raw)
+    status, _headers, body = await connection.response()
+    assert status == 200 and orjson.loads(gzip.decompress(body))["items"][0]["_syndicate"]["version"] == 2
+    await connection.send(raw)
+    assert (await connection.response())[2] == body
+    await connection.send(raw)
+    assert (await connection.response())[2] == body and replayed(client) >= before + 1
+
+    # The same bytes behind a partial request are not the same request: the parser judges them.
+    before = replayed(client)
+    await connection.send(b"GET /feeds/latest/json HTTP/1.1\r\nX-Partial: yes")
+    await asyncio.sleep(0.01)
+    await connection.send(raw)
+    status, headers, _body = await connection.response()
+    assert replayed(client) == before
+    assert status == 400 or (status == 200 and "x-partial" not in headers)
+
+
+async def test_a_repeated_poll_after_revocation_and_with_a_spent_quota_gets_the_routes_refusal(client, seed_v1):
+    await publish(client, seed_v1)
+    key = await partner_key(client, "slow", rate_limit=4)
+    await room_in_rate_window()
+    connection = await Connection.open(client)
+    try:
+        raw = request("/feeds/latest/atom", {"X-API-Key": key})
+        statuses = []
+        for _ in range(5):
+            await connection.send(raw)
+            statuses.append((await connection.response())[0])
+        assert statuses == [200, 200, 200, 200, 429] and replayed(client) >= 2
+        other = await partner_key(client, "other")
+        raw = request("/feeds/latest/atom", {"X-API-Key": other})
+        for _ in range(3):
+            await connection.send(raw)
+            assert (await connection.response())[0] == 200
+        key_id = other.split("_")[1]
+        assert (await client.delete(f"/api/partners/other/keys/{key_id}", headers=ADMIN)).status in (200, 204)
+        await connection.send(raw)
+        assert (await connection.response())[0] == 401
+    finally:
+        connection.close()
