@@ -11,8 +11,8 @@ memory; every other request goes on to aiohttp and its route, unchanged.
 Answered here, only when all of these hold (anything else, including every refusal, is left to the
 route, so each error has one answer and one place that makes it):
 
-- an HTTP/1.1 keep-alive ``GET /feeds/{name}/{format}`` with no body, no percent-encoding, and a
-  query of at most ``key`` and ``since``;
+- an HTTP/1.1 keep-alive ``GET /feeds/{name}/{format}`` with no body, no ``Upgrade``, no
+  percent-encoding, and a query of at most ``key`` and ``since``;
 - the connection has nothing else in progress or queued (pipelined answers stay in order) and nothing
   waiting to be written (a client that does not read is left to aiohttp's flow control);
 - :meth:`AccessControl.remembered_grant <server.access.AccessControl.remembered_grant>` lets it in
@@ -98,7 +98,8 @@ class FastPath:
         """The poll a parsed request is, if it is one the fast path may answer; None leaves it to aiohttp."""
         target: str = message.path
         if message.method != "GET" or not target.startswith("/feeds/") or message.should_close \
-                or message.version != HttpVersion11 or payload is not EMPTY_PAYLOAD or "%" in target:
+                or message.upgrade or message.version != HttpVersion11 or payload is not EMPTY_PAYLOAD \
+                or "%" in target:
             return None
         path, _, query_string = target.partition("?")
         parts = path.split("/")
@@ -227,7 +228,7 @@ class _Parser:
         idle = waiter is not None and not waiter.done() and not protocol._messages
         self._between_requests = idle and len(messages) == 1 and not result[1] \
             and messages[0][1] is EMPTY_PAYLOAD and data.endswith(_END_OF_HEAD)
-        if not idle:
+        if not idle or result[1]:  # an upgrade: aiohttp must see the request it switches protocols after
             return result
         answered = 0
         fast_path = self._fast_path

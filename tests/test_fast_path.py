@@ -231,6 +231,13 @@ async def test_a_key_in_the_query_a_since_page_and_the_public_feed(polling):
         assert status == 200 and len(orjson.loads(page)["items"]) == 1
     status, headers, _body = await connection.get(f"/feeds/latest/atom?key={key}")
     assert status == 200 and fast_answers(client) == before + 2
+    # A request asking to switch protocols is aiohttp's, and the connection goes on working after it.
+    status, _headers, _body = await connection.get(f"/feeds/latest/atom?key={key}",
+                                                   {"Connection": "Upgrade", "Upgrade": "h2c"})
+    assert status == 200 and fast_answers(client) == before + 2
+    assert (await connection.get(f"/feeds/latest/atom?key={key}"))[0] == 200
+    assert fast_answers(client) == before + 3
+    before += 1
     # An unknown query parameter is the route's to judge (it ignores it).
     assert (await connection.get(f"/feeds/latest/atom?key={key}&utm_source=x"))[0] == 200
     assert fast_answers(client) == before + 2
