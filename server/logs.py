@@ -36,6 +36,10 @@ _KEY_IN_URL = re.compile(
     r"(?i)((?:^|(?<=[?&;\s\"'/])|%3F|%26)(?:key|api[_-]?key)(?:=|%3D))(?:%(?!26)[0-9A-Fa-f]{2}|[^&\s\"'#%,])+")
 # A partner key anywhere (pasted into a path, a header echoed in an error): its id is kept, not its secret.
 _PARTNER_KEY = re.compile(re.escape(KEY_PREFIX) + r"([0-9a-f]{8})_[A-Za-z0-9_-]{16,}")
+# Any bearer credential echoed in a message (aiohttp's 400 for a malformed request quotes the raw
+# header): the admin and publisher tokens have no prefix of their own to recognise them by.
+# (A partner key there has already lost its secret and keeps its id, as everywhere else.)
+_BEARER = re.compile(r"(?i)(bearer\s+)(?!" + re.escape(KEY_PREFIX) + r"[0-9a-f]{8}_\[redacted\])[A-Za-z0-9._~+/=-]+")
 _STANDARD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
 
@@ -56,11 +60,14 @@ def note_partner(name: str) -> None:
 
 
 def redact(text: str) -> str:
-    """``key=<anything>`` becomes ``key=[redacted]`` (in plain and percent-encoded query strings), and a
-    partner key anywhere else ``syn_<key id>_[redacted]``."""
+    """``key=<anything>`` becomes ``key=[redacted]`` (in plain and percent-encoded query strings), a
+    partner key anywhere else ``syn_<key id>_[redacted]``, and ``Bearer <anything>`` ``Bearer [redacted]``."""
     if KEY_PREFIX in text:
         text = _PARTNER_KEY.sub(KEY_PREFIX + r"\1_[redacted]", text)
-    if "key" not in text.lower():
+    lowered = text.lower()
+    if "bearer" in lowered:
+        text = _BEARER.sub(r"\1[redacted]", text)
+    if "key" not in lowered:
         return text
     return _KEY_IN_URL.sub(r"\1[redacted]", text)
 
