@@ -11,16 +11,18 @@ memory; every other request goes on to aiohttp and its route, unchanged.
 Answered here, only when all of these hold (anything else, including every refusal, is left to the
 route, so each error has one answer and one place that makes it):
 
-- an HTTP/1.1 keep-alive ``GET /feeds/{name}/{format}`` with no body, no ``Upgrade``, no
-  percent-encoding, and a query of at most ``key`` and ``since``;
-- the connection has nothing else in progress or queued (pipelined answers stay in order) and nothing
-  waiting to be written (a client that does not read is left to aiohttp's flow control);
+- an HTTP/1.1 keep-alive ``GET /feeds/{name}/{format}`` with no body, no ``Upgrade``, no ``Expect``,
+  no percent-encoding, and a query of at most ``key`` and ``since``;
+- the connection has nothing else in progress or queued (pipelined answers stay in order), nothing
+  waiting to be written (a client that does not read is left to aiohttp's flow control), and fewer
+  pipelined requests in one read than aiohttp's queue holds (past that its parser pauses, and only
+  aiohttp resumes it);
 - :meth:`AccessControl.remembered_grant <server.access.AccessControl.remembered_grant>` lets it in
   from memory (a key accepted before, entitled, within its quota; or no key on a public feed);
 - the page is current in this process's memory (:meth:`FeedCache.hit <server.feed_cache.FeedCache.hit>`),
   and the request has no ``If-Modified-Since`` without ``If-None-Match``.
 
-The answer is the route's: the same header lines (:class:`server.http_caching.ResponseHead`), the
+The answer (200, 304, or 204 for an empty page) is the route's: the same header lines (:class:`server.http_caching.ResponseHead`), the
 quota charge with its ``RateLimit`` headers and the poll-ledger line
 (:meth:`AccessControl.settle <server.access.AccessControl.settle>`), the request metrics and the access
 line, and an ``X-Request-Id``. ``tests/test_fast_path.py`` checks both paths give the same answers.
@@ -63,7 +65,8 @@ log = logging.getLogger(__name__)
 
 # What the fast path reads or sets on aiohttp's RequestHandler (all set in its __init__).
 _PROTOCOL_ATTRIBUTES = ("_parser", "_waiter", "_messages", "_loop", "_keepalive_timeout",
-                        "_next_keepalive_close_time", "_close", "_force_close", "_upgraded", "_payload_parser")
+                        "_next_keepalive_close_time", "_close", "_force_close", "_upgraded", "_payload_parser",
+                        "_max_msg_queue_size")
 _QUERY_NAMES = frozenset({"key", "since"})
 _END_OF_HEAD = b"\r\n\r\n"
 
@@ -120,8 +123,8 @@ class FastPath:
                 since = int(raw_since)
         headers = message.headers
         if_none_match = headers.get("If-None-Match")
-        if if_none_match is None and "If-Modified-Since" in headers:
-            return None
+        if (if_none_match is None and "If-Modified-Since" in headers) or "Expect" in headers:
+            return None  # the route judges dates, and answers Expect (100 Continue, or 417)
         try:
             presented = presented_key(headers, query_key)
         except Problem:
@@ -145,33 +148,44 @@ class FastPath:
             return False
         head = response_head(rendered, choose_coding(poll.accept_encoding, rendered.bodies),
                              cache_control(feed, grant, self.max_age))
-        if not head.body:
-            return False  # an empty page is a 204: the route's
         if_none_match = poll.if_none_match
-        status = 304 if if_none_match is not None and etag_matches(if_none_match, head.etag) else 200
-
-        request_id = request_id_for(poll.request_id)
-        quota = access.settle(grant, status, head.etag, if_none_match or "",
-                              len(head.body) if status == 200 else 0, feed.name, fmt,
-                              rendered.render_id, rendered.manifest)
-        quota_lines = "" if quota is None else quota.header_lines()
-        per_request = f"{quota_lines}{REQUEST_ID_HEADER}: {request_id}\r\n\r\n".encode()
-        header_bytes = b"".join((head.wire_200 if status == 200 else head.wire_304, self._date(), per_request))
-        if status == 304:
-            transport.write(header_bytes)
-        elif self.zero_copy:
-            transport.writelines((header_bytes, head.body))
+        if not head.body:
+            status, wire = 204, head.wire_204  # an empty page (the route answers it before any condition)
+        elif if_none_match is not None and etag_matches(if_none_match, head.etag):
+            status, wire = 304, head.wire_304
         else:
-            transport.write(header_bytes)
-            transport.write(head.body)
-        protocol._next_keepalive_close_time = protocol._loop.time() + protocol._keepalive_timeout
-
-        elapsed = perf_counter() - started
-        counts = self.counts
-        counts.observe("GET", FEED_ROUTE, status, elapsed, True)
-        counts.fast_answers += 1
-        access_line(request_id, grant.partner.name if grant.partner else None, "GET", FEED_ROUTE, poll.target,
-                    status, elapsed)
+            status, wire = 200, head.wire_200
+        request_id = request_id_for(poll.request_id)
+        date = self._date()
+        written = False
+        try:
+            # From the charge on, the request is this path's: a failure after it must not let aiohttp
+            # charge, record or (after the write) answer it a second time.
+            quota = access.settle(grant, status, head.etag, if_none_match or "",
+                                  len(head.body) if status == 200 else 0, feed.name, fmt,
+                                  rendered.render_id, rendered.manifest)
+            quota_lines = "" if quota is None else quota.header_lines()
+            header_bytes = b"".join((wire, date, f"{quota_lines}{REQUEST_ID_HEADER}: {request_id}\r\n\r\n".encode()))
+            if status != 200:
+                transport.write(header_bytes)
+            elif self.zero_copy:
+                transport.writelines((header_bytes, head.body))
+            else:
+                transport.write(header_bytes)
+                transport.write(head.body)
+            written = True
+            protocol._next_keepalive_close_time = protocol._loop.time() + protocol._keepalive_timeout
+            elapsed = perf_counter() - started
+            counts = self.counts
+            counts.observe("GET", FEED_ROUTE, status, elapsed, True)
+            counts.fast_answers += 1
+            access_line(request_id, grant.partner.name if grant.partner else None, "GET", FEED_ROUTE, poll.target,
+                        status, elapsed)
+        except Exception:
+            log.exception("the fast path failed while answering a poll; %s", "it was answered" if written
+                          else "the connection is closed, as the request was half handled")
+            if not written:
+                transport.close()
         return True
 
     def _date(self) -> bytes:
@@ -228,7 +242,10 @@ class _Parser:
         idle = waiter is not None and not waiter.done() and not protocol._messages
         self._between_requests = idle and len(messages) == 1 and not result[1] \
             and messages[0][1] is EMPTY_PAYLOAD and data.endswith(_END_OF_HEAD)
-        if not idle or result[1]:  # an upgrade: aiohttp must see the request it switches protocols after
+        if not idle or result[1] or len(messages) >= protocol._max_msg_queue_size:
+            # An upgrade: aiohttp must see the request it switches protocols after. A full queue's worth
+            # of pipelined requests: the parser has paused on the rest, and only aiohttp, draining its
+            # queue, resumes it.
             return result
         answered = 0
         fast_path = self._fast_path

@@ -97,7 +97,8 @@ class ResponseHead:
     """What every answer with one representation, coding and Cache-Control carries: made once per
     representation, since every hit on a cached feed sends the same (aiohttp copies the header maps into
     each response). ``wire_200``/``wire_304`` are the same answers' status line and fixed header lines,
-    serialised, for :mod:`server.fast_path` (which adds the per-request lines and the blank line)."""
+    serialised, for :mod:`server.fast_path` (which adds the per-request lines and the blank line);
+    ``wire_204`` for an empty page, which has no body to send."""
 
     etag: str
     body: bytes
@@ -105,6 +106,7 @@ class ResponseHead:
     headers_200: CIMultiDict[str]
     wire_200: bytes
     wire_304: bytes
+    wire_204: bytes
 
 
 def response_head(representation: Representation, coding: str, cache_control: str) -> ResponseHead:
@@ -131,7 +133,8 @@ def _head(representation: Representation, coding: str, cache_control: str) -> Re
     body = representation.bodies[coding]
     wire_200 = _serialise("200 OK", {**with_body, "Content-Length": str(len(body)), "Server": SERVER_SOFTWARE})
     wire_304 = _serialise("304 Not Modified", {**headers, "Server": SERVER_SOFTWARE})
-    return ResponseHead(representation.etags[coding], body, headers, with_body, wire_200, wire_304)
+    wire_204 = _serialise("204 No Content", {**headers, "Server": SERVER_SOFTWARE})
+    return ResponseHead(representation.etags[coding], body, headers, with_body, wire_200, wire_304, wire_204)
 
 
 def _serialise(status: str, headers: dict[str, str]) -> bytes:

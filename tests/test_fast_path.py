@@ -302,3 +302,57 @@ async def test_a_repeated_poll_after_revocation_and_with_a_spent_quota_gets_the_
         assert (await connection.response())[0] == 401
     finally:
         connection.close()
+
+
+async def test_a_long_pipelined_batch_is_answered_whole(polling):
+    """Past aiohttp's queue size its parser pauses on the rest of a read, and only aiohttp resumes it."""
+    client, key, connection = polling
+    status, headers, _body = await connection.get("/feeds/latest/atom", {"X-API-Key": key})
+    poll = request("/feeds/latest/atom", {"X-API-Key": key, "If-None-Match": headers["etag"]})
+    for count in (5, 40, 100):
+        await connection.send(poll * count)
+        statuses = [(await connection.response())[0] for _ in range(count)]
+        assert statuses == [304] * count
+    assert (await connection.get("/feeds/latest/atom", {"X-API-Key": key}))[0] == 200
+
+
+async def test_expect_is_answered_by_the_route(polling):
+    client, key, connection = polling
+    before = fast_answers(client)
+    status, headers, _body = await connection.get("/feeds/latest/atom", {"X-API-Key": key, "Expect": "bogus"})
+    assert status == 417 and fast_answers(client) == before
+    await connection.send(request("/feeds/latest/atom", {"X-API-Key": key, "Expect": "100-continue"}))
+    interim = await asyncio.wait_for(connection.reader.readuntil(b"\r\n\r\n"), 10)
+    assert interim.startswith(b"HTTP/1.1 100 Continue")
+    assert (await connection.response())[0] == 200 and fast_answers(client) == before
+
+
+async def test_an_empty_page_is_a_204_from_either_path_counted_once(polling):
+    client, key, connection = polling
+    status, headers, _body = await connection.get("/feeds/latest/newsml", {"X-API-Key": key})
+    cursor = headers["link"].split("since=")[1].split(">")[0]
+    target = f"/feeds/latest/newsml?since={cursor}"  # nothing after the head: no valid NewsML-G2 page
+    assert (await connection.get(target, {"X-API-Key": key}))[0] == 204
+    counts = client.server.app[METRICS].http
+    hits, before = counts.cache_results["memory_hit"], fast_answers(client)
+    fast = await connection.get(target, {"X-API-Key": key})
+    assert fast[0] == 204 and fast[2] == b"" and fast_answers(client) == before + 1
+    assert counts.cache_results["memory_hit"] == hits + 1
+    route = await connection.get(target, {"X-API-Key": key, "Connection": "close"})
+    assert route[0] == 204 and fixed(fast[1]) == {k: v for k, v in fixed(route[1]).items() if k != "connection"}
+
+
+async def test_a_failure_after_the_answer_is_written_does_not_answer_twice(polling, monkeypatch):
+    client, key, connection = polling
+    import server.fast_path
+
+    def broken_access_line(*_args):
+        raise RuntimeError("the access line failed")
+
+    monkeypatch.setattr(server.fast_path, "access_line", broken_access_line)
+    status, _headers, body = await connection.get("/feeds/latest/atom", {"X-API-Key": key})
+    assert status == 200 and body.rstrip().endswith(b"</feed>")
+    monkeypatch.undo()
+    # Nothing else was sent on the connection: the next answer is the next request's.
+    status, headers, _body = await connection.get("/feeds/headlines/rss")
+    assert status == 200 and headers["content-type"].startswith("application/rss+xml")
