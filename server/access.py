@@ -152,13 +152,13 @@ class AccessControl:
             self.ledger.record(partner.name, grant.key_id, feed, fmt or "ninjs", status, size, render_id, manifest)
         return quota
 
-    def remembered_grant(self, presented: str | None, feed: FeedDefinition, fmt: str) -> Grant | None:
+    def remembered_grant(self, presented: str | None, feed: FeedDefinition, fmt: str, address: str) -> Grant | None:
         """The grant :meth:`authorise` would give a feed request presenting ``presented`` (see
-        :func:`presented_key`), when it can be told from memory alone and without a side effect: no key
-        on a public feed, or a key this table has accepted before, entitled and within its quota, while
-        no address is being throttled. None means "ask :meth:`authorise`", which also gives every
-        refusal its answer."""
-        if self._failures:
+        :func:`presented_key`) from ``address``, when it can be told from memory alone and without a
+        side effect: no key on a public feed, or a key this table has accepted before, entitled and
+        within its quota, from an address not being throttled. None means "ask :meth:`authorise`",
+        which also gives every refusal its answer."""
+        if address in self._failures and self._throttled(address):
             return None
         if presented is None:
             return Grant(None, None, None) if feed.public else None
@@ -170,6 +170,10 @@ class AccessControl:
             return None
         quota = self.limiter.check(partner.name, partner.rate_limit or self.default_rate_limit)
         return Grant(partner, key.key_id, quota) if quota.allowed else None
+
+    def _throttled(self, address: str) -> bool:
+        seen_minute, failures = self._failures.get(address, (0, 0))
+        return seen_minute == int(time.time() // 60) and failures >= FAILED_ATTEMPTS_PER_MINUTE
 
     def _check_not_throttled(self, address: str) -> None:
         minute = int(time.time() // 60)

@@ -18,7 +18,8 @@ route, so each error has one answer and one place that makes it):
   pipelined requests in one read than aiohttp's queue holds (past that its parser pauses, and only
   aiohttp resumes it);
 - :meth:`AccessControl.remembered_grant <server.access.AccessControl.remembered_grant>` lets it in
-  from memory (a key accepted before, entitled, within its quota; or no key on a public feed);
+  from memory (a key accepted before, entitled, within its quota, from an address the brute-force
+  throttle is not refusing; or no key on a public feed);
 - the page is current in this process's memory (:meth:`FeedCache.hit <server.feed_cache.FeedCache.hit>`),
   and the request has no ``If-Modified-Since`` without ``If-None-Match``.
 
@@ -83,6 +84,7 @@ class Poll:
     accept_encoding: str
     if_none_match: str | None
     request_id: str | None  # the client's own X-Request-Id, if it sent one
+    address: str  # the client's, as aiohttp's request.remote gives it (for the brute-force throttle)
 
 
 class FastPath:
@@ -97,7 +99,7 @@ class FastPath:
         self._date_second = -1
         self._date_line = b""
 
-    def read(self, message: Any, payload: Any) -> Poll | None:
+    def read(self, message: Any, payload: Any, address: str) -> Poll | None:
         """The poll a parsed request is, if it is one the fast path may answer; None leaves it to aiohttp."""
         target: str = message.path
         if message.method != "GET" or not target.startswith("/feeds/") or message.should_close \
@@ -130,7 +132,7 @@ class FastPath:
         except Problem:
             return None
         return Poll(target, feed, fmt, page_name(since), presented, headers.get("Accept-Encoding", ""),
-                    if_none_match, headers.get(REQUEST_ID_HEADER))
+                    if_none_match, headers.get(REQUEST_ID_HEADER), address)
 
     def answer(self, protocol: Any, poll: Poll) -> bool:
         """Answer a poll now, if memory allows; False leaves the request to aiohttp, with nothing done."""
@@ -140,7 +142,7 @@ class FastPath:
             return False
         feed, fmt = poll.feed, poll.fmt
         access = self.access
-        grant = access.remembered_grant(poll.presented, feed, fmt)
+        grant = access.remembered_grant(poll.presented, feed, fmt, poll.address)
         if grant is None:
             return False
         rendered = self.cache.hit(feed, fmt, poll.page, grant.variant)
@@ -249,9 +251,10 @@ class _Parser:
             return result
         answered = 0
         fast_path = self._fast_path
+        address = _address(protocol)
         for message, payload in messages:
             try:
-                poll = fast_path.read(message, payload)
+                poll = fast_path.read(message, payload, address)
                 if poll is None or not fast_path.answer(protocol, poll):
                     break
             except Exception:
@@ -267,6 +270,14 @@ class _Parser:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._parser, name)
+
+
+def _address(protocol: Any) -> str:
+    """The client's address as the route sees it (``request.remote or "unknown"``)."""
+    peername = protocol.peername
+    if peername is None:
+        return "unknown"
+    return (str(peername[0]) if isinstance(peername, (list, tuple)) else str(peername)) or "unknown"
 
 
 class _Protocol(web.RequestHandler):

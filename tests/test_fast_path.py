@@ -356,3 +356,15 @@ async def test_a_failure_after_the_answer_is_written_does_not_answer_twice(polli
     # Nothing else was sent on the connection: the next answer is the next request's.
     status, headers, _body = await connection.get("/feeds/headlines/rss")
     assert status == 200 and headers["content-type"].startswith("application/rss+xml")
+
+
+async def test_failed_key_attempts_below_the_throttle_leave_the_fast_path_on(polling):
+    """Only an address being throttled is refused (by the route: 429); a stray bad key elsewhere, or a
+    few here, must not send every partner's polls the slow way."""
+    client, key, connection = polling
+    for _ in range(3):
+        assert (await connection.get("/feeds/latest/atom", {"X-API-Key": "syn_00000000_" + "x" * 43}))[0] == 401
+    before = fast_answers(client)
+    assert (await connection.get("/feeds/latest/atom", {"X-API-Key": key}))[0] == 200
+    assert (await connection.get("/feeds/latest/atom", {"X-API-Key": key}))[0] == 200
+    assert fast_answers(client) >= before + 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from http.client import HTTPConnection
 
 import http_helpers as http
 import orjson
@@ -62,6 +63,15 @@ async def test_a_change_reaches_the_other_process(redis_url, tmp_path):
             process.wait(20)
 
 
+def fast_answers(port: int, process: subprocess.Popen) -> float:
+    """How many polls ``process`` has answered on the fast path, asked of the process on ``port`` (its
+    own figures are fresh; another process's are as of its last heartbeat)."""
+    status, metrics = http.get(port, "/metrics", {"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert status == 200
+    return sum(float(line.split()[-1]) for line in metrics.decode().splitlines()
+               if line.startswith("syndicate_http_fast_path_answers_total") and f':{process.pid}"' in line)
+
+
 def test_revocation_and_disabling_reach_every_process(redis_url, tmp_path):
     port_a, port_b = free_port(), free_port()
     a = start_server(redis_url, tmp_path / "a", port_a)
@@ -73,15 +83,28 @@ def test_revocation_and_disabling_reach_every_process(redis_url, tmp_path):
         assert status == 201
         created = orjson.loads(body)
         key = {"X-API-Key": created["key"]}
+        # Each process is polled over one kept-alive connection, as a partner's reader does: repeated
+        # polls there are answered on the fast path (server.fast_path), which must see revocations too.
+        pollers = {port: HTTPConnection("127.0.0.1", port, timeout=10) for port in (port_a, port_b)}
 
         def allowed_on(port: int) -> int:
-            return http.get(port, "/feeds/latest/json", key)[0]
+            pollers[port].request("GET", "/feeds/latest/json", headers=key)
+            response = pollers[port].getresponse()
+            response.read()
+            return response.status
 
         assert allowed_on(port_a) == 200
         deadline = time.monotonic() + 5
         while allowed_on(port_b) != 200 and time.monotonic() < deadline:  # B learns of the new partner
             time.sleep(0.01)
         assert allowed_on(port_b) == 200
+        # Poll on until each connection is being answered on the fast path (after an answer from the
+        # route, aiohttp may take the next request too, if it comes before it waits for one).
+        for port, process in ((port_a, a), (port_b, b)):
+            deadline = time.monotonic() + 5
+            while fast_answers(port, process) == 0 and time.monotonic() < deadline:
+                assert allowed_on(port) == 200
+            assert fast_answers(port, process) > 0
 
         status, _ = http.request(port_a, "DELETE", f"/api/partners/acme/keys/{created['key_id']}", None, admin)
         assert status == 200
