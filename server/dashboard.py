@@ -150,7 +150,7 @@ class Dashboard:
         session_id, expires, signature = parts
         if not hmac.compare_digest(self._sign("session", f"{session_id}.{expires}"), signature):
             return None
-        if not expires.isdigit():
+        if not (expires.isascii() and expires.isdigit()):
             return None
         now = time.time() if now is None else now
         if int(expires) <= now:

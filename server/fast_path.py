@@ -120,7 +120,7 @@ class FastPath:
                 return None
             query_key, raw_since = query.get("key"), query.get("since")
             if raw_since is not None:
-                if not raw_since.isdigit() or len(raw_since) > 18:
+                if not (raw_since.isascii() and raw_since.isdigit()) or len(raw_since) > 18:
                     return None
                 since = int(raw_since)
         headers = message.headers

@@ -161,7 +161,7 @@ class AccessLines:
             return
         lines = []
         for created, request_id, partner, method, route, raw_path, status, elapsed in pending:
-            path = _redacted_path(raw_path)
+            path = redact(raw_path)
             latency_ms = round(elapsed * 1000, 2)
             entry: dict[str, Any] = {
                 "timestamp": _timestamp_of(created), "level": "INFO", "logger": access_log.name,
@@ -173,12 +173,6 @@ class AccessLines:
             lines.append(orjson.dumps(entry).decode())
         stream.write("\n".join(lines) + "\n")
         stream.flush()
-
-
-@lru_cache(maxsize=1024)
-def _redacted_path(raw_path: str) -> str:
-    # Cached: pollers send the same few URLs over and over.
-    return redact(raw_path)
 
 
 def _timestamp_of(created: float) -> str:

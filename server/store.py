@@ -542,7 +542,7 @@ def _change(entry_id: str, fields: dict[str, str]) -> Change:
 
 def _parse_cursor(cursor: str) -> tuple[str, str]:
     score, _, article_id = cursor.partition(".")
-    if not score.isdigit() or not article_id:
+    if not (score.isascii() and score.isdigit()) or not article_id:
         raise Problem("cursor is not one this server handed out.", parameter="cursor")
     return score, article_id
 

@@ -118,3 +118,36 @@ async def test_bad_query_and_headers_name_the_parameter(client, seed_v1, redis_u
     wrong_method = await client.patch("/api/articles", headers=AUTH)
     assert wrong_method.status == 405 and wrong_method.content_type == "application/problem+json"
     assert snapshot(redis_url) == before
+
+
+# "²" is a digit to str.isdigit() but not to int(): numbers in requests must be ASCII digits.
+SUPERSCRIPT_TWO = "%C2%B2"
+
+
+async def test_numbers_that_are_not_ascii_digits_are_400s(partner_client, seed_v1, redis_url):
+    client = partner_client
+    created = await client.post("/api/articles", data=orjson.dumps(seed_v1), headers=JSON_HEADERS)
+    article_id = (await created.json())["id"]
+    before = snapshot(redis_url)
+    for path, parameter, headers in [
+        (f"/feeds/latest/atom?since={SUPERSCRIPT_TWO}", "since", {}),
+        (f"/feeds/latest/atom?since={SUPERSCRIPT_TWO}", "since", {"Connection": "close"}),
+        (f"/api/articles?limit={SUPERSCRIPT_TWO}", "limit", AUTH),
+        (f"/api/articles/{article_id}/versions/{SUPERSCRIPT_TWO}", None, AUTH),
+        (f"/items/{article_id}/newsml?version={SUPERSCRIPT_TWO}", "version", {}),
+    ]:
+        response = await client.get(path, headers=headers)
+        assert response.status in (400, 404), (path, response.status)
+        assert response.content_type == "application/problem+json"
+        if parameter:
+            assert (await response.json())["parameter"] == parameter, path
+    stale = await client.put(f"/api/articles/{article_id}", data=orjson.dumps(seed_v1),
+                             headers={**JSON_HEADERS, "If-Match": '"\u00b2"'.encode().decode("latin-1")})
+    assert stale.status == 400
+    assert snapshot(redis_url) == before
+
+
+def test_a_retry_after_that_is_not_ascii_digits_is_ignored():
+    from server.push_worker import _retry_after
+
+    assert _retry_after("\u00b2") is None and _retry_after("7") == 7.0

@@ -105,7 +105,7 @@ async def get_version(request: web.Request) -> web.Response:
     _caller(request)
     article_id = _article_id(request)
     raw_version = request.match_info["version"]
-    if not raw_version.isdigit() or int(raw_version) < 1:
+    if not (raw_version.isascii() and raw_version.isdigit()) or int(raw_version) < 1:
         raise NotFound(f"Versions are whole numbers from 1; {raw_version!r} is not one.")
     raw = await request.app[STORE].revision_json(article_id, int(raw_version))
     return web.Response(body=raw, content_type=JSON, headers={"ETag": f'"{int(raw_version)}"'})
@@ -152,7 +152,7 @@ def _if_match(request: web.Request) -> int | None:
     if header is None:
         return None
     value = header.strip()
-    if value.startswith('"') and value.endswith('"') and value[1:-1].isdigit():
+    if value.startswith('"') and value.endswith('"') and value[1:-1].isascii() and value[1:-1].isdigit():
         return int(value[1:-1])
     raise Problem(f"If-Match must be one strong ETag such as '\"3\"', got {header!r}.", parameter="If-Match")
 
@@ -161,7 +161,7 @@ def _int_param(query: Any, name: str, default: int, low: int, high: int) -> int:
     raw = query.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
         raise Problem(f"{name} must be a whole number from {low} to {high}.", parameter=name)
     return int(raw)
 

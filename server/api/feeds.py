@@ -64,7 +64,7 @@ async def get_item_newsml(request: web.Request) -> web.Response:
     revision = article.latest
     raw_version = request.query.get("version")
     if raw_version is not None:
-        if not raw_version.isdigit() or not 1 <= int(raw_version) <= article.version:
+        if not (raw_version.isascii() and raw_version.isdigit()) or not 1 <= int(raw_version) <= article.version:
             raise Problem(f"version must be a whole number from 1 to {article.version}.", parameter="version")
         if not article.killed:
             revision = await request.app[STORE].revision(article.id, int(raw_version))
@@ -90,7 +90,7 @@ def _since(request: web.Request) -> int | None:
     raw = request.query.get("since")
     if raw is None:
         return None
-    if not raw.isdigit() or len(raw) > 18:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
         raise Problem("since must be the cursor a feed handed out (a whole number).", parameter="since")
     return int(raw)
 

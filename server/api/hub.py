@@ -196,7 +196,7 @@ def _parse_topic(raw: str, base_url: str) -> tuple[str, str | None, str | None, 
 def _lease(raw: object, settings) -> int | None:
     if raw is None or raw == "":
         requested = settings.websub_lease_default
-    elif not isinstance(raw, str) or not raw.isdigit():
+    elif not isinstance(raw, str) or not (raw.isascii() and raw.isdigit()):
         return None
     else:
         requested = int(raw)
