@@ -177,7 +177,8 @@ class AccessControl:
 
     def _check_not_throttled(self, address: str) -> None:
         minute = int(time.time() // 60)
-        if minute != self._failures_minute:  # forget past minutes: with no failures, keys take the fast path
+        # Forget past minutes: with no failures left, authorise skips the full check for remembered keys.
+        if minute != self._failures_minute:
             self._failures = {a: v for a, v in self._failures.items() if v[0] == minute}
             self._failures_minute = minute
         seen_minute, failures = self._failures.get(address, (minute, 0))

@@ -59,6 +59,7 @@ from server.feeds import FORMATS, FeedDefinition
 from server.http_caching import choose_coding, etag_matches, response_head
 from server.logs import REQUEST_ID_HEADER, access_line, request_id_for
 from server.metrics import METRICS
+from server.models import whole_number
 from server.problems import Problem
 from server.state import ACCESS, FEED_CACHE, FEEDS, SETTINGS
 
@@ -120,9 +121,9 @@ class FastPath:
                 return None
             query_key, raw_since = query.get("key"), query.get("since")
             if raw_since is not None:
-                if not (raw_since.isascii() and raw_since.isdigit()) or len(raw_since) > 18:
+                since = whole_number(raw_since)
+                if since is None:
                     return None
-                since = int(raw_since)
         headers = message.headers
         if_none_match = headers.get("If-None-Match")
         if (if_none_match is None and "If-Modified-Since" in headers) or "Expect" in headers:
@@ -187,7 +188,7 @@ class FastPath:
             log.exception("the fast path failed while answering a poll; %s", "it was answered" if written
                           else "the connection is closed, as the request was half handled")
             if not written:
-                transport.close()
+                protocol.force_close()  # also ends aiohttp's request loop: nothing after this is handled
         return True
 
     def _date(self) -> bytes:

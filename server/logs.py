@@ -36,10 +36,14 @@ _KEY_IN_URL = re.compile(
     r"(?i)((?:^|(?<=[?&;\s\"'/])|%3F|%26)(?:key|api[_-]?key)(?:=|%3D))(?:%(?!26)[0-9A-Fa-f]{2}|[^&\s\"'#%,])+")
 # A partner key anywhere (pasted into a path, a header echoed in an error): its id is kept, not its secret.
 _PARTNER_KEY = re.compile(re.escape(KEY_PREFIX) + r"([0-9a-f]{8})_[A-Za-z0-9_-]{16,}")
-# Any bearer credential echoed in a message (aiohttp's 400 for a malformed request quotes the raw
-# header): the admin and publisher tokens have no prefix of their own to recognise them by.
-# (A partner key there has already lost its secret and keeps its id, as everywhere else.)
-_BEARER = re.compile(r"(?i)(bearer\s+)(?!" + re.escape(KEY_PREFIX) + r"[0-9a-f]{8}_\[redacted\])[A-Za-z0-9._~+/=-]+")
+# A request header that carries a secret, quoted whole (aiohttp's 400 for a malformed request quotes the
+# raw header line): its whole value goes. Then any other credential after "Bearer": the admin and
+# publisher tokens have no prefix of their own to recognise them by (a partner key there has already
+# lost its secret and keeps its id, as everywhere else).
+_SECRET_HEADER = re.compile(
+    r"(?i)\b((?:proxy-)?authorization|x-api-key|(?:set-)?cookie)([ \t]*:[ \t]*)[^\r\n'\"\\]+")
+_BEARER = re.compile(
+    r"(?i)\b(bearer[ \t]+)(?!realm=|" + re.escape(KEY_PREFIX) + r"[0-9a-f]{8}_\[redacted\])[^\s'\"\\,]+")
 _STANDARD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
 
@@ -61,10 +65,13 @@ def note_partner(name: str) -> None:
 
 def redact(text: str) -> str:
     """``key=<anything>`` becomes ``key=[redacted]`` (in plain and percent-encoded query strings), a
-    partner key anywhere else ``syn_<key id>_[redacted]``, and ``Bearer <anything>`` ``Bearer [redacted]``."""
+    partner key anywhere else ``syn_<key id>_[redacted]``, the value of a quoted ``Authorization``,
+    ``X-API-Key`` or ``Cookie`` header ``[redacted]``, and ``Bearer <anything>`` ``Bearer [redacted]``."""
     if KEY_PREFIX in text:
         text = _PARTNER_KEY.sub(KEY_PREFIX + r"\1_[redacted]", text)
     lowered = text.lower()
+    if "authorization" in lowered or "api-key" in lowered or "cookie" in lowered:
+        text = _SECRET_HEADER.sub(r"\1\2[redacted]", text)
     if "bearer" in lowered:
         text = _BEARER.sub(r"\1[redacted]", text)
     if "key" not in lowered:

@@ -33,6 +33,14 @@ def is_article_id(value: str) -> bool:
     return len(value) == 16 and all(c in "abcdefghijklmnopqrstuvwxyz234567" for c in value)
 
 
+def whole_number(text: str | None, max_digits: int = 18) -> int | None:
+    """``text`` as a whole number if it is 1 to ``max_digits`` ASCII digits, else None. (``str.isdigit``
+    alone admits digits ``int`` refuses, such as "²", and ``int`` refuses more than 4,300 digits.)"""
+    if text is None or not 0 < len(text) <= max_digits or not (text.isascii() and text.isdigit()):
+        return None
+    return int(text)
+
+
 def utc_now() -> datetime:
     return datetime.now(UTC)
 

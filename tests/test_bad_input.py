@@ -120,29 +120,29 @@ async def test_bad_query_and_headers_name_the_parameter(client, seed_v1, redis_u
     assert snapshot(redis_url) == before
 
 
-# "²" is a digit to str.isdigit() but not to int(): numbers in requests must be ASCII digits.
-SUPERSCRIPT_TWO = "%C2%B2"
-
-
-async def test_numbers_that_are_not_ascii_digits_are_400s(partner_client, seed_v1, redis_url):
+# "²" is a digit to str.isdigit() but not to int(), and int() refuses more than 4,300 digits: numbers
+# in requests must be a few ASCII digits.
+@pytest.mark.parametrize("number", ["%C2%B2", "1" * 4301], ids=["superscript", "4301-digits"])
+async def test_numbers_that_are_not_a_few_ascii_digits_are_400s(partner_client, seed_v1, redis_url, number):
     client = partner_client
     created = await client.post("/api/articles", data=orjson.dumps(seed_v1), headers=JSON_HEADERS)
     article_id = (await created.json())["id"]
     before = snapshot(redis_url)
     for path, parameter, headers in [
-        (f"/feeds/latest/atom?since={SUPERSCRIPT_TWO}", "since", {}),
-        (f"/feeds/latest/atom?since={SUPERSCRIPT_TWO}", "since", {"Connection": "close"}),
-        (f"/api/articles?limit={SUPERSCRIPT_TWO}", "limit", AUTH),
-        (f"/api/articles/{article_id}/versions/{SUPERSCRIPT_TWO}", None, AUTH),
-        (f"/items/{article_id}/newsml?version={SUPERSCRIPT_TWO}", "version", {}),
+        (f"/feeds/latest/atom?since={number}", "since", {}),
+        (f"/feeds/latest/atom?since={number}", "since", {"Connection": "close"}),
+        (f"/api/articles?limit={number}", "limit", AUTH),
+        (f"/api/articles/{article_id}/versions/{number}", None, AUTH),
+        (f"/items/{article_id}/newsml?version={number}", "version", {}),
     ]:
         response = await client.get(path, headers=headers)
         assert response.status in (400, 404), (path, response.status)
         assert response.content_type == "application/problem+json"
         if parameter:
             assert (await response.json())["parameter"] == parameter, path
+    if_match = '"\u00b2"'.encode().decode("latin-1") if number.startswith("%") else f'"{number}"'
     stale = await client.put(f"/api/articles/{article_id}", data=orjson.dumps(seed_v1),
-                             headers={**JSON_HEADERS, "If-Match": '"\u00b2"'.encode().decode("latin-1")})
+                             headers={**JSON_HEADERS, "If-Match": if_match})
     assert stale.status == 400
     assert snapshot(redis_url) == before
 

@@ -7,6 +7,7 @@ in order. Requests go over raw sockets, so which connection carries what is unde
 from __future__ import annotations
 
 import asyncio
+import gc
 import gzip
 
 import orjson
@@ -368,3 +369,41 @@ async def test_failed_key_attempts_below_the_throttle_leave_the_fast_path_on(pol
     assert (await connection.get("/feeds/latest/atom", {"X-API-Key": key}))[0] == 200
     assert (await connection.get("/feeds/latest/atom", {"X-API-Key": key}))[0] == 200
     assert fast_answers(client) >= before + 1
+
+
+async def test_a_failure_before_the_write_closes_the_connection_cleanly(polling, monkeypatch):
+    """A poll that fails after its charge but before its answer is written is not handed to aiohttp
+    (it would be charged twice): the connection is closed, and the requests pipelined behind it die with
+    it, without leaving aiohttp's request loop to crash on a protocol already torn down."""
+    client, key, connection = polling
+    server = client.server.runner.server
+    server.handler_cancellation = False  # as `syndicate serve` runs (aiohttp's test server sets True)
+    crashes = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _loop, context: crashes.append(context))
+    access = server.fast_path.access
+    settle, calls = access.settle, []
+
+    def failing_second_settle(*args, **kwargs):
+        calls.append(args)
+        quota = settle(*args, **kwargs)
+        if len(calls) == 2:
+            raise RuntimeError("failed after the charge")
+        return quota
+
+    try:
+        connection.close()
+        connection = await Connection.open(client)
+        for _ in range(2):  # the second one is answered on the fast path
+            assert (await connection.get("/feeds/latest/atom", {"X-API-Key": key}))[0] == 200
+        monkeypatch.setattr(access, "settle", failing_second_settle)
+        await connection.send(request("/feeds/latest/atom", {"X-API-Key": key}) * 3)
+        assert (await connection.response())[0] == 200
+        assert await asyncio.wait_for(connection.reader.read(), 10) == b""  # then closed
+        await asyncio.sleep(0.2)
+        gc.collect()
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(None)
+        connection.close()
+    assert len(calls) == 2 and not crashes, crashes

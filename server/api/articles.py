@@ -8,7 +8,7 @@ import orjson
 from aiohttp import web
 
 from server.auth import Caller, require_caller
-from server.models import Article, Revision, is_article_id, iso, parse_iso
+from server.models import Article, Revision, is_article_id, iso, parse_iso, whole_number
 from server.ninjs import DocumentError, parse_json_object, read_document
 from server.problems import NotFound, Problem
 from server.state import SETTINGS, STORE, TOKENS
@@ -105,10 +105,11 @@ async def get_version(request: web.Request) -> web.Response:
     _caller(request)
     article_id = _article_id(request)
     raw_version = request.match_info["version"]
-    if not (raw_version.isascii() and raw_version.isdigit()) or int(raw_version) < 1:
+    version = whole_number(raw_version)
+    if version is None or version < 1:
         raise NotFound(f"Versions are whole numbers from 1; {raw_version!r} is not one.")
-    raw = await request.app[STORE].revision_json(article_id, int(raw_version))
-    return web.Response(body=raw, content_type=JSON, headers={"ETag": f'"{int(raw_version)}"'})
+    raw = await request.app[STORE].revision_json(article_id, version)
+    return web.Response(body=raw, content_type=JSON, headers={"ETag": f'"{version}"'})
 
 
 # ----- helpers -------------------------------------------------------------------------------------
@@ -152,8 +153,9 @@ def _if_match(request: web.Request) -> int | None:
     if header is None:
         return None
     value = header.strip()
-    if value.startswith('"') and value.endswith('"') and value[1:-1].isascii() and value[1:-1].isdigit():
-        return int(value[1:-1])
+    version = whole_number(value[1:-1]) if value.startswith('"') and value.endswith('"') else None
+    if version is not None:
+        return version
     raise Problem(f"If-Match must be one strong ETag such as '\"3\"', got {header!r}.", parameter="If-Match")
 
 
@@ -161,9 +163,10 @@ def _int_param(query: Any, name: str, default: int, low: int, high: int) -> int:
     raw = query.get(name)
     if raw is None:
         return default
-    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
+    number = whole_number(raw)
+    if number is None or not low <= number <= high:
         raise Problem(f"{name} must be a whole number from {low} to {high}.", parameter=name)
-    return int(raw)
+    return number
 
 
 def _revision_meta(revision: Revision) -> dict[str, Any]:

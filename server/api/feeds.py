@@ -16,7 +16,7 @@ from server.feed_builder import Representation, in_feed
 from server.feed_cache import page_name
 from server.feeds import FORMATS, FeedDefinition
 from server.http_caching import respond
-from server.models import Article, is_article_id, utc_now
+from server.models import Article, is_article_id, utc_now, whole_number
 from server.problems import NotFound, Problem
 from server.render import NEWSML_MESSAGE_MEDIA_TYPE, FeedView, ItemView, render_newsml_item
 from server.state import ACCESS, FEED_BUILDER, FEED_CACHE, FEEDS, SETTINGS, STORE
@@ -64,10 +64,11 @@ async def get_item_newsml(request: web.Request) -> web.Response:
     revision = article.latest
     raw_version = request.query.get("version")
     if raw_version is not None:
-        if not (raw_version.isascii() and raw_version.isdigit()) or not 1 <= int(raw_version) <= article.version:
+        version = whole_number(raw_version)
+        if version is None or not 1 <= version <= article.version:
             raise Problem(f"version must be a whole number from 1 to {article.version}.", parameter="version")
         if not article.killed:
-            revision = await request.app[STORE].revision(article.id, int(raw_version))
+            revision = await request.app[STORE].revision(article.id, version)
             if revision.document is None:
                 raise Problem(f"Version {raw_version} is no longer kept (only its metadata is); "
                               f"the latest is version {article.version}.", status=410, slug="version-gone")
@@ -90,9 +91,10 @@ def _since(request: web.Request) -> int | None:
     raw = request.query.get("since")
     if raw is None:
         return None
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
+    since = whole_number(raw)
+    if since is None:
         raise Problem("since must be the cursor a feed handed out (a whole number).", parameter="since")
-    return int(raw)
+    return since
 
 
 async def _visible_article(request: web.Request, fmt: str | None) -> tuple[Article, Grant]:

@@ -31,7 +31,7 @@ from server.destinations import (
     subscription_id,
 )
 from server.feeds import FORMATS
-from server.models import utc_now
+from server.models import utc_now, whole_number
 from server.ninjs import DocumentError, parse_json_object
 from server.partners import check_name
 from server.problems import Problem
@@ -196,10 +196,8 @@ def _parse_topic(raw: str, base_url: str) -> tuple[str, str | None, str | None, 
 def _lease(raw: object, settings) -> int | None:
     if raw is None or raw == "":
         requested = settings.websub_lease_default
-    elif not isinstance(raw, str) or not (raw.isascii() and raw.isdigit()):
+    elif not isinstance(raw, str) or (requested := whole_number(raw)) is None:
         return None
-    else:
-        requested = int(raw)
     return max(settings.websub_lease_min, min(requested, settings.websub_lease_max))
 
 
