@@ -34,7 +34,7 @@ from aiohttp import web
 from server import keys, ops
 from server.ledger import PUSH_PREFIX
 from server.middleware import add_get, add_route
-from server.models import parse_iso, utc_now
+from server.models import parse_iso, utc_now, whole_number
 from server.problems import NotFound
 from server.state import OPS, REDIS, SETTINGS, TOKENS
 
@@ -150,12 +150,13 @@ class Dashboard:
         session_id, expires, signature = parts
         if not hmac.compare_digest(self._sign("session", f"{session_id}.{expires}"), signature):
             return None
-        if not (expires.isascii() and expires.isdigit()):
+        expires_at = whole_number(expires)
+        if expires_at is None:
             return None
         now = time.time() if now is None else now
-        if int(expires) <= now:
+        if expires_at <= now:
             return None
-        return Session(session_id, int(expires))
+        return Session(session_id, expires_at)
 
     def csrf_token(self, session: Session) -> str:
         return self._sign("csrf", session.id)

@@ -67,7 +67,7 @@ class Representation:
     etags: dict[str, str]
     last_modified: datetime | None
     links: dict[str, str] = field(default_factory=dict)  # rel -> URL, for the HTTP Link header
-    # Response headers per (coding, Cache-Control), made on first use by server.http_caching.respond.
+    # ResponseHeads per (coding, Cache-Control), made on first use by server.http_caching.response_head.
     heads: dict[tuple[str, str], Any] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     @property
