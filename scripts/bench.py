@@ -69,12 +69,15 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from server.feed_builder import FeedBuilder, Representation  # noqa: E402
-from server.feeds import load_feed_definitions  # noqa: E402
-from server.models import article_id_for_uri, utc_now  # noqa: E402
-from server.ninjs import parse_json_object, read_document  # noqa: E402
-from server.redis_setup import connect  # noqa: E402
-from server.render import (  # noqa: E402
+from server.articles.store import ArticleStore  # noqa: E402
+from server.core.redis_connection import connect  # noqa: E402
+from server.core.settings import Settings  # noqa: E402
+from server.core.values import utc_now  # noqa: E402
+from server.domain.articles import article_id_for_uri  # noqa: E402
+from server.domain.feeds import load_feed_definitions  # noqa: E402
+from server.domain.ninjs import parse_json_object, read_document  # noqa: E402
+from server.feeds.builder import FeedBuilder, Representation  # noqa: E402
+from server.feeds.render import (  # noqa: E402
     FeedView,
     ItemView,
     render_atom,
@@ -82,9 +85,7 @@ from server.render import (  # noqa: E402
     render_newsml_message,
     render_rss,
 )
-from server.render.memo import clear_all as clear_render_memos  # noqa: E402
-from server.settings import Settings  # noqa: E402
-from server.store import ArticleStore  # noqa: E402
+from server.feeds.render.memo import clear_all as clear_render_memos  # noqa: E402
 
 SHARED_ARTICLES = ROOT.parent / "shared" / "fixtures" / "articles"
 ARTICLES = SHARED_ARTICLES if SHARED_ARTICLES.exists() else ROOT / "examples"
@@ -671,8 +672,8 @@ def bench_push_fanout(children: Children, workdir: Path, subscribers: int, artic
     ``articles`` articles published one after another, each once the previous one reached everybody."""
     import redis as redis_sync
 
-    from server.destinations import subscription_id
-    from server.push_worker import delivery_id
+    from server.push.destinations import subscription_id
+    from server.push.worker import delivery_id
 
     redis_port = start_redis(children, workdir, f"redis-push-{tag}")
     port, server = start_server(children, workdir, f"server-push-{tag}", redis_port,

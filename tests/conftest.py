@@ -18,9 +18,9 @@ import pytest
 import redis as redis_sync
 from aiohttp.test_utils import TestServer
 
-from server.app import create_app
-from server.fast_path import FastPathRunner
-from server.settings import PublisherToken, Settings
+from server.core.settings import PublisherToken, Settings
+from server.http.app import create_app
+from server.http.fast_path import FastPathRunner
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
@@ -103,7 +103,7 @@ def settings(redis_url: str, tmp_path: Path) -> Settings:
 
 class FastPathTestServer(TestServer):
     """aiohttp's test server with the runner ``syndicate serve`` uses: cached feed polls on a kept-alive
-    connection are answered by :mod:`server.fast_path`, as in production."""
+    connection are answered by :mod:`server.http.fast_path`, as in production."""
 
     async def _make_runner(self, **kwargs):
         return FastPathRunner(self.app, **kwargs)
@@ -144,7 +144,7 @@ def snapshot(url: str) -> dict[bytes, object]:
 async def room_in_rate_window(seconds: float = 15) -> None:
     """Wait, if need be, for a fresh rate-limit window, so a scenario that counts requests against a
     partner's limit cannot straddle a window boundary (where the count rightly starts again)."""
-    from server.ratelimit import WINDOW_SECONDS
+    from server.partners.ratelimit import WINDOW_SECONDS
 
     left = WINDOW_SECONDS - time.time() % WINDOW_SECONDS
     if left < seconds:
@@ -153,9 +153,9 @@ async def room_in_rate_window(seconds: float = 15) -> None:
 
 async def make_partner(redis_url: str, name: str = "reader", feeds=("*",), formats=("*",), **options) -> str:
     """A partner made straight in Redis (as the CLI does); returns its key."""
-    from server.feeds import load_feed_definitions
-    from server.partners import PartnerStore
-    from server.redis_setup import connect
+    from server.core.redis_connection import connect
+    from server.domain.feeds import load_feed_definitions
+    from server.partners.store import PartnerStore
 
     redis = await connect(redis_url)
     try:

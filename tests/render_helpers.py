@@ -17,8 +17,9 @@ import orjson
 from conftest import ARTICLES, ROOT, SEED_V1, SEED_V2, SHARED  # noqa: F401  (the paths live in conftest)
 from lxml import etree
 
-from server.models import CANCELED, CORRECTION, KILL, NEW, USABLE, Revision, article_id_for_uri, parse_iso
-from server.render import FeedView, ItemView
+from server.core.values import parse_iso
+from server.domain.articles import CANCELED, CORRECTION, KILL, NEW, USABLE, Revision, article_id_for_uri
+from server.feeds.render import FeedView, ItemView
 
 G2_XSD = SHARED / "standards" / "newsml-g2" / "NewsML-G2_2.35-spec-All-Power.xsd"
 
@@ -34,7 +35,7 @@ INGESTED_V2 = datetime(2022, 11, 4, 11, 10, 4, tzinfo=UTC)
 PUBLISHER = "newsroom"
 KILL_REASON = "Legal advice: the figures could not be verified"
 
-# What the server removes on ingest (server/ninjs.py): C0 controls but tab/LF/CR, surrogates, U+FFFE/F.
+# What the server removes on ingest (server/domain/ninjs.py): C0 controls but tab/LF/CR, surrogates, U+FFFE/F.
 _XML_FORBIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 

@@ -7,7 +7,7 @@ import orjson
 import pytest
 from conftest import AUTH, snapshot
 
-from server.models import article_id_for_uri
+from server.domain.articles import article_id_for_uri
 
 JSON_HEADERS = {**AUTH, "Content-Type": "application/json"}
 URI = "https://news.example.com/bad-input"
@@ -148,6 +148,6 @@ async def test_numbers_that_are_not_a_few_ascii_digits_are_400s(partner_client, 
 
 
 def test_a_retry_after_that_is_not_ascii_digits_is_ignored():
-    from server.push_worker import _retry_after
+    from server.push.worker import _retry_after
 
     assert _retry_after("\u00b2") is None and _retry_after("7") == 7.0

@@ -8,8 +8,8 @@ import orjson
 import pytest
 from conftest import SEED_V1, SEED_V2, cli_env, free_port, run_cli
 
-from server.models import article_id_for_uri
-from server.settings import Settings, SettingsError
+from server.core.settings import Settings, SettingsError
+from server.domain.articles import article_id_for_uri
 
 SEED_ID = article_id_for_uri(orjson.loads(SEED_V1.read_bytes())["uri"])
 

@@ -17,14 +17,14 @@ import pytest
 from conftest import ADMIN, ADMIN_TOKEN, AUTH, ROOT, make_partner
 from yarl import URL
 
-from server import keys
-from server.app import create_app
-from server.dashboard import COOKIE, LOGIN_MAX_FAILURES, SESSION_LIFETIME, Dashboard, session_secret
-from server.destinations import DestinationStore, new_webhook
-from server.models import article_id_for_uri
-from server.push_queue import Claim, PushQueue
-from server.push_worker import delivery_id
-from server.redis_setup import connect
+from server.core import keys
+from server.core.redis_connection import connect
+from server.domain.articles import article_id_for_uri
+from server.http.app import create_app
+from server.http.dashboard import COOKIE, LOGIN_MAX_FAILURES, SESSION_LIFETIME, Dashboard, session_secret
+from server.push.destinations import DestinationStore, new_webhook
+from server.push.queue import Claim, PushQueue
+from server.push.worker import delivery_id
 
 JSON_HEADERS = {**AUTH, "Content-Type": "application/json"}
 ADMIN_JSON = {**ADMIN, "Content-Type": "application/json"}

@@ -15,9 +15,9 @@ import pytest
 import redis as redis_sync
 from conftest import ADMIN_TOKEN, PUBLISHER_TOKEN, ROOT, SEED_V1, cli_env, free_port, start_redis
 
-from server.embedded_redis import EmbeddedRedisError, start_embedded_redis
-from server.models import article_id_for_uri
-from server.redis_setup import connect, durability_warnings
+from server.core.embedded_redis import EmbeddedRedisError, start_embedded_redis
+from server.core.redis_connection import connect, durability_warnings
+from server.domain.articles import article_id_for_uri
 
 
 def wait_until(predicate, timeout: float = 20.0, interval: float = 0.05) -> bool:

@@ -1,4 +1,4 @@
-"""The fast path (server.fast_path): cached feed polls on a kept-alive connection are answered beneath
+"""The fast path (server.http.fast_path): cached feed polls on a kept-alive connection are answered beneath
 aiohttp's request handling, and must be answered exactly as the route answers them: the same status,
 body and headers, the same quota charge, ledger line, metrics and access line. Everything the fast path
 does not take (misses, refusals, pipelined requests behind a slow one) still gets the route's answer,
@@ -15,7 +15,7 @@ import pytest
 from conftest import ADMIN, AUTH, room_in_rate_window
 from prometheus_client.parser import text_string_to_metric_families
 
-from server.metrics import METRICS
+from server.http.state import METRICS
 
 JSON_HEADERS = {**AUTH, "Content-Type": "application/json"}
 ADMIN_JSON = {**ADMIN, "Content-Type": "application/json"}
@@ -348,12 +348,12 @@ async def test_an_empty_page_is_a_204_from_either_path_counted_once(polling):
 
 async def test_a_failure_after_the_answer_is_written_does_not_answer_twice(polling, monkeypatch):
     client, key, connection = polling
-    import server.fast_path
+    import server.http.fast_path
 
     def broken_access_line(*_args):
         raise RuntimeError("the access line failed")
 
-    monkeypatch.setattr(server.fast_path, "access_line", broken_access_line)
+    monkeypatch.setattr(server.http.fast_path, "access_line", broken_access_line)
     status, _headers, body = await connection.get("/feeds/latest/atom", {"X-API-Key": key})
     assert status == 200 and body.rstrip().endswith(b"</feed>")
     monkeypatch.undo()

@@ -15,10 +15,10 @@ import redis as redis_sync
 from conftest import AUTH, make_partner
 from render_helpers import newsml_errors, parse_xml
 
-from server.app import create_app
-from server.feeds import FeedDefinitionError, load_feed_definitions
-from server.models import article_id_for_uri
-from server.state import FEED_BUILDER
+from server.domain.articles import article_id_for_uri
+from server.domain.feeds import FeedDefinitionError, load_feed_definitions
+from server.http.app import create_app
+from server.http.state import FEED_BUILDER
 
 JSON_HEADERS = {**AUTH, "Content-Type": "application/json"}
 NAR = "{http://iptc.org/std/nar/2006-10-01/}"
@@ -172,8 +172,8 @@ async def test_since_pages_are_oldest_first_and_chain_without_gaps(partner_clien
 async def test_cursor_outside_the_log_is_410_and_bad_cursor_400(partner_client, settings, seed_v1):
     from datetime import timedelta
 
-    from server.models import utc_now
-    from server.state import STORE
+    from server.core.values import utc_now
+    from server.http.state import STORE
 
     await post(partner_client, seed_v1)
     for n in range(3):
@@ -340,7 +340,7 @@ def test_broken_feed_definitions_name_file_and_field(tmp_path):
 async def test_embargo_lifts_once_into_feeds_and_since_pages(aiohttp_client, settings, redis_url, sync_redis):
     from datetime import timedelta
 
-    from server.models import iso, utc_now
+    from server.core.values import iso, utc_now
 
     key = await make_partner(redis_url)
     first = await aiohttp_client(create_app(settings), headers={"X-API-Key": key})

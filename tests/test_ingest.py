@@ -9,7 +9,7 @@ import orjson
 import pytest
 from conftest import ADMIN, AUTH, snapshot
 
-from server.models import article_id_for_uri, is_article_id
+from server.domain.articles import article_id_for_uri, is_article_id
 
 JSON_HEADERS = {**AUTH, "Content-Type": "application/json"}
 
@@ -144,8 +144,8 @@ async def test_kill_keeps_history_but_no_body(client, seed_v1, seed_v2):
 
 
 async def test_purge_leaves_a_tombstone(client, settings, seed_v1, seed_v2, sync_redis):
-    from server.redis_setup import connect
-    from server.store import ArticleStore
+    from server.articles.store import ArticleStore
+    from server.core.redis_connection import connect
 
     article_id = (await (await post(client, seed_v1)).json())["id"]
     await post(client, seed_v2, "?signal=correction")
@@ -169,9 +169,9 @@ async def test_purge_leaves_a_tombstone(client, settings, seed_v1, seed_v2, sync
 async def test_retention_drops_old_bodies_of_superseded_revisions(settings, client, seed_v1, seed_v2):
     from datetime import timedelta
 
-    from server.models import utc_now
-    from server.redis_setup import connect
-    from server.store import ArticleStore
+    from server.articles.store import ArticleStore
+    from server.core.redis_connection import connect
+    from server.core.values import utc_now
 
     article_id = (await (await post(client, seed_v1)).json())["id"]
     await post(client, seed_v2, "?signal=correction")

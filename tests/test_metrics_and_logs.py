@@ -20,10 +20,11 @@ from conftest import ADMIN, ADMIN_TOKEN, AUTH
 from prometheus_client.parser import text_string_to_metric_families
 from push_helpers import Behaviour, Subscriber, wait_for
 
-from server import keys, logs
-from server.app import create_app
-from server.metrics import METRICS
-from server.middleware import add_get
+from server.core import keys
+from server.http.app import create_app
+from server.http.middleware import add_get
+from server.http.state import METRICS
+from server.observability import logs
 
 JSON_HEADERS = {**AUTH, "Content-Type": "application/json"}
 ADMIN_JSON = {**ADMIN, "Content-Type": "application/json"}
@@ -300,7 +301,7 @@ async def test_json_access_lines_have_request_id_status_partner_and_never_the_ke
     assert access["wrong-method"]["route"] == "(unmatched)" and access["wrong-method"]["status"] == 405
 
     noisy_lines = [e for e in entries if e.get("request_id") == "noisy-1"]
-    assert [e["logger"] for e in noisy_lines] == ["server.test", "server.problems", "syndicate.access"]
+    assert [e["logger"] for e in noisy_lines] == ["server.test", "server.http.problems", "syndicate.access"]
     assert "key=[redacted]" in noisy_lines[0]["message"] and "RuntimeError: boom" in noisy_lines[1]["exc"]
     assert all("partner" not in e for e in noisy_lines)  # no feed access check ran: no partner named
     assert noisy_lines[2]["status"] == 500

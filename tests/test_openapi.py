@@ -25,11 +25,13 @@ from openapi_spec_validator import validate
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from server import keys, models, store
-from server.app import create_app
-from server.destinations import WEBHOOK, WEBHOOK_FORMATS, WEBSUB
-from server.push_safety import parse_networks
-from server.settings import Settings
+from server.articles import store
+from server.core import keys
+from server.core.networks import parse_networks
+from server.core.settings import Settings
+from server.domain import articles as models
+from server.http.app import create_app
+from server.push.destinations import WEBHOOK, WEBHOOK_FORMATS, WEBSUB
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC_PATH = ROOT / "schemas" / "openapi.yaml"
@@ -70,7 +72,7 @@ def described_operations(spec: dict[str, Any]) -> set[tuple[str, str]]:
 
 def test_every_route_of_the_app_is_described(spec):
     missing = sorted(registered_operations() - described_operations(spec))
-    assert not missing, f"routes registered in server/app.py but not in schemas/openapi.yaml: {missing}"
+    assert not missing, f"routes registered in server/http/app.py but not in schemas/openapi.yaml: {missing}"
 
 
 def test_every_described_operation_exists_in_the_app(spec):

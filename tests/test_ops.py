@@ -10,8 +10,8 @@ import orjson
 from aiohttp import web
 from conftest import ADMIN, AUTH, cli_env, free_port, run_cli
 
-from server.app import create_app
-from server.models import article_id_for_uri
+from server.domain.articles import article_id_for_uri
+from server.http.app import create_app
 
 JSON_HEADERS = {**AUTH, "Content-Type": "application/json"}
 ADMIN_JSON = {**ADMIN, "Content-Type": "application/json"}

@@ -12,8 +12,8 @@ import pytest
 import redis as redis_sync
 from conftest import ADMIN, AUTH, cli_env, make_partner, room_in_rate_window, run_cli, snapshot
 
-from server.app import create_app
-from server.models import article_id_for_uri
+from server.domain.articles import article_id_for_uri
+from server.http.app import create_app
 
 JSON_HEADERS = {**AUTH, "Content-Type": "application/json"}
 ADMIN_JSON = {**ADMIN, "Content-Type": "application/json"}
@@ -141,7 +141,7 @@ async def test_the_401_403_matrix(client, seed_v1):
 async def test_expired_key_stops_working(client):
     from datetime import timedelta
 
-    from server.models import iso, utc_now
+    from server.core.values import iso, utc_now
 
     acme = await create_partner(client, name="acme", feeds=["latest"], formats=["atom"],
                                 expires_at=iso(utc_now() + timedelta(seconds=1)))
@@ -287,9 +287,9 @@ def test_partner_cli(redis_url, tmp_path):
 async def test_a_flush_waits_for_one_already_writing(redis_url):
     """The status endpoints flush before they read: a flush that finds the background flush holding
     the lines must wait until they are in Redis, not return at once with nothing to do."""
-    from server.ledger import PollLedger
-    from server.models import utc_now
-    from server.redis_setup import connect
+    from server.core.redis_connection import connect
+    from server.core.values import utc_now
+    from server.partners.ledger import PollLedger
 
     redis = await connect(redis_url)
     writing_pipeline = redis.pipeline

@@ -52,10 +52,12 @@ from push_helpers import (
 )
 from render_helpers import newsml_errors
 
-from server import keys, push_worker
-from server.app import create_app
-from server.models import article_id_for_uri, iso, utc_now
-from server.state import HUB_TASKS
+from server.core import keys
+from server.core.values import iso, utc_now
+from server.domain.articles import article_id_for_uri
+from server.http.app import create_app
+from server.http.state import HUB_TASKS
+from server.push import worker as push_worker
 
 ALLOW_LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
 JSON_HEADERS = {**AUTH, "Content-Type": "application/json"}

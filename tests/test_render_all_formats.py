@@ -34,7 +34,7 @@ from render_helpers import (
     view,
 )
 
-from server.render import (
+from server.feeds.render import (
     render_atom,
     render_atom_entry,
     render_json_feed,

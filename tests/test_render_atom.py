@@ -21,7 +21,7 @@ from render_helpers import (
     view,
 )
 
-from server.render import ATOM_MEDIA_TYPE, render_atom, render_atom_entry
+from server.feeds.render import ATOM_MEDIA_TYPE, render_atom, render_atom_entry
 
 NEXT = "https://feeds.example.org/feeds/world.atom?after=abc"
 PREV = "https://feeds.example.org/feeds/world.atom?before=abc"

@@ -14,8 +14,8 @@ from render_helpers import (
     view,
 )
 
-from server.models import parse_iso
-from server.render import JSON_FEED_MEDIA_TYPE, render_json_feed
+from server.core.values import parse_iso
+from server.feeds.render import JSON_FEED_MEDIA_TYPE, render_json_feed
 
 
 def render(items, **feed_overrides) -> dict:

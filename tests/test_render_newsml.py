@@ -24,7 +24,7 @@ from render_helpers import (
     view,
 )
 
-from server.render import (
+from server.feeds.render import (
     NEWSML_ITEM_MEDIA_TYPE,
     NEWSML_MESSAGE_MEDIA_TYPE,
     EmptyNewsMessageError,

@@ -24,7 +24,7 @@ from render_helpers import (
     view,
 )
 
-from server.render import RSS_MEDIA_TYPE, render_rss
+from server.feeds.render import RSS_MEDIA_TYPE, render_rss
 
 RSS_SELF = "https://feeds.example.org/feeds/world.rss"
 NEXT = RSS_SELF + "?after=abc"

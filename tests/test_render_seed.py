@@ -20,7 +20,13 @@ from render_helpers import (
     view,
 )
 
-from server.render import render_atom, render_json_feed, render_newsml_item, render_newsml_message, render_rss
+from server.feeds.render import (
+    render_atom,
+    render_json_feed,
+    render_newsml_item,
+    render_newsml_message,
+    render_rss,
+)
 
 FORMATS: dict[str, tuple[Callable, Callable[[bytes], list[ReadBack]]]] = {
     "atom": (render_atom, read_atom),

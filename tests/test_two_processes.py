@@ -84,7 +84,7 @@ def test_revocation_and_disabling_reach_every_process(redis_url, tmp_path):
         created = orjson.loads(body)
         key = {"X-API-Key": created["key"]}
         # Each process is polled over one kept-alive connection, as a partner's reader does: repeated
-        # polls there are answered on the fast path (server.fast_path), which must see revocations too.
+        # polls there are answered on the fast path (server.http.fast_path), which must see revocations too.
         pollers = {port: HTTPConnection("127.0.0.1", port, timeout=10) for port in (port_a, port_b)}
 
         def allowed_on(port: int) -> int:
@@ -167,7 +167,7 @@ async def test_a_served_process_sends_whole_bodies_under_concurrent_polls(redis_
 
         with ThreadPoolExecutor(16) as pool:
             assert list(pool.map(poll, range(32))) == [b""] * 32
-        # Most of those polls were kept-alive repeats: answered on the fast path (server.fast_path).
+        # Most of those polls were kept-alive repeats: answered on the fast path (server.http.fast_path).
         status, metrics = http.get(port, "/metrics", {"Authorization": f"Bearer {ADMIN_TOKEN}"})
         fast = [line for line in metrics.decode().splitlines() if line.startswith("syndicate_http_fast_path_answers")]
         assert status == 200 and len(fast) == 1 and float(fast[0].split()[-1]) >= 32 * 5

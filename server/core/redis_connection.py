@@ -1,0 +1,61 @@
+"""Connecting to Redis: the embedded one or ``REDIS_URL``, and checking it can keep our promises.
+
+With an external Redis the server reads its configuration at start-up and warns when an acknowledged
+write might not be on disk (AOF off, or ``appendfsync`` other than ``always``) or when durable keys
+could be evicted (a ``maxmemory-policy`` other than ``noeviction`` or ``volatile-*``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.exceptions import ResponseError
+
+log = logging.getLogger(__name__)
+
+
+MAX_CONNECTIONS = 256
+
+
+async def connect(url: str, *, decode_responses: bool = True, timeout: float = 10.0) -> Redis:
+    # A blocking pool: under a burst (hundreds of pushes in flight) callers wait for a connection
+    # instead of failing with "too many connections".
+    pool = BlockingConnectionPool.from_url(url, decode_responses=decode_responses, health_check_interval=30,
+                                           max_connections=MAX_CONNECTIONS, timeout=20)
+    client = Redis(connection_pool=pool)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            await client.ping()
+            return client
+        except Exception:
+            if loop.time() > deadline:
+                await client.aclose()
+                raise
+            await asyncio.sleep(0.05)
+
+
+async def durability_warnings(client: Redis) -> list[str]:
+    """What this Redis cannot promise, in words an operator can act on (empty when all is well)."""
+    try:
+        config = {}
+        for name in ("appendonly", "appendfsync", "maxmemory-policy"):
+            config.update(await client.config_get(name))
+    except ResponseError:
+        return ["cannot read the Redis configuration (CONFIG is disabled); durability is not verified: "
+                "make sure it runs with appendonly yes, appendfsync always and maxmemory-policy "
+                "noeviction or volatile-lru"]
+    warnings = []
+    if config.get("appendonly") != "yes":
+        warnings.append("Redis has appendonly no: stored articles are lost if Redis restarts; "
+                        "set appendonly yes")
+    elif config.get("appendfsync") != "always":
+        warnings.append(f"Redis has appendfsync {config.get('appendfsync')}: up to a second of acknowledged "
+                        "writes can be lost in a crash; set appendfsync always")
+    policy = config.get("maxmemory-policy") or ""
+    if policy != "noeviction" and not policy.startswith("volatile-"):
+        warnings.append(f"Redis has maxmemory-policy {policy}: it may evict articles; set volatile-lru")
+    return warnings

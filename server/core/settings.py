@@ -1,0 +1,218 @@
+"""Typed settings, read from environment variables in one place.
+
+Every setting is an environment variable (``REDIS_URL`` or ``SYNDICATE_*``); the README's settings
+table lists them all with their defaults. A bad value raises :class:`SettingsError` whose message is one
+line naming the variable, which the CLI prints before exiting non-zero.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from server.core.networks import Network, parse_networks
+
+
+class SettingsError(ValueError):
+    """A setting has a value the server cannot use; the message names the variable."""
+
+
+@dataclass(frozen=True, slots=True)
+class PublisherToken:
+    """A bearer token a CMS uses to ingest; ``name`` is recorded on every revision it creates."""
+
+    name: str
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    redis_url: str | None = None
+    cache_redis_url: str | None = None
+    data_dir: Path = Path("var")
+    host: str = "127.0.0.1"
+    port: int = 8080
+    base_url_setting: str | None = None
+    publisher_tokens: tuple[PublisherToken, ...] = ()
+    admin_token: str | None = None
+    session_secret: str | None = None  # /ops cookies and CSRF; default: derived from admin_token
+    max_body_bytes: int = 2 * 1024 * 1024
+    retention_days: float = 90.0
+    changelog_retention_days: float = 90.0
+    maintenance_interval_seconds: float = 3600.0
+    redis_server_bin: str = "redis-server"
+    feeds_dir: Path = Path("feeds")
+    feed_cache_ttl_seconds: int = 3600
+    feed_max_age_seconds: int = 60
+    kill_visible_days: float = 7.0
+    since_page_limit: int = 100
+    memory_cache_bytes: int = 256 * 1024 * 1024
+    default_rate_limit: int = 600
+    flush_interval_seconds: float = 0.1
+    push_allow_networks: tuple[Network, ...] = ()
+    push_timeout_seconds: float = 10.0
+    push_concurrency_per_destination: int = 4
+    push_give_up_seconds: float = 24 * 3600.0
+    push_lease_seconds: float = 60.0
+    websub_lease_default: int = 10 * 24 * 3600
+    websub_lease_min: int = 60
+    websub_lease_max: int = 30 * 24 * 3600
+    run_workers: bool = True
+    log_level: str = "INFO"
+    log_format: str = "json"
+    heartbeat_seconds: float = 5.0
+
+    @property
+    def base_url(self) -> str:
+        """Public base URL for self links, without a trailing slash."""
+        if self.base_url_setting:
+            return self.base_url_setting.rstrip("/")
+        host = self.host
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    def with_tokens(self, publisher_tokens: tuple[PublisherToken, ...], admin_token: str) -> Settings:
+        return replace(self, publisher_tokens=publisher_tokens, admin_token=admin_token)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        settings = cls(
+            redis_url=_redis_url(env, "REDIS_URL"),
+            cache_redis_url=_redis_url(env, "SYNDICATE_CACHE_REDIS_URL"),
+            data_dir=Path(env.get("SYNDICATE_DATA_DIR") or "var"),
+            host=env.get("SYNDICATE_HOST") or "127.0.0.1",
+            port=_int(env, "SYNDICATE_PORT", 8080, low=1, high=65535),
+            base_url_setting=_base_url(env),
+            publisher_tokens=_publisher_tokens(env),
+            admin_token=_token(env, "SYNDICATE_ADMIN_TOKEN"),
+            session_secret=_token(env, "SYNDICATE_SESSION_SECRET"),
+            max_body_bytes=_int(env, "SYNDICATE_MAX_BODY_BYTES", 2 * 1024 * 1024, low=1024),
+            retention_days=_float(env, "SYNDICATE_RETENTION_DAYS", 90.0, low=0.0),
+            changelog_retention_days=_float(env, "SYNDICATE_CHANGELOG_RETENTION_DAYS", 90.0, low=0.0),
+            maintenance_interval_seconds=_float(env, "SYNDICATE_MAINTENANCE_INTERVAL", 3600.0, low=1.0),
+            redis_server_bin=env.get("SYNDICATE_REDIS_SERVER") or "redis-server",
+            feeds_dir=Path(env.get("SYNDICATE_FEEDS_DIR") or "feeds"),
+            feed_cache_ttl_seconds=_int(env, "SYNDICATE_FEED_CACHE_TTL", 3600, low=1),
+            feed_max_age_seconds=_int(env, "SYNDICATE_FEED_MAX_AGE", 60, low=0),
+            kill_visible_days=_float(env, "SYNDICATE_KILL_VISIBLE_DAYS", 7.0, low=0.0),
+            since_page_limit=_int(env, "SYNDICATE_SINCE_PAGE_LIMIT", 100, low=1, high=1000),
+            memory_cache_bytes=_int(env, "SYNDICATE_MEMORY_CACHE_MB", 256, low=1) * 1024 * 1024,
+            default_rate_limit=_int(env, "SYNDICATE_DEFAULT_RATE_LIMIT", 600, low=1),
+            flush_interval_seconds=_int(env, "SYNDICATE_FLUSH_INTERVAL_MS", 100, low=10, high=100) / 1000,
+            push_allow_networks=_networks(env),
+            push_timeout_seconds=_float(env, "SYNDICATE_PUSH_TIMEOUT", 10.0, low=0.1),
+            push_concurrency_per_destination=_int(env, "SYNDICATE_PUSH_CONCURRENCY", 4, low=1, high=100),
+            push_give_up_seconds=_float(env, "SYNDICATE_PUSH_GIVE_UP_HOURS", 24.0, low=0.0) * 3600,
+            push_lease_seconds=_float(env, "SYNDICATE_PUSH_LEASE_SECONDS", 60.0, low=1.0),
+            websub_lease_default=_int(env, "SYNDICATE_WEBSUB_LEASE_DEFAULT", 10 * 24 * 3600, low=1),
+            websub_lease_min=_int(env, "SYNDICATE_WEBSUB_LEASE_MIN", 60, low=1),
+            websub_lease_max=_int(env, "SYNDICATE_WEBSUB_LEASE_MAX", 30 * 24 * 3600, low=1),
+            run_workers=_choice(env, "SYNDICATE_WORKERS", "ON", ("ON", "OFF")) == "ON",
+            log_level=_choice(env, "SYNDICATE_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
+            log_format=_choice(env, "SYNDICATE_LOG_FORMAT", "JSON", ("JSON", "TEXT")).lower(),
+            heartbeat_seconds=_float(env, "SYNDICATE_HEARTBEAT_SECONDS", 5.0, low=0.1),
+        )
+        if settings.websub_lease_min > settings.websub_lease_max:
+            raise SettingsError("SYNDICATE_WEBSUB_LEASE_MIN: it is larger than SYNDICATE_WEBSUB_LEASE_MAX")
+        return settings
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int | None = None, high: int | None = None) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise SettingsError(f"{name}: expected a whole number, got {raw!r}") from None
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"from {low}" + (f" to {high}" if high is not None else " up")
+        raise SettingsError(f"{name}: {value} is out of range ({bounds})")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, low: float | None = None) -> float:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise SettingsError(f"{name}: expected a number, got {raw!r}") from None
+    if value != value or value in (float("inf"), float("-inf")) or (low is not None and value < low):
+        raise SettingsError(f"{name}: {raw!r} is out of range (a finite number >= {low})")
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = (env.get(name) or default).strip().upper()
+    if raw not in choices:
+        raise SettingsError(f"{name}: expected one of {', '.join(choices)}, got {raw!r}")
+    return raw
+
+
+def _networks(env: Mapping[str, str]) -> tuple[Network, ...]:
+    try:
+        return parse_networks(env.get("SYNDICATE_PUSH_ALLOW_NETWORKS") or "")
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+
+
+def _redis_url(env: Mapping[str, str], name: str) -> str | None:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return None
+    if urlsplit(raw).scheme not in ("redis", "rediss", "unix"):
+        raise SettingsError(f"{name}: expected a redis://, rediss:// or unix:// URL, got scheme of {raw[:20]!r}")
+    return raw
+
+
+def _base_url(env: Mapping[str, str]) -> str | None:
+    raw = (env.get("SYNDICATE_BASE_URL") or "").strip()
+    if not raw:
+        return None
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise SettingsError(f"SYNDICATE_BASE_URL: expected an absolute http(s) URL without query, got {raw!r}")
+    return raw.rstrip("/")
+
+
+def _token(env: Mapping[str, str], name: str) -> str | None:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return None
+    if len(raw) < 16 or any(c.isspace() or c == "," for c in raw):
+        raise SettingsError(f"{name}: a token must be at least 16 characters without spaces or commas")
+    return raw
+
+
+def _publisher_tokens(env: Mapping[str, str]) -> tuple[PublisherToken, ...]:
+    """Parse ``name:token`` pairs (or bare tokens, named ``publisher1``, ``publisher2``... by position)."""
+    name = "SYNDICATE_PUBLISHER_TOKENS"
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return ()
+    tokens: list[PublisherToken] = []
+    for position, entry in enumerate((e.strip() for e in raw.split(",")), start=1):
+        if not entry:
+            raise SettingsError(f"{name}: entry {position} is empty")
+        label, sep, secret = entry.partition(":")
+        if not sep:
+            label, secret = f"publisher{position}", entry
+        label = label.strip()
+        secret = secret.strip()
+        if not label or not all(c.isalnum() or c in "-_." for c in label):
+            raise SettingsError(f"{name}: entry {position} has an invalid name (letters, digits, - _ . only)")
+        if len(secret) < 16 or any(c.isspace() for c in secret):
+            raise SettingsError(f"{name}: the token of {label!r} must be at least 16 characters without spaces")
+        if any(t.name == label for t in tokens):
+            raise SettingsError(f"{name}: the name {label!r} is used twice")
+        tokens.append(PublisherToken(label, secret))
+    return tuple(tokens)

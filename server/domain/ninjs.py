@@ -1,0 +1,278 @@
+"""Reading a CMS's ninjs document: parse, check, clean and normalise it into one internal form.
+
+Accepts IPTC ninjs 3.x (camelCase property names) and 2.x (lowercase), checked against our profile
+(``schemas/ninjs-profile-3.json`` / ``-2.json``: the official IPTC schema plus our own rules). A 2.x
+document is renamed to 3.x names, so the rest of the server sees one shape. Characters XML 1.0 forbids
+are removed (and counted) so that no feed can ever be malformed, and HTML bodies are sanitised with nh3.
+
+Every problem raises :class:`DocumentError`, which names the field as a JSON pointer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import nh3
+import orjson
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
+from referencing import Registry, Resource
+
+SCHEMAS_DIR = Path(__file__).resolve().parents[2] / "schemas"
+MAX_DEPTH = 32
+MAX_REPORTED_ERRORS = 20
+
+# ninjs 2.x property names and their 3.x equivalents (3.0 renamed them to camelCase; ``embargoed``
+# became ``embargoedUntil``). Names that are the same in both are not listed.
+NAMES_2_TO_3 = {
+    "altids": "altIds", "charcount": "charCount", "contactinfo": "contactInfo",
+    "contentcreated": "contentCreated", "contenttype": "contentType", "copyrightholder": "copyrightHolder",
+    "copyrightnotice": "copyrightNotice", "digitalsourcetype": "digitalSourceType", "ednote": "edNote",
+    "embargoed": "embargoedUntil", "encodedrights": "encodedRights", "firstcreated": "firstCreated",
+    "geojson": "geoJSON", "infosources": "infoSources", "langid": "langId", "linkedrights": "linkedRights",
+    "postalcode": "postalCode", "pubstatus": "pubStatus", "representationtype": "representationType",
+    "rightsinfo": "rightsInfo", "sizeinbytes": "sizeInBytes", "symboltype": "symbolType",
+    "trustindicators": "trustIndicators", "usageterms": "usageTerms", "versioncreated": "versionCreated",
+    "wordcount": "wordCount",
+}
+NAMES_3_TO_2 = {v: k for k, v in NAMES_2_TO_3.items()}
+
+# XML 1.0 allows tab, LF, CR, U+0020-U+D7FF, U+E000-U+FFFD and U+10000-U+10FFFF; everything else goes.
+_XML_FORBIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+HTML_CONTENT_TYPES = ("text/html", "application/xhtml+xml", "body_xhtml")
+
+
+class DocumentError(Exception):
+    """The document cannot be accepted. ``errors`` holds ``{"pointer", "detail"}`` dicts."""
+
+    def __init__(self, detail: str, errors: list[dict[str, str]] | None = None, status: int = 400) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.errors = errors or []
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingDocument:
+    """A checked, cleaned ninjs document in 3.x form, ready to be stored as a revision's body."""
+
+    document: dict[str, Any]
+    dialect: str  # "3" or "2": what the CMS sent
+    removed_characters: int
+    content_hash: str
+
+    @property
+    def uri(self) -> str:
+        return str(self.document["uri"])
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """Bytes to a JSON object, or a DocumentError saying exactly what is wrong with them."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DocumentError(f"The body is not valid UTF-8 (byte {exc.start}).") from None
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    try:
+        value = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants)
+    except json.JSONDecodeError as exc:
+        raise DocumentError(f"Malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}.") from None
+    except RecursionError:
+        raise DocumentError(f"The JSON is nested too deeply (at most {MAX_DEPTH} levels).") from None
+    except ValueError as exc:  # raised by the hooks below
+        raise DocumentError(str(exc)) from None
+    if not isinstance(value, dict):
+        raise DocumentError(f"Expected a JSON object (a ninjs document), got {type(value).__name__}.",
+                            [{"pointer": "", "detail": "must be an object"}])
+    _check_depth(value)
+    return value
+
+
+def read_document(value: dict[str, Any]) -> IncomingDocument:
+    """Check a parsed ninjs document against our profile and return it normalised to 3.x."""
+    dialect = detect_dialect(value)
+    cleaned, removed = scrub_xml_forbidden(value)
+    errors = _schema_errors(cleaned, dialect)
+    if errors:
+        first = errors[0]
+        where = first["pointer"] or "the document"
+        raise DocumentError(f"{where}: {first['detail']}", errors, status=422)
+    document = cleaned if dialect == "3" else rename_keys(cleaned, NAMES_2_TO_3)
+    document = sanitise_bodies(document)
+    return IncomingDocument(document, dialect, removed, content_hash(document))
+
+
+def detect_dialect(value: dict[str, Any]) -> str:
+    """"2" when the document uses any 2.x-only (lowercase) name, "3" otherwise; both at once is an error."""
+    names = _all_keys(value)
+    old = sorted(names & NAMES_2_TO_3.keys())
+    new = sorted(names & NAMES_3_TO_2.keys())
+    if old and new:
+        raise DocumentError(
+            f"The document mixes ninjs 2.x names ({', '.join(old[:3])}) with 3.x names ({', '.join(new[:3])}); "
+            "send one version.",
+            [{"pointer": f"/{old[0]}", "detail": "2.x name in a 3.x document"}], status=422)
+    return "2" if old else "3"
+
+
+def scrub_xml_forbidden(value: Any) -> tuple[Any, int]:
+    """Remove characters XML 1.0 forbids from every string (keys too); return the copy and the count."""
+    removed = 0
+
+    def clean(node: Any) -> Any:
+        nonlocal removed
+        if isinstance(node, str):
+            cleaned, count = _XML_FORBIDDEN.subn("", node)
+            removed += count
+            return cleaned
+        if isinstance(node, dict):
+            cleaned_dict = {clean(k): clean(v) for k, v in node.items()}
+            if len(cleaned_dict) != len(node):
+                raise DocumentError("Two keys of one object differ only by characters XML forbids.",
+                                    [{"pointer": "", "detail": "duplicate key after cleaning"}])
+            return cleaned_dict
+        if isinstance(node, list):
+            return [clean(v) for v in node]
+        return node
+
+    return clean(value), removed
+
+
+def rename_keys(value: Any, names: dict[str, str]) -> Any:
+    if isinstance(value, dict):
+        return {names.get(k, k): rename_keys(v, names) for k, v in value.items()}
+    if isinstance(value, list):
+        return [rename_keys(v, names) for v in value]
+    return value
+
+
+def sanitise_html(html: str) -> str:
+    """No script, no event handlers, no ``javascript:`` URLs: nh3's defaults, which allow figure,
+    figcaption and img (the seed article's inline photo)."""
+    return nh3.clean(html)
+
+
+def sanitise_bodies(document: dict[str, Any]) -> dict[str, Any]:
+    bodies = document.get("bodies")
+    if not bodies:
+        return document
+    cleaned = []
+    for body in bodies:
+        if body.get("contentType", "text/html") in HTML_CONTENT_TYPES and isinstance(body.get("value"), str):
+            body = {**body, "value": sanitise_html(body["value"])}
+        cleaned.append(body)
+    return {**document, "bodies": cleaned}
+
+
+def content_hash(document: dict[str, Any]) -> str:
+    """SHA-256 of the canonical JSON (sorted keys) of the normalised document."""
+    return "sha256:" + hashlib.sha256(orjson.dumps(document, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+@cache
+def _validators() -> dict[str, Draft202012Validator]:
+    def load(name: str) -> dict[str, Any]:
+        loaded: dict[str, Any] = json.loads((SCHEMAS_DIR / name).read_text(encoding="utf-8"))
+        return loaded
+
+    registry = Registry().with_resources([
+        ("https://geojson.org/schema/GeoJSON.json", Resource.from_contents(load("iptc/GeoJSON-schema.json"))),
+        ("http://www.iptc.org/std/ninjs/ninjs-schema_3.1.json", Resource.from_contents(load("iptc/ninjs-schema_3.1.json"))),
+        ("http://www.iptc.org/std/ninjs/ninjs-schema_2.2.json", Resource.from_contents(load("iptc/ninjs-schema_2.2.json"))),
+    ])
+    return {
+        dialect: Draft202012Validator(load(f"ninjs-profile-{dialect}.json"), registry=registry,
+                                      format_checker=Draft202012Validator.FORMAT_CHECKER)
+        for dialect in ("3", "2")
+    }
+
+
+def _schema_errors(document: dict[str, Any], dialect: str) -> list[dict[str, str]]:
+    found: dict[tuple[str, str], None] = {}
+    for error in _validators()[dialect].iter_errors(document):
+        for leaf in _leaves(error):
+            found.setdefault((_pointer(leaf), _describe(leaf)), None)
+    ordered = sorted(found, key=lambda item: item[0])
+    return [{"pointer": p, "detail": d} for p, d in ordered[:MAX_REPORTED_ERRORS]]
+
+
+def _leaves(error: ValidationError) -> list[ValidationError]:
+    """The most specific errors under a combinator error (allOf/oneOf), which name real fields."""
+    if not error.context:
+        return [error]
+    deepest = max(len(e.absolute_path) for e in error.context)
+    leaves: list[ValidationError] = []
+    for sub in error.context:
+        if len(sub.absolute_path) == deepest:
+            leaves.extend(_leaves(sub))
+    return leaves
+
+
+def _pointer(error: ValidationError) -> str:
+    parts = [str(p).replace("~", "~0").replace("/", "~1") for p in error.absolute_path]
+    if error.validator in ("unevaluatedProperties", "additionalProperties", "required"):
+        named = re.findall(r"'([^']*)'", error.message)
+        if named:
+            parts.append(named[0])
+    return "/" + "/".join(parts) if parts else ""
+
+
+def _describe(error: ValidationError) -> str:
+    if error.validator in ("unevaluatedProperties", "additionalProperties"):
+        return "unknown field (ninjs does not define it here)"
+    if error.validator == "pattern" and isinstance(error.instance, str):
+        if "T" in error.validator_value or "[Tt ]" in error.validator_value:
+            return f"{error.instance!r} is not a date-time with seconds and a timezone (RFC 3339)"
+        if error.absolute_path and error.absolute_path[-1] == "uri":
+            return f"{error.instance!r} is not an absolute URI"
+    if error.validator == "format":
+        return f"{error.instance!r} is not a valid {error.validator_value}"
+    if error.validator == "required":
+        return str(error.message).replace(" is a required property", " is required")
+    return str(error.message)
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"Malformed JSON: the key {key!r} appears twice in one object.")
+        result[key] = value
+    return result
+
+
+def _no_constants(name: str) -> None:
+    raise ValueError(f"Malformed JSON: {name} is not a JSON number.")
+
+
+def _check_depth(value: Any) -> None:
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise DocumentError(f"The JSON is nested too deeply (at most {MAX_DEPTH} levels).")
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
+
+
+def _all_keys(value: Any) -> set[str]:
+    keys: set[str] = set()
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            keys.update(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return keys

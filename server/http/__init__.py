@@ -1,0 +1,1 @@
+"""The aiohttp application: routes, middleware, responses, the fast path and the dashboard."""

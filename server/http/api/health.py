@@ -1,0 +1,46 @@
+"""Liveness and readiness: ``/healthz`` does no I/O; ``/readyz`` checks Redis with a short timeout, the
+push workers' heartbeats and the embedded Redis child."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from server.core import keys
+from server.http.state import CACHE_REDIS, EMBEDDED_REDIS, METRICS, PUSH_WORKER, REDIS
+from server.observability.metrics import workers_alive
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    checks: dict[str, str] = {}
+    try:
+        await asyncio.wait_for(request.app[REDIS].ping(), timeout=1.0)
+        checks["redis"] = "ok"
+    except Exception as exc:  # any failure means not ready; say which
+        checks["redis"] = f"failed: {type(exc).__name__}"
+    try:
+        await asyncio.wait_for(request.app[CACHE_REDIS].ping(), timeout=1.0)
+        checks["cacheRedis"] = "ok"
+    except Exception as exc:
+        checks["cacheRedis"] = f"failed: {type(exc).__name__}"
+    workers = None
+    if checks["redis"] == "ok":
+        try:
+            workers = await asyncio.wait_for(workers_alive(request.app[REDIS]), timeout=1.0)
+            if request.app[PUSH_WORKER] is not None:  # this process runs workers: its own heartbeat must be live
+                own = keys.worker_heartbeat(request.app[METRICS].process_id)
+                alive = await asyncio.wait_for(request.app[REDIS].exists(own), timeout=1.0)
+                checks["workerHeartbeat"] = "ok" if alive else "missing"
+        except Exception as exc:
+            checks["workerHeartbeat"] = f"failed: {type(exc).__name__}"
+    embedded = request.app[EMBEDDED_REDIS]
+    if embedded is not None:
+        checks["embeddedRedis"] = "ok" if embedded.running else "not running"
+    ready = all(v == "ok" for v in checks.values())
+    return web.json_response({"status": "ok" if ready else "unavailable", "checks": checks, "workers": workers},
+                             status=200 if ready else 503)

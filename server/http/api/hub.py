@@ -1,0 +1,206 @@
+"""The W3C WebSub hub at ``POST /hub``, and partners' webhook endpoints under ``/api/partners``.
+
+Subscribing: a form-encoded request is checked (topic is one of our feed URLs, callback is a safe
+http(s) URL, the key entitles the subscriber to the topic unless the feed is public) and answered 202;
+the hub then verifies intent with a GET carrying a random single-use ``hub.challenge`` and only a 2xx
+echoing it makes (or replaces) the subscription. Hub errors are plain text, as WebSub subscribers
+expect. Content distribution is :mod:`server.push.worker`'s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from datetime import timedelta
+from urllib.parse import parse_qs, urlsplit
+
+import aiohttp
+import orjson
+from aiohttp import web
+from yarl import URL
+
+from server.core.errors import Problem
+from server.core.values import utc_now, whole_number
+from server.domain.feeds import FORMATS
+from server.domain.ninjs import DocumentError, parse_json_object
+from server.domain.partners import check_name
+from server.http.auth import require_caller
+from server.http.state import ACCESS, DESTINATIONS, FEEDS, HUB_TASKS, PARTNERS, SETTINGS, TOKENS
+from server.push.destinations import (
+    WEBHOOK,
+    WEBHOOK_FEED_FORMATS,
+    WEBHOOK_FORMATS,
+    WEBSUB,
+    Destination,
+    new_webhook,
+    subscription_id,
+)
+from server.push.safety import SafeResolver, UnsafeDestination, check_destination, check_literal_address
+
+log = logging.getLogger(__name__)
+MAX_SECRET_BYTES = 199  # WebSub: hub.secret MUST be less than 200 bytes
+
+
+def _plain(status: int, text: str) -> web.Response:
+    return web.Response(status=status, text=text + "\n", content_type="text/plain")
+
+
+async def hub(request: web.Request) -> web.Response:
+    if request.content_type != "application/x-www-form-urlencoded":
+        return _plain(415, "Send the request form-encoded (application/x-www-form-urlencoded).")
+    form = await request.post()
+    mode = form.get("hub.mode")
+    if mode not in ("subscribe", "unsubscribe"):
+        return _plain(400, "hub.mode must be subscribe or unsubscribe.")
+    callback, raw_topic = form.get("hub.callback"), form.get("hub.topic")
+    if not isinstance(callback, str) or not isinstance(raw_topic, str) or not callback or not raw_topic:
+        return _plain(400, "hub.callback and hub.topic are required.")
+    settings = request.app[SETTINGS]
+    topic, feed_name, fmt, topic_key = _parse_topic(raw_topic, settings.base_url)
+    feed = request.app[FEEDS].get(feed_name or "")
+    if feed is None or fmt not in FORMATS:
+        return _plain(400, f"hub.topic must be a feed of this hub: {settings.base_url}/feeds/<name>/<format>.")
+    try:
+        await check_destination(callback, settings.push_allow_networks, field="hub.callback")
+    except UnsafeDestination as exc:
+        return _plain(400, exc.detail)
+    secret = form.get("hub.secret")
+    if secret is not None and (not isinstance(secret, str) or len(secret.encode()) > MAX_SECRET_BYTES):
+        return _plain(400, "hub.secret must be less than 200 bytes.")
+    lease = _lease(form.get("hub.lease_seconds"), settings)
+    if lease is None:
+        return _plain(400, "hub.lease_seconds must be a whole number of seconds.")
+
+    partner_name, key_id = None, None
+    presented = _bearer(request) or topic_key
+    if not feed.public or presented:
+        found = request.app[ACCESS].table.authenticate(presented or "", utc_now())
+        if found is None:
+            return _plain(403, "This topic needs a valid partner key (Authorization: Bearer, or ?key= on the topic).")
+        partner, key = found
+        if not feed.public and not (partner.may_read_feed(feed.name) and partner.may_read_format(fmt)):
+            return _plain(403, f"Partner {partner.name} is not entitled to {feed.name} in {fmt}.")
+        partner_name, key_id = partner.name, key.key_id
+
+    subscription = Destination(
+        id=subscription_id(callback, topic), kind=WEBSUB, url=callback, format=fmt, secret=secret or None,
+        partner=partner_name, key_id=key_id, feed=feed.name, topic=topic)
+    task = asyncio.get_running_loop().create_task(_verify(request.app, mode, subscription, lease))
+    request.app[HUB_TASKS].add(task)
+    task.add_done_callback(request.app[HUB_TASKS].discard)
+    return web.Response(status=202)
+
+
+async def _verify(app: web.Application, mode: str, subscription: Destination, lease: int) -> bool:
+    """Verification of intent; on success the subscription is made, replaced or removed."""
+    challenge = secrets.token_urlsafe(24)
+    params = {"hub.mode": mode, "hub.topic": subscription.topic or "", "hub.challenge": challenge}
+    if mode == "subscribe":
+        params["hub.lease_seconds"] = str(lease)
+    allowed = app[SETTINGS].push_allow_networks
+    try:
+        check_literal_address(subscription.url, allowed)
+        timeout = aiohttp.ClientTimeout(total=app[SETTINGS].push_timeout_seconds)
+        # The resolver refuses internal addresses as the connection is made (no DNS-rebinding gap).
+        connector = aiohttp.TCPConnector(resolver=SafeResolver(allowed))
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session, session.get(
+                str(URL(subscription.url).update_query(params)), allow_redirects=False) as response:
+            body = await response.content.read(4096)
+            verified = 200 <= response.status < 300 and body.strip() == challenge.encode()
+    except (TimeoutError, aiohttp.ClientError, OSError, UnsafeDestination) as exc:
+        log.info("websub: verifying %s for %s failed: %s", mode, subscription.url, exc)
+        return False
+    if not verified:
+        log.info("websub: %s not verified by %s", mode, subscription.url)
+        return False
+    destinations = app[DESTINATIONS]
+    if mode == "unsubscribe":
+        await destinations.remove(subscription.id)
+    else:
+        now = utc_now()
+        await destinations.save(Destination(**{**_fields(subscription), "created_at": now,
+                                               "expires_at": now + timedelta(seconds=lease)}))
+    log.info("websub: %s verified for %s on %s", mode, subscription.url, subscription.topic)
+    return True
+
+
+# ----- partner webhook endpoints (admin API) --------------------------------------------------------
+
+
+async def add_endpoint(request: web.Request) -> web.Response:
+    require_caller(request, request.app[TOKENS], admin=True)
+    partner = await request.app[PARTNERS].get(check_name(request.match_info["name"]))
+    try:
+        body = parse_json_object(await request.read())
+    except DocumentError as exc:
+        raise Problem(exc.detail, errors=exc.errors) from None
+    unknown = sorted(set(body) - {"url", "format", "secret"})
+    if unknown:
+        raise Problem(f"Unknown field {unknown[0]!r}; an endpoint takes url, format and secret.", status=422,
+                      errors=[{"pointer": f"/{unknown[0]}", "detail": "unknown field"}])
+    url, fmt, secret = body.get("url"), body.get("format"), body.get("secret")
+    if not isinstance(url, str):
+        raise Problem("url is required.", status=422, errors=[{"pointer": "/url", "detail": "required"}])
+    if fmt not in WEBHOOK_FORMATS:
+        raise Problem(f"format must be one of {', '.join(WEBHOOK_FORMATS)}.", status=422,
+                      errors=[{"pointer": "/format", "detail": "unknown format"}])
+    if not isinstance(secret, str) or not 16 <= len(secret.encode()) <= MAX_SECRET_BYTES:
+        raise Problem("secret must be a string of 16 to 199 bytes.", status=422,
+                      errors=[{"pointer": "/secret", "detail": "16 to 199 bytes"}])
+    if not partner.may_read_format(WEBHOOK_FEED_FORMATS[fmt]):
+        raise Problem(f"Partner {partner.name!r} is not entitled to the {WEBHOOK_FEED_FORMATS[fmt]} format.",
+                      status=422, errors=[{"pointer": "/format", "detail": "format not granted to the partner"}])
+    await check_destination(url, request.app[SETTINGS].push_allow_networks)
+    endpoint = await request.app[DESTINATIONS].save(new_webhook(partner.name, url, fmt, secret))
+    return web.Response(body=orjson.dumps(endpoint.public_view()), status=201, content_type="application/json",
+                        headers={"Location": f"/api/partners/{partner.name}/endpoints/{endpoint.id}"})
+
+
+async def list_endpoints(request: web.Request) -> web.Response:
+    require_caller(request, request.app[TOKENS], admin=True)
+    partner = await request.app[PARTNERS].get(check_name(request.match_info["name"]))
+    endpoints = await request.app[DESTINATIONS].for_partner(partner.name, WEBHOOK)
+    subscriptions = await request.app[DESTINATIONS].for_partner(partner.name, WEBSUB)
+    return web.Response(body=orjson.dumps({"items": [e.public_view() for e in endpoints],
+                                           "subscriptions": [s.public_view() for s in subscriptions]}),
+                        content_type="application/json")
+
+
+async def remove_endpoint(request: web.Request) -> web.Response:
+    require_caller(request, request.app[TOKENS], admin=True)
+    name = check_name(request.match_info["name"])
+    endpoint = await request.app[DESTINATIONS].require(request.match_info["endpoint_id"], partner=name)
+    await request.app[DESTINATIONS].remove(endpoint.id)
+    return web.Response(status=204)
+
+
+def _fields(destination: Destination) -> dict:
+    return {name: getattr(destination, name) for name in Destination.__slots__}
+
+
+def _parse_topic(raw: str, base_url: str) -> tuple[str, str | None, str | None, str | None]:
+    """(topic without its key parameter, feed name, format, key) for one of our feed URLs."""
+    parts = urlsplit(raw)
+    base = urlsplit(base_url)
+    key = parse_qs(parts.query).get("key", [None])[0]
+    prefix = base.path.rstrip("/")  # a base URL may have a path (behind a proxy)
+    path = parts.path[len(prefix):] if parts.path.startswith(prefix + "/") else ""
+    segments = path.strip("/").split("/")
+    topic = f"{base_url}{path}"
+    if (parts.scheme, parts.netloc) != (base.scheme, base.netloc) or len(segments) != 3 or segments[0] != "feeds":
+        return topic, None, None, key
+    return topic, segments[1], segments[2], key
+
+
+def _lease(raw: object, settings) -> int | None:
+    if raw is None or raw == "":
+        requested = settings.websub_lease_default
+    elif not isinstance(raw, str) or (requested := whole_number(raw)) is None:
+        return None
+    return max(settings.websub_lease_min, min(requested, settings.websub_lease_max))
+
+
+def _bearer(request: web.Request) -> str | None:
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    return value.strip() if scheme.lower() == "bearer" and value.strip() else None

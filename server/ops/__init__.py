@@ -1,0 +1,1 @@
+"""What ops see: status, propagation, deliveries."""

@@ -1,0 +1,1 @@
+"""Partners, keys, rate limits and the poll ledger in Redis; access control on the request path."""

@@ -1,0 +1,282 @@
+"""What each partner was delivered by poll: the poll ledger, render manifests, and a partner's status.
+
+Every authorised feed or item response appends a line (time, feed, format, status, bytes, render id)
+to a buffer in memory; a background task writes the buffer every flush interval in one pipeline, one
+capped Redis Stream per partner. A crash loses at most one interval of ledger lines, never an article.
+A render's manifest (which article versions it holds) is written once, under its render id.
+
+A partner has *received* version N of an article when it fetched (200, or 304 on the ETag it had) a
+render whose manifest holds that article at version N or later, or a push of it was acknowledged. The
+flush keeps a per-partner summary of that (article -> newest version received, and when), so status
+never depends on how many ledger lines are still kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+
+from server.articles.store import ArticleStore
+from server.core import keys
+from server.core.values import iso, parse_iso, utc_now
+from server.domain.articles import CORRECTION, KILL, UPDATE, Change
+from server.domain.feeds import FeedDefinition, in_feed
+from server.domain.partners import Partner
+
+LEDGER_MAX_LINES = 20_000
+PUSH_PREFIX = "push:"  # ledger lines of acknowledged pushes: feed "push:<destination id>"
+STATUS_WINDOW = timedelta(days=7)
+MANIFEST_RETENTION = timedelta(days=8)
+
+
+@dataclass(frozen=True, slots=True)
+class PollLine:
+    at: datetime  # the last of the responses the line stands for
+    feed: str  # a feed name, "item:<id>" or "push:<destination>"
+    format: str
+    status: int
+    size: int  # bytes, summed over ``count``
+    render_id: str
+    count: int = 1  # identical responses within one flush interval share a line
+
+
+# KEYS: the partner's received hash. ARGV: article, version, epoch ms, article, version, ms, ...
+# Keeps, per article, the highest version received and when it first arrived.
+_RECEIVE_LUA = """
+for i = 1, #ARGV, 3 do
+  local current = redis.call('HGET', KEYS[1], ARGV[i])
+  if not current or tonumber(string.match(current, '^(%d+)')) < tonumber(ARGV[i + 1]) then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1] .. '|' .. ARGV[i + 2])
+  end
+end
+return 1
+"""
+
+
+class PollLedger:
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._receive = redis.register_script(_RECEIVE_LUA)
+        # What each partner received since the last flush: partner -> article -> (version, epoch seconds).
+        self._receipts: dict[str, dict[str, tuple[int, float]]] = {}
+        self._credited: OrderedDict[tuple[str, str], None] = OrderedDict()  # (partner, render id) done here
+        # Identical responses (same partner, feed, format, status and render) within one flush interval
+        # become one line with a count: a partner hammering a feed cannot turn into a Redis write
+        # per request, and the ledger stays exact. (partner, feed, format, status, render id) ->
+        # [last response's epoch seconds, bytes, count].
+        self._lines: dict[tuple[str, str, str, int, str], list] = {}
+        self._manifests: dict[str, bytes] = {}
+        self._last_used: dict[tuple[str, str], float] = {}
+        self._manifests_written: OrderedDict[str, None] = OrderedDict()  # render ids this process wrote
+        self._flush_lock = asyncio.Lock()
+
+    def record(self, partner: str, key_id: str | None, feed: str, fmt: str, status: int, size: int,
+               render_id: str, manifest: tuple[tuple[str, int], ...] | None = None, at: float | None = None) -> None:
+        """Buffer one line (no I/O; ``at`` is epoch seconds, now by default). The render's manifest is
+        written with the first line that names it in this process (``SET NX``: once per render id,
+        whichever process delivers it first)."""
+        at = time.time() if at is None else at
+        key = (partner, feed, fmt, status, render_id)
+        pending = self._lines.get(key)
+        if pending is None:
+            self._lines[key] = [at, size, 1]
+        else:
+            pending[0] = at
+            pending[1] += size
+            pending[2] += 1
+        if key_id is not None:
+            self._last_used[(partner, key_id)] = at
+        if manifest is None or (partner, render_id) in self._credited:
+            return  # the usual case: this partner re-polled a render already credited here
+        if render_id not in self._manifests_written:
+            self._manifests[render_id] = orjson.dumps(manifest)
+            self._manifests_written[render_id] = None
+            if len(self._manifests_written) > 10_000:
+                self._manifests_written.popitem(last=False)
+        if status in (200, 304):
+            # Credit each render once per partner and process: a partner re-polling the same page
+            # costs no Redis write at all.
+            receipts = self._receipts.setdefault(partner, {})
+            for article_id, version in manifest:
+                if version > receipts.get(article_id, (0, at))[0]:
+                    receipts[article_id] = (version, at)
+            self._credited[(partner, render_id)] = None
+            if len(self._credited) > 50_000:
+                self._credited.popitem(last=False)
+
+    async def flush(self) -> int:
+        """Write what is buffered. A flush that starts while another is writing waits for it, so that
+        when it returns everything buffered before the call is in Redis (the status endpoints rely on
+        that; without the wait they could read while the background flush still held the lines)."""
+        async with self._flush_lock:
+            return await self._flush()
+
+    async def _flush(self) -> int:
+        lines, self._lines = self._lines, {}
+        manifests, self._manifests = self._manifests, {}
+        last_used, self._last_used = self._last_used, {}
+        receipts, self._receipts = self._receipts, {}
+        if not (lines or manifests or last_used or receipts):
+            return 0
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for render_id, manifest in manifests.items():
+                    record_manifest(pipe, render_id, manifest)
+                for (partner, feed, fmt, status, render_id), (at, size, count) in lines.items():
+                    pipe.xadd(keys.poll_ledger(partner), {
+                        "at": _iso_epoch(at), "feed": feed, "format": fmt, "status": status, "bytes": size,
+                        "render": render_id, "count": count,
+                    }, maxlen=LEDGER_MAX_LINES, approximate=True)
+                for (partner, key_id), at in last_used.items():
+                    pipe.hset(keys.partner_last_used(partner), key_id, _iso_epoch(at))
+                for partner, received in receipts.items():
+                    args = [v for article_id, (version, at) in received.items()
+                            for v in (article_id, version, int(at * 1000))]
+                    await self._receive(keys=[keys.partner_received(partner)], args=args, client=pipe)
+                await pipe.execute()
+        except Exception:
+            for partner, received in receipts.items():
+                mine = self._receipts.setdefault(partner, {})
+                for article_id, got in received.items():
+                    if got[0] > mine.get(article_id, (0, got[1]))[0]:
+                        mine[article_id] = got
+            for key, line in lines.items():  # keep them for the next flush
+                newer = self._lines.get(key)
+                self._lines[key] = line if newer is None else [newer[0], line[1] + newer[1], line[2] + newer[2]]
+            self._manifests.update(manifests)
+            raise
+        return len(lines)
+
+    async def received(self, partner: str) -> dict[str, tuple[int, datetime]]:
+        """Per article: the newest version the partner has received, and when it first got it."""
+        stored = await self.redis.hgetall(keys.partner_received(partner))
+        result = {}
+        for article_id, value in stored.items():
+            version, _, millis = value.partition("|")
+            result[article_id] = (int(version), datetime.fromtimestamp(int(millis) / 1000, tz=UTC))
+        return result
+
+    async def read(self, partner: str, since: datetime) -> list[PollLine]:
+        start = f"{int(since.timestamp() * 1000)}-0"
+        entries = await self.redis.xrange(keys.poll_ledger(partner), start, "+")
+        return [_line(fields) for _entry_id, fields in entries]
+
+
+def record_manifest(pipe: Any, render_id: str, manifest: bytes) -> None:
+    """Queue the manifest write on a pipeline: once per render id, with its time for the retention job."""
+    pipe.set(keys.manifest(render_id), manifest, nx=True)
+    pipe.zadd(keys.manifests_by_time(), {render_id: time.time()}, nx=True)
+
+
+async def drop_old_receipts(redis: Redis, partner_names: list[str], now: datetime | None = None) -> int:
+    """Receipts older than the manifests' retention no longer matter to any status window."""
+    cutoff_ms = int(((now or utc_now()) - MANIFEST_RETENTION).timestamp() * 1000)
+    dropped = 0
+    for name in partner_names:
+        stored = await redis.hgetall(keys.partner_received(name))
+        old = [a for a, v in stored.items() if int(v.partition("|")[2] or 0) < cutoff_ms]
+        if old:
+            dropped += await redis.hdel(keys.partner_received(name), *old)
+    return dropped
+
+
+async def drop_old_manifests(redis: Redis, now: datetime | None = None) -> int:
+    cutoff = ((now or utc_now()) - MANIFEST_RETENTION).timestamp()
+    old = await redis.zrange(keys.manifests_by_time(), "-inf", cutoff, byscore=True, offset=0, num=10_000)
+    if not old:
+        return 0
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.delete(*(keys.manifest(r) for r in old))
+        pipe.zrem(keys.manifests_by_time(), *old)
+        await pipe.execute()
+    return len(old)
+
+
+async def partner_status(partner: Partner, ledger: PollLedger, store: ArticleStore,
+                         feeds: dict[str, FeedDefinition], now: datetime | None = None) -> dict[str, Any]:
+    """Last poll, the last hour's polls and 304 ratio, and for every article revised or killed in the
+    last 7 days that the partner is entitled to: has it received the latest revision, and if not, since
+    when it has been outstanding."""
+    now = now or utc_now()
+    await ledger.flush()
+    lines = await ledger.read(partner.name, now - STATUS_WINDOW)
+    polled = [line for line in lines if not line.feed.startswith(PUSH_PREFIX)]
+    pushed = [line for line in lines if line.feed.startswith(PUSH_PREFIX)]
+    last_hour = [line for line in polled if line.at >= now - timedelta(hours=1)]
+    polls = sum(line.count for line in last_hour)
+    not_modified = sum(line.count for line in last_hour if line.status == 304)
+
+    received = await ledger.received(partner.name)
+    changes = await recent_changes(store, now - STATUS_WINDOW)
+    readable = [f for name, f in feeds.items() if partner.may_read_feed(name)]
+    articles = await store.get_many(list(dict.fromkeys(c.article_id for c in changes)))
+    report = []
+    for article in articles:
+        if not in_feed(article, now, None) or not any(feed.holds(article.latest) for feed in readable):
+            continue  # under embargo or withheld: no feed delivers it, so nobody can be behind on it
+        got_version, got_at = received.get(article.id, (0, None))
+        done = got_version >= article.version
+        first_missing = next((c for c in changes if c.article_id == article.id and c.version > got_version), None)
+        since = None if done else (first_missing.ingested_at if first_missing else article.latest.ingested_at)
+        report.append({
+            "id": article.id,
+            "uri": article.uri,
+            "version": article.version,
+            "kind": article.latest.kind,
+            "pubStatus": article.latest.pub_status,
+            "received": done,
+            "receivedVersion": got_version or None,
+            "receivedAt": iso(got_at) if done else None,
+            "outstandingSince": iso(since),
+            "outstandingSeconds": round((now - since).total_seconds(), 3) if since else None,
+        })
+    report.sort(key=lambda item: (item["received"], item["outstandingSince"] or ""))
+    return {
+        "partner": partner.name,
+        "active": partner.active,
+        "lastPoll": iso(polled[-1].at) if polled else None,
+        "lastPush": iso(pushed[-1].at) if pushed else None,
+        "lastHour": {
+            "polls": polls,
+            "notModified": not_modified,
+            "notModifiedRatio": round(not_modified / polls, 3) if polls else None,
+        },
+        "articles": report,
+        "outstanding": sum(1 for item in report if not item["received"]),
+    }
+
+
+async def recent_changes(store: ArticleStore, since: datetime,
+                         kinds: tuple[str, ...] = (UPDATE, CORRECTION, KILL)) -> list[Change]:
+    """Revisions and kills ingested since ``since``, oldest first (read backwards from the log's end)."""
+    changes: list[Change] = []
+    end = "+"
+    while True:
+        batch = await store.redis.xrevrange(keys.changelog(), end, "-", count=500)
+        if not batch:
+            break
+        for entry_id, fields in batch:
+            at = parse_iso(fields["at"])
+            if at < since:
+                return list(reversed(changes))
+            if fields["kind"] in kinds:
+                changes.append(Change(int(entry_id.split("-")[0]), fields["id"], int(fields["version"]),
+                                      fields["kind"], at))
+        end = f"({batch[-1][0]}"
+    return list(reversed(changes))
+
+
+def _iso_epoch(at: float) -> str:
+    return iso(datetime.fromtimestamp(at, UTC))
+
+
+def _line(fields: dict[str, str]) -> PollLine:
+    return PollLine(parse_iso(fields["at"]), fields["feed"], fields["format"], int(fields["status"]),
+                    int(fields["bytes"]), fields["render"], int(fields.get("count", 1)))

@@ -1,0 +1,156 @@
+"""Partners and their access keys: the records in Redis, and the key table every process keeps in memory.
+
+A partner is an outlet entitled to some feeds in some formats (and to photos, or not). Its keys are 32
+random bytes shown once, as ``syn_<key id>_<secret>``; only the key id (a public prefix for telling
+keys apart) and a SHA-256 of the whole key are stored. Every change bumps a generation counter and is
+announced on pub/sub: each process reloads its :class:`KeyTable` at once, and the process that made
+the change applies it before answering, so a revoked key fails on its very next request there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+from redis.exceptions import WatchError
+
+from server.core import keys
+from server.core.errors import Conflict, NotFound, Problem
+from server.core.values import utc_now
+from server.domain.feeds import FORMATS
+from server.domain.partners import ALL, AccessKey, IssuedKey, Partner, check_name, new_key
+
+# KEYS: record, names, generation. ARGV: record JSON, name. The new generation, or 0 if the name is taken.
+_CREATE_LUA = """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX') then return 0 end
+redis.call('SADD', KEYS[2], ARGV[2])
+return redis.call('INCR', KEYS[3])
+"""
+
+
+class PartnerStore:
+    """Partners in Redis: one JSON record per partner, a set of names, and a generation counter."""
+
+    def __init__(self, redis: Redis, feed_names: Iterable[str]) -> None:
+        self.redis = redis
+        self.feed_names = set(feed_names)
+
+    async def load_all(self) -> tuple[list[Partner], int]:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.get(keys.partners_generation())
+            pipe.smembers(keys.partner_names())
+            generation, names = await pipe.execute()
+        records = await self.redis.mget([keys.partner(n) for n in sorted(names)]) if names else []
+        return [Partner.from_record(orjson.loads(r)) for r in records if r], int(generation or 0)
+
+    async def get(self, name: str) -> Partner:
+        raw = await self.redis.get(keys.partner(check_name(name)))
+        if raw is None:
+            raise NotFound(f"No partner {name!r}.")
+        return Partner.from_record(orjson.loads(raw))
+
+    async def create(self, name: str, feeds: list[str], formats: list[str], *, media: bool = True,
+                     contact: str | None = None, notes: str | None = None, rate_limit: int | None = None,
+                     expires_at: datetime | None = None) -> IssuedKey:
+        check_name(name)
+        key, key_id, digest = new_key()
+        partner = Partner(name=name, feeds=self._feeds(feeds), formats=_formats(formats), media=media,
+                          contact=contact, notes=notes, rate_limit=_rate_limit(rate_limit),
+                          keys=(AccessKey(key_id, digest, utc_now(), _future(expires_at)),))
+        generation = await self.redis.eval(_CREATE_LUA, 3, keys.partner(name), keys.partner_names(),
+                                           keys.partners_generation(), orjson.dumps(partner.to_record()), name)
+        if not generation:
+            raise Conflict(f"A partner named {name!r} exists already.", slug="partner-exists")
+        await self.redis.publish(keys.PARTNERS_CHANNEL, str(generation))
+        return IssuedKey(partner, key, key_id)
+
+    async def update(self, name: str, **changes: Any) -> Partner:
+        """Change entitlements, contact, notes, rate limit or the active flag."""
+        def change(partner: Partner) -> Partner:
+            values = dict(changes)
+            if "feeds" in values:
+                values["feeds"] = self._feeds(values["feeds"])
+            if "formats" in values:
+                values["formats"] = _formats(values["formats"])
+            if "rate_limit" in values:
+                values["rate_limit"] = _rate_limit(values["rate_limit"])
+            return replace(partner, **values)
+
+        return await self._modify(name, change)
+
+    async def issue_key(self, name: str, expires_at: datetime | None = None) -> IssuedKey:
+        key, key_id, digest = new_key()
+        expiry = _future(expires_at)
+        partner = await self._modify(name, lambda p: replace(
+            p, keys=(*p.keys, AccessKey(key_id, digest, utc_now(), expiry))))
+        return IssuedKey(partner, key, key_id)
+
+    async def revoke_key(self, name: str, key_id: str) -> Partner:
+        def revoke(partner: Partner) -> Partner:
+            if not any(k.key_id == key_id for k in partner.keys):
+                raise NotFound(f"Partner {name!r} has no key {key_id!r}.")
+            now = utc_now()
+            return replace(partner, keys=tuple(replace(k, revoked_at=k.revoked_at or now) if k.key_id == key_id
+                                               else k for k in partner.keys))
+        return await self._modify(name, revoke)
+
+    async def _modify(self, name: str, change: Any) -> Partner:
+        record_key = keys.partner(check_name(name))
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for _attempt in range(20):
+                try:
+                    await pipe.watch(record_key)
+                    raw = await pipe.get(record_key)
+                    if raw is None:
+                        raise NotFound(f"No partner {name!r}.")
+                    partner = change(Partner.from_record(orjson.loads(raw)))
+                    pipe.multi()
+                    pipe.set(record_key, orjson.dumps(partner.to_record()))
+                    pipe.incr(keys.partners_generation())
+                    results = await pipe.execute()
+                    await self.redis.publish(keys.PARTNERS_CHANNEL, str(results[-1]))
+                    return partner
+                except WatchError:
+                    continue
+        raise Conflict(f"Partner {name!r} is being changed by someone else; try again.")
+
+    def _feeds(self, feeds: Any) -> tuple[str, ...]:
+        if not isinstance(feeds, list) or not feeds or not all(isinstance(f, str) for f in feeds):
+            raise Problem("feeds must be a non-empty list of feed names (or [\"*\"]).", status=422,
+                          errors=[{"pointer": "/feeds", "detail": "must be a non-empty list of strings"}])
+        unknown = sorted(set(feeds) - self.feed_names - {ALL})
+        if unknown:
+            raise Problem(f"No feed {unknown[0]!r}; the feeds are {', '.join(sorted(self.feed_names))}.",
+                          status=422, errors=[{"pointer": "/feeds", "detail": f"unknown feed {unknown[0]!r}"}])
+        return tuple(dict.fromkeys(feeds))
+
+
+def _formats(formats: Any) -> tuple[str, ...]:
+    if not isinstance(formats, list) or not formats or not all(isinstance(f, str) for f in formats):
+        raise Problem("formats must be a non-empty list of formats (or [\"*\"]).", status=422,
+                      errors=[{"pointer": "/formats", "detail": "must be a non-empty list of strings"}])
+    unknown = sorted(set(formats) - set(FORMATS) - {ALL})
+    if unknown:
+        raise Problem(f"No format {unknown[0]!r}; the formats are {', '.join(FORMATS)}.", status=422,
+                      errors=[{"pointer": "/formats", "detail": f"unknown format {unknown[0]!r}"}])
+    return tuple(dict.fromkeys(formats))
+
+
+def _rate_limit(value: Any) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 1_000_000:
+        raise Problem("rate_limit is requests per minute, a whole number from 1 to 1000000 (or null).",
+                      status=422, errors=[{"pointer": "/rate_limit", "detail": "invalid rate limit"}])
+    return value
+
+
+def _future(moment: datetime | None) -> datetime | None:
+    if moment is not None and moment <= utc_now():
+        raise Problem("expires_at must be in the future.", status=422,
+                      errors=[{"pointer": "/expires_at", "detail": "in the past"}])
+    return moment

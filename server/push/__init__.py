@@ -1,0 +1,1 @@
+"""Push: destinations, the durable delivery queue and the push worker."""

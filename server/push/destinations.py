@@ -1,0 +1,115 @@
+"""Push destinations: WebSub subscriptions to a feed topic, and partners' webhook endpoints.
+
+Both are one JSON record each in Redis. A WebSub subscription's id derives from its callback and topic,
+so a re-subscription replaces the old one (once it is verified); a webhook endpoint gets a random id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+
+from server.core import keys
+from server.core.errors import NotFound
+from server.core.values import iso, parse_iso, utc_now
+
+WEBSUB, WEBHOOK = "websub", "webhook"
+WEBHOOK_FORMATS = ("newsml", "ninjs", "atom")
+# The feed format a partner must be entitled to for each webhook format (ninjs is the JSON one).
+WEBHOOK_FEED_FORMATS = {"newsml": "newsml", "ninjs": "json", "atom": "atom"}
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    id: str
+    kind: str  # WEBSUB or WEBHOOK
+    url: str  # the callback
+    format: str  # websub: the topic's feed format; webhook: newsml, ninjs or atom
+    secret: str | None
+    partner: str | None  # None: a subscriber to a public feed
+    key_id: str | None = None  # websub: the partner key it subscribed with (never the key itself)
+    feed: str | None = None  # websub: the topic's feed
+    topic: str | None = None  # websub: the topic URL
+    created_at: datetime | None = None
+    expires_at: datetime | None = None  # websub: the lease
+
+    def expired(self, now: datetime) -> bool:
+        return self.expires_at is not None and now >= self.expires_at
+
+    def to_record(self) -> dict[str, Any]:
+        return {"id": self.id, "kind": self.kind, "url": self.url, "format": self.format, "secret": self.secret,
+                "partner": self.partner, "keyId": self.key_id, "feed": self.feed, "topic": self.topic,
+                "createdAt": iso(self.created_at), "expiresAt": iso(self.expires_at)}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Destination:
+        return cls(record["id"], record["kind"], record["url"], record["format"], record.get("secret"),
+                   record.get("partner"), record.get("keyId"), record.get("feed"), record.get("topic"),
+                   parse_iso(record.get("createdAt")), parse_iso(record.get("expiresAt")))
+
+    def public_view(self) -> dict[str, Any]:
+        record = self.to_record()
+        record["secret"] = "set" if self.secret else None
+        return record
+
+
+def subscription_id(callback: str, topic: str) -> str:
+    return "ws-" + hashlib.sha256(f"{callback}\n{topic}".encode()).hexdigest()[:20]
+
+
+def new_webhook(partner: str, url: str, fmt: str, secret: str) -> Destination:
+    return Destination(id="wh-" + secrets.token_hex(8), kind=WEBHOOK, url=url, format=fmt, secret=secret,
+                       partner=partner, created_at=utc_now())
+
+
+class DestinationStore:
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+
+    async def save(self, destination: Destination) -> Destination:
+        destination = destination if destination.created_at else replace(destination, created_at=utc_now())
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(keys.destination(destination.id), orjson.dumps(destination.to_record()))
+            pipe.sadd(keys.destination_ids(), destination.id)
+            await pipe.execute()
+        return destination
+
+    async def get(self, destination_id: str) -> Destination | None:
+        raw = await self.redis.get(keys.destination(destination_id))
+        return Destination.from_record(orjson.loads(raw)) if raw else None
+
+    async def all(self) -> list[Destination]:
+        ids = sorted(await self.redis.smembers(keys.destination_ids()))
+        if not ids:
+            return []
+        records = await self.redis.mget([keys.destination(i) for i in ids])
+        return [Destination.from_record(orjson.loads(r)) for r in records if r]
+
+    async def for_partner(self, partner: str, kind: str | None = None) -> list[Destination]:
+        return [d for d in await self.all() if d.partner == partner and (kind is None or d.kind == kind)]
+
+    async def remove(self, destination_id: str) -> None:
+        """Forget a destination and everything waiting to be pushed to it."""
+        pending = await self.redis.hkeys(keys.push_latest(destination_id))
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(keys.destination(destination_id), keys.push_latest(destination_id),
+                        keys.push_state(destination_id))
+            pipe.srem(keys.destination_ids(), destination_id)
+            if pending:
+                members = [f"{destination_id}|{article_id}" for article_id in pending]
+                pipe.zrem(keys.push_due(), *members)
+                pipe.zrem(keys.push_leased(), *members)
+                pipe.zrem(keys.push_waiting_since(), *members)
+            await pipe.execute()
+
+    async def require(self, destination_id: str, partner: str | None = None) -> Destination:
+        destination = await self.get(destination_id)
+        if destination is None or (partner is not None and destination.partner != partner):
+            raise NotFound(f"No endpoint {destination_id!r}" + (f" for partner {partner!r}." if partner else "."))
+        return destination

@@ -1,0 +1,1 @@
+"""Background machinery shared by the server and the worker."""
