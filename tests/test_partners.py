@@ -318,3 +318,27 @@ async def test_a_flush_waits_for_one_already_writing(redis_url):
         assert await background == 50
     finally:
         await redis.aclose()
+
+
+async def test_an_older_version_is_served_only_when_the_partner_may_read_that_version(client, seed_v1):
+    """``/items/{id}/newsml?version=N`` is judged at version N: never a withheld revision, never one
+    that only feeds the partner cannot read held (here v1 was outside world, v3 was withheld)."""
+    acme = await create_partner(client, name="acme", feeds=["world"], formats=["newsml"])
+    ok = {"X-API-Key": acme["key"]}
+    french = {**seed_v1, "uri": seed_v1["uri"] + "-refiled", "language": "fr"}  # not in public headlines
+    sport = {**french, "subjects": [{"name": "sport", "literal": "sport"}]}  # in latest only
+    await publish(client, sport)
+    await publish(client, {**french, "versionCreated": "2030-01-01T00:00:00Z"}, "?signal=update")  # to world
+    article_id = article_id_for_uri(french["uri"])
+    assert (await client.get(f"/items/{article_id}/newsml", headers=ok)).status == 200
+    assert (await client.get(f"/items/{article_id}/newsml?version=2", headers=ok)).status == 200
+    assert (await client.get(f"/items/{article_id}/newsml?version=1", headers=ok)).status == 403
+    await publish(client, {**french, "versionCreated": "2030-01-02T00:00:00Z", "pubStatus": "withheld"},
+                  "?signal=update")
+    await publish(client, {**french, "versionCreated": "2030-01-03T00:00:00Z"}, "?signal=update")
+    assert (await client.get(f"/items/{article_id}/newsml?version=4", headers=ok)).status == 200
+    withheld = await client.get(f"/items/{article_id}/newsml?version=3", headers=ok)
+    assert withheld.status == 404 and withheld.content_type == "application/problem+json"
+    # Ops (the admin token) read everything, the withheld revision included.
+    assert (await client.get(f"/items/{article_id}/newsml?version=3", headers=ADMIN)).status == 200
+

@@ -1157,3 +1157,24 @@ async def test_a_kill_during_a_failing_attempt_does_not_wait_for_its_retry_after
     await kill(push, article_id_for_uri(seed_v1["uri"]))  # arrives while v1 is being refused with Retry-After
     await wait_for(lambda: receiver.delivered, timeout=8, message="the kill, long before v1's 600 s retry")
     assert delivery_versions(receiver, only_ok=True) == [2]
+
+
+async def test_the_hub_takes_keys_through_the_failed_key_throttle(push, push_settings):
+    """A guessed key at the hub counts against the same per-address throttle as one at a feed."""
+    good = (await create_partner(push, name="acme", feeds=["world"], formats=["atom"]))["key"]
+    topic = topic_url(push_settings, "/feeds/world/atom")
+    statuses = []
+    for n in range(22):
+        response = await hub_request(push, "http://127.0.0.1:9/cb", topic, headers={"Authorization": f"Bearer guess-{n}"})
+        statuses.append(response.status)
+    assert statuses[:20] == [403] * 20 and set(statuses[20:]) == {429}
+    assert response.headers["Retry-After"].isdigit()
+    assert (await push.get("/feeds/world/atom", headers={"X-API-Key": good})).status == 429  # one throttle
+    await hub_idle(push)
+
+
+async def test_a_webhook_may_take_a_format_the_partner_reads_only_in_a_public_feed(push):
+    """The public-feed rule is the same for webhooks as for polls: headlines is public, so a partner
+    granted only rss may still have an atom webhook (it gets what the public feeds hold)."""
+    await create_partner(push, name="acme", feeds=["world"], formats=["rss"])
+    await add_endpoint(push, "acme", "http://127.0.0.1:9/hook", "atom")

@@ -28,6 +28,7 @@ from server.core.errors import Problem
 from server.core.redis_connection import connect
 from server.core.settings import Settings, SettingsError
 from server.core.values import iso, parse_iso, utc_now
+from server.domain.access import readable_feeds
 from server.domain.articles import article_id_for_uri, is_article_id
 from server.domain.feeds import FeedDefinitionError, load_feed_definitions
 from server.domain.ninjs import DocumentError, IncomingDocument, parse_json_object, read_document
@@ -527,7 +528,7 @@ def _endpoint_add(args: argparse.Namespace, settings: Settings) -> int:
         partner = await session.partners.get(args.name)
         if not 16 <= len(args.secret.encode()) <= 199:
             raise CommandError("--secret must be 16 to 199 bytes")
-        if not partner.may_read_format(WEBHOOK_FEED_FORMATS[args.format]):
+        if not readable_feeds(partner, session.store.feeds.values(), WEBHOOK_FEED_FORMATS[args.format]):
             raise CommandError(f"partner {partner.name} is not entitled to the {WEBHOOK_FEED_FORMATS[args.format]} format")
         await check_destination(args.url, settings.push_allow_networks)
         endpoint = await DestinationStore(session.partners.redis).save(

@@ -17,6 +17,7 @@ from server.articles.store import ArticleStore
 from server.core import keys
 from server.core.errors import NotFound
 from server.core.values import iso, utc_now
+from server.domain.access import may_read_item
 from server.domain.articles import CORRECTION, KILL
 from server.domain.feeds import FeedDefinition, in_feed
 from server.domain.partners import Partner
@@ -122,8 +123,7 @@ async def propagation(ctx: OpsContext, since: datetime | None = None,
         article = articles.get(change.article_id)
         if article is None or not in_feed(article, now, None):
             continue
-        entitled = [p for p in partners
-                    if any(p.may_read_feed(name) and feed.holds(article.latest) for name, feed in ctx.feeds.items())]
+        entitled = [p for p in partners if may_read_item(p, article.latest, ctx.feeds.values())]
         rows = []
         for partner in entitled:
             got, at = received[partner.name].get(article.id, (0, None))

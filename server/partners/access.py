@@ -1,5 +1,6 @@
-"""Who may read which feed: partner keys checked in memory, rate limits, brute-force throttling, and the
-poll ledger line written for every authorised response.
+"""The access policy (:mod:`server.domain.access`) applied on the request path: partner keys checked in
+memory, rate limits, brute-force throttling, and the poll ledger line written for every authorised
+response.
 
 A key is accepted as ``Authorization: Bearer <key>``, as ``X-API-Key`` and as ``?key=`` (for feed
 readers that only take a URL). No key on a non-public feed: 401 with ``WWW-Authenticate``; a key that
@@ -13,16 +14,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Final
 
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
 from server.core import keys
-from server.core.errors import Problem, Unauthorised
+from server.core.errors import NotFound, Problem, Unauthorised
+from server.domain.access import Refusal, feed_refusal, item_refusal
+from server.domain.articles import Revision
 from server.domain.callers import TokenTable
 from server.domain.feeds import FeedDefinition
-from server.domain.partners import KeyTable, Partner
+from server.domain.partners import AccessKey, KeyTable, Partner
 from server.observability.logs import note_partner
 from server.partners.ledger import PollLedger
 from server.partners.ratelimit import FULL, NOT_MODIFIED, Quota, RateLimiter
@@ -49,6 +54,16 @@ class Grant:
     @property
     def include_photos(self) -> bool:
         return self.partner.media if self.partner else True
+
+
+class _Admin:
+    """The admin token presented where a partner key is expected: ops read everything, without a ledger."""
+
+
+ADMIN_READER: Final = _Admin()
+ANONYMOUS: Final = (None, None)
+Reader = tuple[Partner | None, AccessKey | None] | _Admin
+"""Who reads: a partner and its key, :data:`ANONYMOUS` (``(None, None)``), or :data:`ADMIN_READER`."""
 
 
 class AccessControl:
@@ -82,24 +97,51 @@ class AccessControl:
 
     # ----- the request path ---------------------------------------------------------------------
 
-    def authorise(self, request: web.Request, feed: FeedDefinition | None, fmt: str | None,
-                  readable: list[FeedDefinition] | None = None) -> Grant:
-        """Let a feed request in (``feed``), or an item request (``readable``: the feeds that hold it)."""
+    def authorise(self, request: web.Request, feed: FeedDefinition, fmt: str) -> Grant:
+        """Let a feed request in, or refuse it (401, 403, 429) as the access policy says."""
+        reader = self.identify(request, open_to_anonymous=feed.public)
+        if reader is ADMIN_READER:
+            return Grant(None, None, None)
+        partner, key = reader
+        refusal = feed_refusal(partner, feed, fmt)
+        if refusal is not None:
+            raise _refused(refusal, partner, f"the feed {feed.name!r}", fmt)
+        return self._within_quota(partner, key)
+
+    def authorise_item(self, reader: Reader, revision: Revision | None, feeds: Iterable[FeedDefinition],
+                       fmt: str) -> Grant:
+        """Let an item request in at ``revision`` (identified first with :meth:`identify`), or refuse it:
+        404 when no feed the reader may read holds that revision (or it is withheld), else 401/403/429."""
+        if reader is ADMIN_READER:
+            return Grant(None, None, None)
+        partner, key = reader
+        refusal = item_refusal(partner, revision, feeds, fmt)
+        if refusal is not None:
+            raise _refused(refusal, partner, "a feed that holds this item", fmt)
+        return self._within_quota(partner, key)
+
+    def identify(self, request: web.Request, open_to_anonymous: bool) -> Reader:
+        """Who is reading: the admin, a partner and its key, or (when ``open_to_anonymous``) nobody.
+        401 for a missing or bad key, 429 for an address being throttled; see :meth:`check_key`."""
         presented = _presented_key(request)
-        public = feed.public if feed is not None else any(f.public for f in readable or ())
         if presented is None:
-            if public:
-                return Grant(None, None, None)
+            if open_to_anonymous:
+                return ANONYMOUS
             raise Unauthorised("This feed needs a partner key: 'Authorization: Bearer <key>', 'X-API-Key' or "
                                "'?key='.", headers={"WWW-Authenticate": _CHALLENGE})
+        return self.check_key(presented, request.remote or "unknown")
+
+    def check_key(self, presented: str, address: str) -> Reader:
+        """The admin, or the partner and key that ``presented`` belongs to; 401 if none (counted against
+        ``address``), 429 if ``address`` failed too often this minute. Every way in that takes a
+        partner key (feeds, items, the WebSub hub) goes through here, so the throttle covers them all."""
         found = self.table.accepted(presented)
         if found is None or self._failures:
             # Not a key this table has accepted before, or some address failed this minute: the admin
             # token, the throttle (a throttled address gets 429 whatever it presents), then the full check.
             caller = self.tokens.lookup(presented)
             if caller is not None and caller.is_admin:
-                return Grant(None, None, None)
-            address = request.remote or "unknown"
+                return ADMIN_READER
             self._check_not_throttled(address)
             if found is None:
                 found = self.table.authenticate(presented)
@@ -107,19 +149,12 @@ class AccessControl:
                 self._count_failure(address)
                 raise Unauthorised("The key is not valid (unknown, revoked or expired), or its partner is "
                                    "disabled.", headers={"WWW-Authenticate": f'{_CHALLENGE}, error="invalid_token"'})
-        partner, key = found
-        note_partner(partner.name)  # for the logs: the partner's name, never its key
-        if public:
-            pass  # open to everyone; the partner's poll is still counted and recorded
-        elif feed is not None and not partner.may_read_feed(feed.name):
-            raise Problem(f"Partner {partner.name!r} is not entitled to the feed {feed.name!r}.",
-                          status=403, slug="not-entitled")
-        elif feed is None and not any(partner.may_read_feed(f.name) for f in readable or ()):
-            raise Problem(f"Partner {partner.name!r} is not entitled to a feed that holds this item.",
-                          status=403, slug="not-entitled")
-        if not public and fmt is not None and not partner.may_read_format(fmt):
-            raise Problem(f"Partner {partner.name!r} is not entitled to the {fmt} format.", status=403,
-                          slug="not-entitled")
+        note_partner(found[0].name)  # for the logs: the partner's name, never its key
+        return found
+
+    def _within_quota(self, partner: Partner | None, key: AccessKey | None) -> Grant:
+        if partner is None or key is None:
+            return Grant(None, None, None)  # anonymous, on a public feed: no quota, no ledger
         quota = self.limiter.check(partner.name, partner.rate_limit or self.default_rate_limit)
         if not quota.allowed:
             raise Problem(f"Rate limit of {quota.limit} requests a minute reached; try again in "
@@ -167,7 +202,7 @@ class AccessControl:
         if found is None:
             return None
         partner, key = found
-        if not feed.public and not (partner.may_read_feed(feed.name) and partner.may_read_format(fmt)):
+        if feed_refusal(partner, feed, fmt) is not None:
             return None
         quota = self.limiter.check(partner.name, partner.rate_limit or self.default_rate_limit)
         return Grant(partner, key.key_id, quota) if quota.allowed else None
@@ -193,6 +228,21 @@ class AccessControl:
         self._failures[address] = (minute, failures + 1 if seen_minute == minute else 1)
         if len(self._failures) > 100_000:  # bounded memory under a spray of addresses
             self._failures = {a: v for a, v in self._failures.items() if v[0] == minute}
+
+
+def _refused(refusal: Refusal, partner: Partner | None, what: str, fmt: str | None) -> Problem:
+    """The answer to a refusal of the access policy."""
+    if refusal is Refusal.NOT_HELD:
+        return NotFound("No such item in a feed you may read.")
+    if refusal is Refusal.NEEDS_KEY:
+        return Unauthorised(f"Reading {what} needs a partner key: 'Authorization: Bearer <key>', 'X-API-Key' "
+                            "or '?key='.", headers={"WWW-Authenticate": _CHALLENGE})
+    if refusal is Refusal.INACTIVE:
+        return Unauthorised("The partner is disabled.", headers={"WWW-Authenticate": f'{_CHALLENGE}, error="invalid_token"'})
+    name = partner.name if partner else "?"
+    if refusal is Refusal.FORMAT:
+        return Problem(f"Partner {name!r} is not entitled to the {fmt} format.", status=403, slug="not-entitled")
+    return Problem(f"Partner {name!r} is not entitled to {what}.", status=403, slug="not-entitled")
 
 
 def _etags_in(if_none_match: str) -> set[str]:

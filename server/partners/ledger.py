@@ -26,6 +26,7 @@ from redis.asyncio import Redis
 from server.articles.store import ArticleStore
 from server.core import keys
 from server.core.values import iso, parse_iso, utc_now
+from server.domain.access import may_read_item
 from server.domain.articles import CORRECTION, KILL, UPDATE, Change
 from server.domain.feeds import FeedDefinition, in_feed
 from server.domain.partners import Partner
@@ -215,11 +216,10 @@ async def partner_status(partner: Partner, ledger: PollLedger, store: ArticleSto
 
     received = await ledger.received(partner.name)
     changes = await recent_changes(store, now - STATUS_WINDOW)
-    readable = [f for name, f in feeds.items() if partner.may_read_feed(name)]
     articles = await store.get_many(list(dict.fromkeys(c.article_id for c in changes)))
     report = []
     for article in articles:
-        if not in_feed(article, now, None) or not any(feed.holds(article.latest) for feed in readable):
+        if not in_feed(article, now, None) or not may_read_item(partner, article.latest, feeds.values()):
             continue  # under embargo or withheld: no feed delivers it, so nobody can be behind on it
         got_version, got_at = received.get(article.id, (0, None))
         done = got_version >= article.version

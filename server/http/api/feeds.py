@@ -20,7 +20,7 @@ from server.feeds.cache import page_name
 from server.feeds.render import NEWSML_MESSAGE_MEDIA_TYPE, FeedView, ItemView, render_newsml_item
 from server.http.caching import respond
 from server.http.state import ACCESS, FEED_BUILDER, FEED_CACHE, FEEDS, SETTINGS, STORE
-from server.partners.access import Grant
+from server.partners.access import Grant, Reader
 
 NINJS_MEDIA_TYPE = "application/json"
 FEED_ROUTE = "/feeds/{name}/{format}"
@@ -47,7 +47,8 @@ async def get_feed(request: web.Request) -> web.Response:
 
 async def get_item(request: web.Request) -> web.Response:
     """The stored ninjs of the latest revision; a killed (or purged) article gives its tombstone."""
-    article, grant = await _visible_article(request, "json")
+    article, reader = await _visible_article(request)
+    grant = request.app[ACCESS].authorise_item(reader, article.latest, request.app[FEEDS].values(), "json")
     document = article.latest.document or {"uri": article.uri, "type": "text", "pubStatus": "canceled"}
     if not grant.include_photos and "associations" in document:
         document = {k: v for k, v in document.items() if k != "associations"}
@@ -61,18 +62,18 @@ async def get_item(request: web.Request) -> web.Response:
 async def get_item_newsml(request: web.Request) -> web.Response:
     """The article alone as NewsML-G2 (a newsMessage with the article and its pictures), latest or
     ``?version=N``; once an article is killed every version answers with the tombstone."""
-    article, grant = await _visible_article(request, "newsml")
+    version = _version(request)
+    article, reader = await _visible_article(request)
     revision = article.latest
-    raw_version = request.query.get("version")
-    if raw_version is not None:
-        version = whole_number(raw_version)
-        if version is None or not 1 <= version <= article.version:
-            raise Problem(f"version must be a whole number from 1 to {article.version}.", parameter="version")
-        if not article.killed:
-            revision = await request.app[STORE].revision(article.id, version)
-            if revision.document is None:
-                raise Problem(f"Version {raw_version} is no longer kept (only its metadata is); "
-                              f"the latest is version {article.version}.", status=410, slug="version-gone")
+    if version is not None and version > article.version:
+        raise Problem(f"version must be a whole number from 1 to {article.version}.", parameter="version")
+    if version is not None and not article.killed:
+        revision = await request.app[STORE].revision(article.id, version)
+    # The version asked for, not only the latest, must be one the caller may read (never withheld).
+    grant = request.app[ACCESS].authorise_item(reader, revision, request.app[FEEDS].values(), "newsml")
+    if revision.document is None and not article.killed:
+        raise Problem(f"Version {version} is no longer kept (only its metadata is); "
+                      f"the latest is version {article.version}.", status=410, slug="version-gone")
     builder = request.app[FEED_BUILDER]
     item_url = builder.item_url(article.id)
     view = FeedView(
@@ -88,6 +89,16 @@ async def get_item_newsml(request: web.Request) -> web.Response:
     return response
 
 
+def _version(request: web.Request) -> int | None:
+    raw = request.query.get("version")
+    if raw is None:
+        return None
+    version = whole_number(raw)
+    if version is None or version < 1:
+        raise Problem("version must be a whole number from 1.", parameter="version")
+    return version
+
+
 def _since(request: web.Request) -> int | None:
     raw = request.query.get("since")
     if raw is None:
@@ -98,21 +109,18 @@ def _since(request: web.Request) -> int | None:
     return since
 
 
-async def _visible_article(request: web.Request, fmt: str | None) -> tuple[Article, Grant]:
-    """The article and the caller's grant, if a feed the caller may read shows it. Items under embargo
-    or withheld are not served; the key is checked before the store is asked anything."""
+async def _visible_article(request: web.Request) -> tuple[Article, Reader]:
+    """The article, if a feed may show it now, and who asks; the key is checked before the store is
+    asked anything, and whether this reader may read it is left to :meth:`AccessControl.authorise_item`."""
     article_id = request.match_info["id"]
     if not is_article_id(article_id):
         raise NotFound(f"{article_id!r} is not an item id of this server.")
-    access = request.app[ACCESS]
-    access.authorise(request, None, fmt, list(request.app[FEEDS].values()))  # any key at all, first
+    feeds = request.app[FEEDS].values()
+    reader = request.app[ACCESS].identify(request, open_to_anonymous=any(f.public for f in feeds))
     article = await request.app[STORE].get(article_id)
     if article is None or not in_feed(article, utc_now(), None):
         raise NotFound(f"No item {article_id}.")
-    holding = [f for f in request.app[FEEDS].values() if f.holds(article.latest)]
-    if not holding:
-        raise NotFound(f"No item {article_id}.")
-    return article, access.authorise(request, None, fmt, holding)
+    return article, reader
 
 
 def _item_delivered(request: web.Request, grant: Grant, response: web.StreamResponse, article_id: str,

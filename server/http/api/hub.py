@@ -22,6 +22,7 @@ from yarl import URL
 
 from server.core.errors import Problem
 from server.core.values import utc_now, whole_number
+from server.domain.access import feed_refusal, readable_feeds
 from server.domain.feeds import FORMATS
 from server.domain.ninjs import DocumentError, parse_json_object
 from server.domain.partners import check_name
@@ -75,11 +76,17 @@ async def hub(request: web.Request) -> web.Response:
     partner_name, key_id = None, None
     presented = _bearer(request) or topic_key
     if not feed.public or presented:
-        found = request.app[ACCESS].table.authenticate(presented or "", utc_now())
-        if found is None:
+        try:  # the same key check and failed-key throttle as a feed poll
+            reader = request.app[ACCESS].check_key(presented or "", request.remote or "unknown")
+        except Problem as exc:
+            if exc.status == 429:
+                return web.Response(status=429, text=exc.detail + "\n", content_type="text/plain",
+                                    headers={"Retry-After": exc.headers.get("Retry-After", "60")})
+            reader = None
+        if not isinstance(reader, tuple) or reader[0] is None or reader[1] is None:
             return _plain(403, "This topic needs a valid partner key (Authorization: Bearer, or ?key= on the topic).")
-        partner, key = found
-        if not feed.public and not (partner.may_read_feed(feed.name) and partner.may_read_format(fmt)):
+        partner, key = reader
+        if feed_refusal(partner, feed, fmt) is not None:
             return _plain(403, f"Partner {partner.name} is not entitled to {feed.name} in {fmt}.")
         partner_name, key_id = partner.name, key.key_id
 
@@ -148,7 +155,7 @@ async def add_endpoint(request: web.Request) -> web.Response:
     if not isinstance(secret, str) or not 16 <= len(secret.encode()) <= MAX_SECRET_BYTES:
         raise Problem("secret must be a string of 16 to 199 bytes.", status=422,
                       errors=[{"pointer": "/secret", "detail": "16 to 199 bytes"}])
-    if not partner.may_read_format(WEBHOOK_FEED_FORMATS[fmt]):
+    if not readable_feeds(partner, request.app[FEEDS].values(), WEBHOOK_FEED_FORMATS[fmt]):
         raise Problem(f"Partner {partner.name!r} is not entitled to the {WEBHOOK_FEED_FORMATS[fmt]} format.",
                       status=422, errors=[{"pointer": "/format", "detail": "format not granted to the partner"}])
     await check_destination(url, request.app[SETTINGS].push_allow_networks)
