@@ -12,8 +12,6 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -21,27 +19,23 @@ import uvloop
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from server.articles.store import CREATED, REVISED, UNCHANGED, ArticleStore
+from server.articles.store import CREATED, REVISED, UNCHANGED
 from server.core.credentials import with_local_credentials
-from server.core.embedded_redis import EmbeddedRedisError, start_embedded_redis
+from server.core.embedded_redis import EmbeddedRedisError
 from server.core.errors import Problem
-from server.core.redis_connection import connect
 from server.core.settings import Settings, SettingsError
 from server.core.values import iso, parse_iso, utc_now
 from server.domain.access import readable_feeds
 from server.domain.articles import article_id_for_uri, is_article_id
-from server.domain.feeds import FeedDefinitionError, load_feed_definitions
+from server.domain.feeds import FeedDefinitionError
 from server.domain.ninjs import DocumentError, IncomingDocument, parse_json_object, read_document
 from server.http.state import ACCESS, PARTNERS, SETTINGS, STORE
 from server.observability import logs
 from server.ops import views as ops
 from server.ops.views import OpsContext
-from server.partners.ledger import PollLedger
-from server.partners.store import PartnerStore
-from server.push.destinations import WEBHOOK_FEED_FORMATS, WEBHOOK_FORMATS, DestinationStore, new_webhook
-from server.push.queue import PushQueue
+from server.push.destinations import WEBHOOK_FEED_FORMATS, WEBHOOK_FORMATS, new_webhook
 from server.push.safety import check_destination
-from server.push.worker import ensure_dispatch_group
+from server.runtime.services import Role, Services, open_services
 
 DEMO_PARTNER_KEY = web.AppKey("demo_partner_key", str)
 
@@ -220,24 +214,18 @@ def use_zero_copy_writes() -> None:
 
 
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
-    """The server's background half: change fan-out, push deliveries, embargo lifting and retention.
-    It shares the queue with every other worker and server process through Redis."""
+    """The server's background half: change fan-out, push deliveries, embargo lifting and retention,
+    without any of HTTP. It shares the queue with every other worker and server process through Redis."""
     import signal
-    from dataclasses import replace
-
-    from server.http.app import create_app
 
     async def run() -> int:
-        app = create_app(replace(settings, run_workers=True))
-        runner = web.AppRunner(app)
-        await runner.setup()  # starts Redis, the key table and the workers; serves nothing
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        logging.getLogger("syndicate").info("push worker running (pid %d)", os.getpid())
-        await stop.wait()
-        await runner.cleanup()
+        async with open_services(settings, Role.WORKER):
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(signum, stop.set)
+            logging.getLogger("syndicate").info("push worker running (pid %d)", os.getpid())
+            await stop.wait()
         return 0
 
     return asyncio.run(run())
@@ -317,30 +305,9 @@ async def _print_banner(app: web.Application) -> None:
 # ----- commands that talk to Redis directly --------------------------------------------------------
 
 
-@dataclass
-class _Session:
-    store: ArticleStore
-    partners: PartnerStore
-
-
-@contextlib.asynccontextmanager
-async def _store_session(settings: Settings) -> AsyncIterator[_Session]:
-    embedded = None
-    url = settings.redis_url
-    if url is None:
-        embedded = start_embedded_redis(settings.data_dir, settings.redis_server_bin)
-        url = embedded.url
-    try:
-        redis = await connect(url)
-        try:
-            await ensure_dispatch_group(redis)
-            feeds = load_feed_definitions(settings.feeds_dir)
-            yield _Session(ArticleStore(redis, feeds), PartnerStore(redis, feeds))
-        finally:
-            await redis.aclose()
-    finally:
-        if embedded is not None:
-            embedded.stop()
+def _store_session(settings: Settings) -> contextlib.AbstractAsyncContextManager[Services]:
+    """A command's services: the stores on one small Redis pool, no background job."""
+    return open_services(settings, Role.COMMAND)
 
 
 def _import(args: argparse.Namespace, settings: Settings) -> int:
@@ -480,7 +447,7 @@ def _print_issued(issued) -> None:
 
 
 def _partner_add(args: argparse.Namespace, settings: Settings) -> int:
-    async def action(session: _Session) -> None:
+    async def action(session: Services) -> None:
         _print_issued(await session.partners.create(
             args.name, _csv(args.feeds), _csv(args.formats), media=not args.no_media, contact=args.contact,
             notes=args.notes, rate_limit=args.rate_limit, expires_at=_expiry(args.expires)))
@@ -488,7 +455,7 @@ def _partner_add(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _partner_list(args: argparse.Namespace, settings: Settings) -> int:
-    async def action(session: _Session) -> None:
+    async def action(session: Services) -> None:
         partners, _generation = await session.partners.load_all()
         for partner in partners:
             live = sum(1 for k in partner.keys if k.usable(utc_now()))
@@ -498,56 +465,56 @@ def _partner_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _partner_show(args: argparse.Namespace, settings: Settings) -> int:
-    async def action(session: _Session) -> None:
+    async def action(session: Services) -> None:
         _print_json((await session.partners.get(args.name)).public_view())
     return _partner_command(settings, action)
 
 
 def _partner_key(args: argparse.Namespace, settings: Settings) -> int:
-    async def action(session: _Session) -> None:
+    async def action(session: Services) -> None:
         _print_issued(await session.partners.issue_key(args.name, _expiry(args.expires)))
     return _partner_command(settings, action)
 
 
 def _partner_revoke(args: argparse.Namespace, settings: Settings) -> int:
-    async def action(session: _Session) -> None:
+    async def action(session: Services) -> None:
         await session.partners.revoke_key(args.name, args.key_id)
         print(f"revoked key {args.key_id} of {args.name}")
     return _partner_command(settings, action)
 
 
 def _partner_toggle(args: argparse.Namespace, settings: Settings) -> int:
-    async def action(session: _Session) -> None:
+    async def action(session: Services) -> None:
         await session.partners.update(args.name, active=args.active)
         print(f"{args.name} {'enabled' if args.active else 'disabled'}")
     return _partner_command(settings, action)
 
 
 def _endpoint_add(args: argparse.Namespace, settings: Settings) -> int:
-    async def action(session: _Session) -> None:
+    async def action(session: Services) -> None:
         partner = await session.partners.get(args.name)
         if not 16 <= len(args.secret.encode()) <= 199:
             raise CommandError("--secret must be 16 to 199 bytes")
         if not readable_feeds(partner, session.store.feeds.values(), WEBHOOK_FEED_FORMATS[args.format]):
             raise CommandError(f"partner {partner.name} is not entitled to the {WEBHOOK_FEED_FORMATS[args.format]} format")
         await check_destination(args.url, settings.push_allow_networks)
-        endpoint = await DestinationStore(session.partners.redis).save(
+        endpoint = await session.destinations.save(
             new_webhook(partner.name, args.url, args.format, args.secret))
         print(f"endpoint {endpoint.id} of {partner.name}: {endpoint.format} to {endpoint.url}")
     return _partner_command(settings, action)
 
 
 def _endpoint_list(args: argparse.Namespace, settings: Settings) -> int:
-    async def action(session: _Session) -> None:
+    async def action(session: Services) -> None:
         partner = await session.partners.get(args.name)
-        for destination in await DestinationStore(session.partners.redis).for_partner(partner.name):
+        for destination in await session.destinations.for_partner(partner.name):
             print(f"{destination.id}\t{destination.kind}\t{destination.format}\t{destination.url}")
     return _partner_command(settings, action)
 
 
 def _endpoint_remove(args: argparse.Namespace, settings: Settings) -> int:
-    async def action(session: _Session) -> None:
-        store = DestinationStore(session.partners.redis)
+    async def action(session: Services) -> None:
+        store = session.destinations
         endpoint = await store.require(args.endpoint_id, partner=args.name)
         await store.remove(endpoint.id)
         print(f"removed endpoint {endpoint.id} of {args.name}")
@@ -564,10 +531,7 @@ def _csv(text: str) -> list[str]:
 def _ops_command(settings: Settings, action) -> int:
     async def run() -> int:
         async with _store_session(settings) as session:
-            redis = session.store.redis
-            context = OpsContext(session.store, session.partners, PollLedger(redis), DestinationStore(redis),
-                                 PushQueue(redis), session.store.feeds)
-            await action(context)
+            await action(session.ops)
         return 0
 
     return asyncio.run(run())

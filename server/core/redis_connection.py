@@ -17,13 +17,15 @@ log = logging.getLogger(__name__)
 
 
 MAX_CONNECTIONS = 256
+POOL_WAIT_SECONDS = 20.0
 
 
-async def connect(url: str, *, decode_responses: bool = True, timeout: float = 10.0) -> Redis:
-    # A blocking pool: under a burst (hundreds of pushes in flight) callers wait for a connection
-    # instead of failing with "too many connections".
+async def connect(url: str, *, decode_responses: bool = True, timeout: float = 10.0,
+                  max_connections: int = MAX_CONNECTIONS, pool_wait_seconds: float = POOL_WAIT_SECONDS) -> Redis:
+    # A blocking pool: under a burst callers wait (up to pool_wait_seconds) for a connection instead of
+    # failing with "too many connections".
     pool = BlockingConnectionPool.from_url(url, decode_responses=decode_responses, health_check_interval=30,
-                                           max_connections=MAX_CONNECTIONS, timeout=20)
+                                           max_connections=max_connections, timeout=pool_wait_seconds)
     client = Redis(connection_pool=pool)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout

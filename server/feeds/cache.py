@@ -26,7 +26,7 @@ from redis.asyncio import Redis
 from server.core import keys
 from server.domain.feeds import FeedDefinition
 from server.feeds.builder import HEAD, FeedBuilder, RenderedFeed
-from server.observability.metrics import observe
+from server.observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,9 @@ def page_name(since: int | None) -> str:
 
 class FeedCache:
     def __init__(self, store_redis: Redis, cache_redis: Redis, builder: FeedBuilder,
-                 feeds: dict[str, FeedDefinition], ttl_seconds: int, memory_bytes: int) -> None:
+                 feeds: dict[str, FeedDefinition], ttl_seconds: int, memory_bytes: int,
+                 metrics: Metrics | None = None) -> None:
+        self.metrics = metrics or Metrics("unattached")
         self.store_redis = store_redis  # generations and pub/sub live with the data (decoded replies)
         self.cache_redis = cache_redis  # rendered bytes (raw replies); may be a separate Redis
         self.builder = builder
@@ -101,7 +103,7 @@ class FeedCache:
                 or cached[1] <= time.monotonic():
             return None
         self._memory.move_to_end(memory_key)
-        observe(self).cache_result("memory_hit")
+        self.metrics.cache_result("memory_hit")
         return cached[0]
 
     async def get(self, feed: FeedDefinition, fmt: str, since: int | None, variant: str = "full") -> RenderedFeed:
@@ -127,16 +129,16 @@ class FeedCache:
         cache_key = keys.rendered_feed(feed.name, fmt, page, generation, variant)
         stored = await self.cache_redis.hgetall(cache_key)
         if stored:
-            observe(self).cache_result("redis_hit")
+            self.metrics.cache_result("redis_hit")
             return RenderedFeed.from_redis(stored)
         lock_key, token = keys.render_lock(cache_key), secrets.token_hex(8)
         if not await self.cache_redis.set(lock_key, token, nx=True, px=LOCK_MILLISECONDS):
             stored = await self._wait_for(cache_key)
             if stored:
-                observe(self).cache_result("redis_hit")
+                self.metrics.cache_result("redis_hit")
                 return RenderedFeed.from_redis(stored)
         try:
-            with observe(self).rendering(fmt):
+            with self.metrics.rendering(fmt):
                 rendered = await self.builder.build(feed, fmt, since, generation, include_photos=variant == "full")
             async with self.cache_redis.pipeline(transaction=False) as pipe:
                 pipe.hset(cache_key, mapping=rendered.to_redis())

@@ -14,7 +14,6 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from server.core import keys
 from server.core.values import utc_now
-from server.http.heartbeat import beat
 from server.observability.metrics import workers_alive
 
 
@@ -29,10 +28,10 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
 
 
 async def exposition(app: web.Application) -> bytes:
-    from server.http.state import REDIS
+    from server.http.state import REDIS, SERVICES
 
     redis = app[REDIS]
-    await beat(app)  # this process's own snapshot, fresh
+    await app[SERVICES].heartbeat.beat()  # this process's own snapshot, fresh
     snapshots = await _live_snapshots(redis)
     gauges = await cluster_gauges(app)
     registry = CollectorRegistry(auto_describe=False)

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from server.push.destinations import DestinationStore
     from server.push.queue import PushQueue
     from server.push.worker import PushWorker
+    from server.runtime.services import Services
 
 SETTINGS = web.AppKey("settings", Settings)
 REDIS: web.AppKey[Redis] = web.AppKey("redis")
@@ -43,6 +44,7 @@ PUSH_QUEUE: web.AppKey[PushQueue] = web.AppKey("push_queue")
 PUSH_WORKER: web.AppKey[PushWorker | None] = web.AppKey("push_worker")
 HUB_TASKS: web.AppKey[set] = web.AppKey("hub_tasks")
 OPS: web.AppKey[OpsContext] = web.AppKey("ops")
+SERVICES: web.AppKey[Services] = web.AppKey("services")
 
 
 METRICS = web.AppKey("metrics", Metrics)

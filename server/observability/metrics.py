@@ -98,6 +98,8 @@ class Metrics:
                                           buckets=DELIVERY_BUCKETS, registry=r)
         self.redis_errors = Counter("syndicate_redis_errors", "Redis errors caught and logged, by where.",
                                     ("where",), registry=r)
+        self.job_restarts = Counter("syndicate_job_restarts", "Background jobs restarted after they crashed, "
+                                    "by job.", ("job",), registry=r)
         # Present from the start (at 0), so rate() and increase() see the first increment.
         for kind in ("webhook", "websub"):
             for outcome in DELIVERY_OUTCOMES:
@@ -124,6 +126,9 @@ class Metrics:
         """An attempt failed inside the server (it is retried); counts a Redis error when it was one."""
         self.delivered(kind, "retry")
         self.count_redis_error("push")
+
+    def job_restarted(self, job: str) -> None:
+        self.job_restarts.labels(job=job).inc()
 
     def count_redis_error(self, where: str) -> None:
         """Call in an ``except`` block: counts the exception being handled if it is a Redis error."""

@@ -142,6 +142,11 @@ class PushWorker:
         if self._session is not None:
             await self._session.close()
 
+    @property
+    def running(self) -> bool:
+        """Started, and none of its loops has ended."""
+        return bool(self._tasks) and all(not task.done() for task in self._tasks)
+
     def wake(self, _message: str = "") -> None:
         self._wake.set()
 

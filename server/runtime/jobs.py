@@ -1,0 +1,118 @@
+"""Background jobs, supervised together: one group per process keeps every task's reference, restarts
+a job that crashed (with a logged error, a metric and a growing pause), and stops them in the reverse
+order of their start.
+
+A job is a small object with a ``name`` and ``async run(stop)``, which returns once ``stop`` is set.
+Most are periodic (:class:`PeriodicJob`): ``tick()`` every ``interval`` seconds, and ``last()`` once on
+the way out (a flush, say). Stopping is by the event, not by cancellation first: redis-py can swallow
+a ``CancelledError`` in the middle of a command; a job still running after the grace period is
+cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Protocol
+
+from server.observability.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+FIRST_RESTART_SECONDS = 0.1
+LONGEST_RESTART_SECONDS = 5.0
+
+
+class Job(Protocol):
+    name: str
+
+    async def run(self, stop: asyncio.Event) -> None: ...
+
+
+class PeriodicJob:
+    """``tick()`` every ``interval`` seconds until stopped (first at once when ``tick_at_start``), then
+    ``last()``. A tick that raises is logged and counted; the next tick comes at its time."""
+
+    name = "periodic"
+    where = "periodic"  # the place its Redis errors are counted under (syndicate_redis_errors)
+    interval = 1.0
+    tick_at_start = False
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    async def tick(self) -> None:
+        raise NotImplementedError
+
+    async def last(self) -> None:
+        return None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        first = self.tick_at_start
+        while not stop.is_set():
+            if not first:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=self.interval)
+                if stop.is_set():
+                    break
+            first = False
+            try:
+                await self.tick()
+            except Exception:
+                self.metrics.count_redis_error(self.where)
+                log.exception("%s failed; will try again", self.name)
+        await self.last()
+
+
+class JobGroup:
+    """The supervised jobs of one process."""
+
+    def __init__(self, metrics: Metrics, grace_seconds: float = 10.0,
+                 first_restart_seconds: float = FIRST_RESTART_SECONDS) -> None:
+        self.metrics = metrics
+        self.grace_seconds = grace_seconds
+        self.first_restart_seconds = first_restart_seconds
+        self._running: list[tuple[Job, asyncio.Event, asyncio.Task[None]]] = []
+
+    def start(self, job: Job) -> None:
+        stop = asyncio.Event()
+        task = asyncio.get_running_loop().create_task(self._supervise(job, stop), name=f"job:{job.name}")
+        self._running.append((job, stop, task))
+
+    @property
+    def names(self) -> list[str]:
+        return [job.name for job, _stop, _task in self._running]
+
+    def alive(self, name: str) -> bool:
+        return any(job.name == name and not task.done() for job, _stop, task in self._running)
+
+    async def _supervise(self, job: Job, stop: asyncio.Event) -> None:
+        pause = self.first_restart_seconds
+        while not stop.is_set():
+            try:
+                await job.run(stop)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.metrics.job_restarted(job.name)
+                log.exception("job %s crashed; restarting it in %.1f s", job.name, pause)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=pause)
+            pause = min(pause * 2, LONGEST_RESTART_SECONDS)
+
+    async def stop(self) -> None:
+        """Stop every job, the last started first; each gets ``grace_seconds`` before it is cancelled."""
+        while self._running:
+            job, stop, task = self._running.pop()
+            stop.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(task), timeout=self.grace_seconds)
+            except TimeoutError:
+                log.warning("job %s did not stop within %.0f s; cancelling it", job.name, self.grace_seconds)
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            except Exception:
+                log.exception("job %s failed while stopping", job.name)

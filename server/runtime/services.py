@@ -1,0 +1,225 @@
+"""The composition root: every service of a process (Redis clients, store, caches, partners, ledger,
+access control, push, ops) built in one place, and the background jobs started and stopped with them.
+
+``syndicate serve`` (through :func:`server.http.app.create_app`), ``syndicate worker`` (no web app)
+and every CLI command open the services for their :class:`Role`:
+
+- ``SERVER``: the request path, the background jobs, and push unless ``SYNDICATE_WORKERS=OFF``;
+- ``WORKER``: the background jobs and push, and nothing of HTTP;
+- ``COMMAND``: the stores only, on one small Redis pool, with no job running.
+
+Each role of Redis use has a client of its own with a sized pool (see :class:`RedisClients`), so a
+burst of push deliveries cannot make a publish or the request path's flush wait for a connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from enum import StrEnum
+
+from redis.asyncio import Redis
+
+from server.articles.store import ArticleStore
+from server.core import keys
+from server.core.embedded_redis import EmbeddedRedis, start_embedded_redis
+from server.core.redis_connection import connect, durability_warnings
+from server.core.settings import Settings
+from server.domain.callers import TokenTable
+from server.domain.feeds import FeedDefinition, load_feed_definitions
+from server.feeds.builder import FeedBuilder
+from server.feeds.cache import FeedCache
+from server.observability.metrics import Metrics, attach, new_process_id, release_process_id
+from server.ops.views import OpsContext
+from server.partners.access import AccessControl
+from server.partners.ledger import PollLedger
+from server.partners.ratelimit import RateLimiter
+from server.partners.store import PartnerStore
+from server.push.destinations import DestinationStore
+from server.push.queue import PushQueue
+from server.push.worker import PushWorker, ensure_dispatch_group
+from server.runtime.background import EmbargoJob, FlushJob, RetentionJob
+from server.runtime.heartbeat import Heartbeat
+from server.runtime.jobs import JobGroup
+from server.runtime.notifications import Subscriber
+
+log = logging.getLogger(__name__)
+
+FLUSH_POOL = 4  # the flush job's pipelines, one at a time, and a spare
+PUBSUB_POOL = 4  # the subscription, and the resyncs it triggers
+PUSH_POOL_HEADROOM = 8  # the dispatcher, the claims and the sweep, beside the deliveries
+COMMAND_POOL = 8
+POOL_WAIT_SECONDS = 5.0
+
+
+class Role(StrEnum):
+    SERVER = "server"
+    WORKER = "worker"
+    COMMAND = "command"
+
+
+@dataclass(frozen=True, slots=True)
+class RedisClients:
+    """One client per role of Redis use, each with its own pool.
+
+    ``store``: ingest, the article and partner reads of the request path, the API. ``flush``: the rate
+    limit counts and ledger lines the request path buffers. ``pubsub``: this process's subscription.
+    ``push``: the dispatcher and the deliveries, sized above the deliveries a worker makes at once
+    (``SYNDICATE_PUSH_MAX_IN_FLIGHT``), with a pool wait shorter than a delivery's lease. ``cache``:
+    rendered feeds, as bytes, on the cache Redis when there is one.
+    """
+
+    store: Redis
+    flush: Redis
+    pubsub: Redis
+    push: Redis
+    cache: Redis
+
+    @classmethod
+    async def open(cls, url: str, settings: Settings, role: Role) -> RedisClients:
+        cache_url = settings.cache_redis_url or url
+        if role is Role.COMMAND:
+            store = await connect(url, max_connections=COMMAND_POOL, pool_wait_seconds=POOL_WAIT_SECONDS)
+            cache = await connect(cache_url, decode_responses=False, max_connections=COMMAND_POOL)
+            return cls(store, store, store, store, cache)
+        opened: list[Redis] = []
+        try:
+            for size, wait in ((settings.redis_pool_size, POOL_WAIT_SECONDS), (FLUSH_POOL, POOL_WAIT_SECONDS),
+                               (PUBSUB_POOL, POOL_WAIT_SECONDS),
+                               (settings.push_max_in_flight + PUSH_POOL_HEADROOM,
+                                min(POOL_WAIT_SECONDS, settings.push_lease_seconds / 2))):
+                opened.append(await connect(url, max_connections=size, pool_wait_seconds=wait))
+            opened.append(await connect(cache_url, decode_responses=False, max_connections=settings.redis_pool_size,
+                                        pool_wait_seconds=POOL_WAIT_SECONDS))
+        except BaseException:
+            for client in opened:
+                await client.aclose()
+            raise
+        return cls(*opened)
+
+    async def close(self) -> None:
+        for client in {id(c): c for c in (self.store, self.flush, self.pubsub, self.push, self.cache)}.values():
+            with contextlib.suppress(Exception):
+                await client.aclose()
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    settings: Settings
+    role: Role
+    metrics: Metrics
+    feeds: dict[str, FeedDefinition]
+    tokens: TokenTable
+    embedded: EmbeddedRedis | None
+    redis: RedisClients
+    store: ArticleStore
+    builder: FeedBuilder
+    cache: FeedCache
+    partners: PartnerStore
+    ledger: PollLedger
+    limiter: RateLimiter
+    access: AccessControl
+    destinations: DestinationStore
+    queue: PushQueue
+    ops: OpsContext
+    worker: PushWorker | None
+    jobs: JobGroup
+    heartbeat: Heartbeat
+
+
+def _build(settings: Settings, role: Role, metrics: Metrics, embedded: EmbeddedRedis | None,
+           clients: RedisClients) -> Services:
+    feeds = load_feed_definitions(settings.feeds_dir)
+    tokens = TokenTable(settings)
+    store = ArticleStore(clients.store, feeds)
+    builder = FeedBuilder(store, settings)
+    cache = FeedCache(clients.store, clients.cache, builder, feeds, settings.feed_cache_ttl_seconds,
+                      settings.memory_cache_bytes, metrics)
+    store.on_change = cache.apply_notice  # read-your-writes on the process that took the write
+    partners = PartnerStore(clients.store, feeds)
+    ledger = PollLedger(clients.flush)
+    limiter = RateLimiter(clients.flush)
+    access = AccessControl(partners, tokens, ledger, limiter, settings.default_rate_limit)
+    destinations, queue = DestinationStore(clients.store), PushQueue(clients.store)
+    worker = None
+    if role is Role.WORKER or (role is Role.SERVER and settings.run_workers):
+        push_store = ArticleStore(clients.push, feeds)
+        worker = PushWorker(clients.push, push_store, DestinationStore(clients.push), PushQueue(clients.push),
+                            FeedBuilder(push_store, settings), feeds, ledger, lambda: access.table, settings,
+                            consumer=f"{role}-{os.getpid()}")
+        attach(metrics, worker)
+    ops = OpsContext(store, partners, ledger, destinations, queue, feeds)
+    heartbeat = Heartbeat(metrics, clients.store, settings.heartbeat_seconds,
+                          pushing=lambda: worker is not None and worker.running)
+    return Services(settings, role, metrics, feeds, tokens, embedded, clients, store, builder, cache, partners,
+                    ledger, limiter, access, destinations, queue, ops, worker, JobGroup(metrics), heartbeat)
+
+
+@contextlib.asynccontextmanager
+async def open_services(settings: Settings, role: Role, metrics: Metrics | None = None) -> AsyncIterator[Services]:
+    """The services of one process for ``role``, started; on exit stopped in order (push, the jobs with
+    a last flush, the subscription), then Redis closed and the embedded Redis, if any, stopped."""
+    metrics = metrics or Metrics()
+    embedded = None
+    url = settings.redis_url
+    if url is None:
+        embedded = start_embedded_redis(settings.data_dir, settings.redis_server_bin)
+        url = embedded.url
+    try:
+        clients = await RedisClients.open(url, settings, role)
+        try:
+            services = _build(settings, role, metrics, embedded, clients)
+            await ensure_dispatch_group(clients.store)
+            if role is Role.COMMAND:
+                yield services
+                return
+            if embedded is None:
+                for warning in await durability_warnings(clients.store):
+                    log.warning("%s (see README, 'Using your own Redis')", warning)
+            async with _running(services, clients):
+                yield services
+        finally:
+            await clients.close()
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+@contextlib.asynccontextmanager
+async def _running(services: Services, clients: RedisClients) -> AsyncIterator[None]:
+    access, cache, worker, jobs = services.access, services.cache, services.worker, services.jobs
+    subscriber = Subscriber(clients.pubsub)
+    subscriber.on(keys.CHANGES_CHANNEL, cache.apply_notice, cache.resync)
+    subscriber.on(keys.PARTNERS_CHANNEL, access.apply_notice, access.reload)
+    if worker is not None:
+        subscriber.on(keys.PUSH_WAKE_CHANNEL, worker.wake, _nothing)
+    services.metrics.process_id = new_process_id()
+    try:
+        await access.reload(force=True)
+        await subscriber.start()
+        try:
+            jobs.start(FlushJob(services.metrics, services.limiter, services.ledger,
+                                services.settings.flush_interval_seconds))
+            jobs.start(EmbargoJob(services.metrics, services.store))
+            jobs.start(RetentionJob(services.metrics, services.store, services.settings))
+            if worker is not None:
+                await worker.start()
+            await services.heartbeat.beat()  # before the process takes requests: /readyz sees its worker
+            jobs.start(services.heartbeat)
+            try:
+                yield
+            finally:
+                if worker is not None:
+                    await worker.stop()
+                await jobs.stop()  # the heartbeat withdraws itself; the flush flushes one last time
+        finally:
+            await subscriber.stop()
+    finally:
+        release_process_id(services.metrics.process_id)
+
+
+async def _nothing() -> None:
+    return None
