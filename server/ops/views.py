@@ -18,6 +18,7 @@ from server.core import keys
 from server.core.errors import NotFound
 from server.core.values import iso, utc_now
 from server.domain.articles import CORRECTION, KILL
+from server.domain.delivery import PartnerStatus
 from server.domain.feeds import FeedDefinition, in_feed
 from server.domain.partners import Partner
 from server.partners.ledger import STATUS_WINDOW, PollLedger, partner_status, recent_changes
@@ -72,19 +73,19 @@ async def overview(ctx: OpsContext, now: datetime | None = None) -> dict[str, An
     }
 
 
-def _partner_row(partner: Partner, status: dict[str, Any], attempts: list[dict[str, str]],
+def _partner_row(partner: Partner, status: PartnerStatus, attempts: list[dict[str, str]],
                  waiting: list, failed: list[dict[str, Any]], destinations: list, now: datetime) -> dict[str, Any]:
     own = {d.id: d for d in destinations if d.partner == partner.name}
     tried = [a for a in attempts if a.get("partner") == partner.name]
     errors = [a for a in tried if a.get("ok") == "0"]
     mine_waiting = [(claim, since) for claim, since in waiting if claim.destination_id in own]
     mine_failed = [f for f in failed if f.get("partner") == partner.name]
-    outstanding = [a for a in status["articles"] if not a["received"]]
-    lag_seconds = max((a["outstandingSeconds"] or 0 for a in outstanding), default=0)
+    outstanding = [a for a in status.articles if not a.received]
+    lag_seconds = max((a.outstanding_seconds or 0 for a in outstanding), default=0)
     failing_ids = sorted({f["destination"] for f in mine_failed} | {a["destination"] for a in errors})
     if mine_failed or (tried and len(errors) / len(tried) > 0.5):
         state = FAILING
-    elif any(a["outstandingSeconds"] and a["outstandingSeconds"] > BEHIND_AFTER.total_seconds() for a in outstanding):
+    elif any(a.outstanding_seconds and a.outstanding_seconds > BEHIND_AFTER.total_seconds() for a in outstanding):
         state = BEHIND
     else:
         state = HEALTHY
@@ -93,9 +94,9 @@ def _partner_row(partner: Partner, status: dict[str, Any], attempts: list[dict[s
         "partner": partner.name,
         "active": partner.active,
         "state": state,
-        "lastPoll": status["lastPoll"],
-        "lastPush": status["lastPush"],
-        "lag": {"revisions": sum(a["version"] - (a["receivedVersion"] or 0) for a in outstanding),
+        "lastPoll": iso(status.last_poll),
+        "lastPush": iso(status.last_push),
+        "lag": {"revisions": sum(a.version - (a.received_version or 0) for a in outstanding),
                 "seconds": round(lag_seconds, 3)},
         "outstanding": len(outstanding),
         "errorRate": round(len(errors) / len(tried), 3) if tried else None,
