@@ -32,6 +32,7 @@ from server.domain.ninjs import DocumentError, IncomingDocument, parse_json_obje
 from server.http.state import ACCESS, PARTNERS, SETTINGS, STORE
 from server.observability import logs
 from server.ops import views as ops
+from server.ops.models import PartnerHealth
 from server.ops.views import OpsContext
 from server.push.destinations import WEBHOOK_FEED_FORMATS, WEBHOOK_FORMATS, new_webhook
 from server.push.safety import check_destination
@@ -545,49 +546,49 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
         overview = await ops.overview(context)
         flow = await ops.propagation(context)
         console = Console()
-        colours = {"healthy": "green", "behind": "yellow", "failing": "bold red"}
+        colours = {PartnerHealth.HEALTHY: "green", PartnerHealth.BEHIND: "yellow", PartnerHealth.FAILING: "bold red"}
         table = Table(title="Partners")
         for column in ("partner", "state", "last poll", "last push", "lag", "outstanding", "errors", "queue"):
             table.add_column(column)
-        for row in overview["partners"]:
-            table.add_row(row["partner"] + ("" if row["active"] else " (disabled)"),
-                          f"[{colours[row['state']]}]{row['state']}[/]", row["lastPoll"] or "never",
-                          row["lastPush"] or "-", f"{row['lag']['revisions']} rev / {row['lag']['seconds']:.0f} s",
-                          str(row["outstanding"]), "-" if row["errorRate"] is None else f"{row['errorRate']:.0%}",
-                          str(row["queueDepth"]))
+        for row in overview.partners:
+            table.add_row(row.partner + ("" if row.active else " (disabled)"),
+                          f"[{colours[row.state]}]{row.state}[/]", iso(row.last_poll) or "never",
+                          iso(row.last_push) or "-", f"{row.lag.revisions} rev / {row.lag.seconds:.0f} s",
+                          str(row.outstanding), "-" if row.error_rate is None else f"{row.error_rate:.0%}",
+                          str(row.queue_depth))
         console.print(table)
         outstanding = Table(title="Corrections and kills not yet received")
         for column in ("kind", "article", "version", "partner", "outstanding for"):
             outstanding.add_column(column)
-        for item in flow["items"]:
-            for row in item["partners"]:
-                if not row["received"]:
-                    outstanding.add_row(item["kind"], item["headline"] or item["uri"], str(item["version"]),
-                                        row["partner"], f"{row['outstandingSeconds'] / 60:.1f} min")
+        for item in flow.items:
+            for receipt in item.partners:
+                if not receipt.received:
+                    outstanding.add_row(item.kind, item.headline or item.uri, str(item.version),
+                                        receipt.partner, f"{(receipt.outstanding_seconds or 0) / 60:.1f} min")
         console.print(outstanding if outstanding.row_count else "[green]Every correction and kill has been received.[/]")
-        queue = overview["queue"]
-        console.print(f"queue: {queue['depth']} waiting, {queue['inFlight']} in flight, {queue['failed']} failed; "
-                      f"oldest pending {queue['oldestPendingSeconds'] or 0:.0f} s")
+        queue = overview.queue
+        console.print(f"queue: {queue.depth} waiting, {queue.in_flight} in flight, {queue.failed} failed; "
+                      f"oldest pending {queue.oldest_pending_seconds or 0:.0f} s")
     return _ops_command(settings, action)
 
 
 def _deliveries(args: argparse.Namespace, settings: Settings) -> int:
     async def action(context: OpsContext) -> None:
         result = await ops.deliveries(context, args.partner, failed_only=args.failed)
-        for failure in result["failed"]:
-            print(f"GAVE UP\t{failure['delivery']}\t{failure.get('partner') or '-'}\t{failure['url']}\t"
-                  f"{failure['article']} v{failure['version']}\t{failure['attempts']} attempts\t{failure['lastError']}")
-        for attempt in result["attempts"]:
-            print(f"{'ok' if attempt['ok'] else 'FAILED'}\t{attempt['delivery']}\t{attempt['partner'] or '-'}\t"
-                  f"{attempt['article']} v{attempt['version']}\tattempt {attempt['attempt']}\t"
-                  f"{attempt['status'] or '-'}\t{attempt['error'] or ''}")
+        for failure in result.failed:
+            print(f"GAVE UP\t{failure.delivery}\t{failure.partner or '-'}\t{failure.url}\t"
+                  f"{failure.article} v{failure.version}\t{failure.attempts} attempts\t{failure.last_error}")
+        for attempt in result.attempts:
+            print(f"{'ok' if attempt.ok else 'FAILED'}\t{attempt.delivery}\t{attempt.partner or '-'}\t"
+                  f"{attempt.article} v{attempt.version}\tattempt {attempt.attempt}\t"
+                  f"{attempt.status or '-'}\t{attempt.error or ''}")
     return _ops_command(settings, action)
 
 
 def _retry(args: argparse.Namespace, settings: Settings) -> int:
     async def action(context: OpsContext) -> None:
         result = await ops.retry(context, args.delivery_id)
-        print(f"queued {result['article']} v{result['version']} for {result['destination']} again")
+        print(f"queued {result.article} v{result.version} for {result.destination} again")
     return _ops_command(settings, action)
 
 

@@ -12,16 +12,38 @@ import base64
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 import orjson
 
 from server.core.values import iso, parse_iso
 
-# Kinds of change, as written to the change log.
-NEW, UPDATE, CORRECTION, KILL, PURGE, EMBARGO_LIFT = "new", "update", "correction", "kill", "purge", "embargo-lift"
-# Publication statuses (ninjs pubStatus / NewsML-G2 stat:*).
-USABLE, WITHHELD, CANCELED = "usable", "withheld", "canceled"
+
+class ChangeKind(StrEnum):
+    """Kinds of change, as written to the change log."""
+
+    NEW = "new"
+    UPDATE = "update"
+    CORRECTION = "correction"
+    KILL = "kill"
+    PURGE = "purge"
+    EMBARGO_LIFT = "embargo-lift"
+
+
+class PubStatus(StrEnum):
+    """Publication statuses (ninjs pubStatus / NewsML-G2 stat:*)."""
+
+    USABLE = "usable"
+    WITHHELD = "withheld"
+    CANCELED = "canceled"
+
+
+# The same values as plain strings (``.value``), for the store, the renderers and Redis: a str
+# subclass is not a valid orjson dict key.
+NEW, UPDATE, CORRECTION, KILL = ChangeKind.NEW.value, ChangeKind.UPDATE.value, ChangeKind.CORRECTION.value, ChangeKind.KILL.value
+PURGE, EMBARGO_LIFT = ChangeKind.PURGE.value, ChangeKind.EMBARGO_LIFT.value
+USABLE, WITHHELD, CANCELED = PubStatus.USABLE.value, PubStatus.WITHHELD.value, PubStatus.CANCELED.value
 
 
 def article_id_for_uri(uri: str) -> str:

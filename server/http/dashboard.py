@@ -21,7 +21,7 @@ import hmac
 import secrets
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -34,9 +34,11 @@ from aiohttp import web
 from server.core import keys
 from server.core.errors import NotFound
 from server.core.values import parse_iso, utc_now, whole_number
+from server.domain.articles import ChangeKind
 from server.http.middleware import add_get, add_route
 from server.http.state import OPS, REDIS, SETTINGS, TOKENS
 from server.ops import views as ops
+from server.ops.models import PartnerHealth
 from server.partners.ledger import PUSH_PREFIX
 
 COOKIE = "syn_ops"
@@ -313,8 +315,8 @@ async def retry_delivery(request: web.Request) -> web.Response:
     else:
         try:
             result = await ops.retry(request.app[OPS], delivery)
-            kind, message = "ok", (f"Delivery {delivery[:8]}… queued again: {result['article'][:12]} "
-                                   f"v{result['version']} to {result['destination']}.")
+            kind, message = "ok", (f"Delivery {delivery[:8]}… queued again: {result.article[:12]} "
+                                   f"v{result.version} to {result.destination}.")
         except NotFound as exc:
             kind, message = "error", exc.detail
     response = _redirect("/ops#failed")
@@ -334,20 +336,18 @@ async def dashboard_page(request: web.Request) -> web.Response:
     recent = await ops.deliveries(ctx, failed_only=True, limit=10)
     chart = activity_chart(await hourly_activity(ctx, now), now)
     flash = dashboard.read_flash(request.cookies.get(FLASH_COOKIE))
-    items = sorted(propagation["items"], key=lambda i: (i["outstanding"] == 0, i["kind"] != "kill"))
-    partners = overview["partners"]
+    items = sorted(propagation.items, key=lambda i: (i.outstanding == 0, i.kind != ChangeKind.KILL))
     context = {
         "now": now,
         "refresh": REFRESH_SECONDS,
         "csrf": dashboard.csrf_token(session),
         "flash": flash,
-        "propagation": {**propagation, "items": items},
+        "propagation": replace(propagation, items=tuple(items)),
         "overview": overview,
-        "partners": partners,
-        "counts": {state: sum(1 for p in partners if p["state"] == state)
-                   for state in (ops.HEALTHY, ops.BEHIND, ops.FAILING)},
-        "failed": recent["failed"],
-        "attempts": recent["attempts"],
+        "partners": overview.partners,
+        "counts": {state.value: overview.count(state) for state in PartnerHealth},
+        "failed": recent.failed,
+        "attempts": recent.attempts,
         "chart": chart,
         "behind_after": ops.BEHIND_AFTER.total_seconds(),
     }

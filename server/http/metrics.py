@@ -71,6 +71,7 @@ class _Merged:
 async def cluster_gauges(app: web.Application) -> list[Metric]:
     """The gauges every process computes alike from Redis, at scrape time."""
     from server.domain.articles import CORRECTION, KILL
+    from server.domain.delivery import DestinationKind
     from server.http.state import DESTINATIONS, OPS, PUSH_QUEUE, REDIS
     from server.ops.views import propagation
 
@@ -92,12 +93,12 @@ async def cluster_gauges(app: web.Application) -> list[Metric]:
     partners = [p.name for p in (await app[OPS].partners.load_all())[0] if p.active]
     counts = {(p, k): 0 for p in partners for k in (CORRECTION, KILL)}
     ages = dict.fromkeys(counts, 0.0)
-    for item in flow["items"]:
-        for row in item["partners"]:
-            if not row["received"]:
-                slot = (row["partner"], item["kind"])
+    for item in flow.items:
+        for row in item.partners:
+            if not row.received:
+                slot = (row.partner, item.kind.value)
                 counts[slot] = counts.get(slot, 0) + 1
-                ages[slot] = max(ages.get(slot, 0.0), row["outstandingSeconds"] or 0.0)
+                ages[slot] = max(ages.get(slot, 0.0), row.outstanding_seconds or 0.0)
     outstanding = GaugeMetricFamily("syndicate_outstanding_revisions", "Corrections and kills (of the last 7 "
                                     "days) an entitled partner has not received, by poll or push.",
                                     labels=("partner", "kind"))
@@ -116,9 +117,9 @@ async def cluster_gauges(app: web.Application) -> list[Metric]:
         GaugeMetricFamily("syndicate_push_failed_deliveries", "Deliveries given up on, kept for a retry.",
                           value=failed),
         GaugeMetricFamily("syndicate_websub_subscriptions", "Active (verified, unexpired) WebSub "
-                          "subscriptions.", value=sum(1 for d in destinations if d.kind == "websub")),
+                          "subscriptions.", value=sum(1 for d in destinations if d.kind == DestinationKind.WEBSUB)),
         GaugeMetricFamily("syndicate_webhook_endpoints", "Partners' webhook endpoints.",
-                          value=sum(1 for d in destinations if d.kind == "webhook")),
+                          value=sum(1 for d in destinations if d.kind == DestinationKind.WEBHOOK)),
         outstanding,
         outstanding_age,
         GaugeMetricFamily("syndicate_workers_alive", "Processes whose push workers have a live heartbeat.",

@@ -27,7 +27,8 @@ from server.articles.store import ArticleStore
 from server.core import keys
 from server.core.values import iso, parse_iso, utc_now
 from server.domain.access import may_read_item
-from server.domain.articles import CORRECTION, KILL, UPDATE, Change
+from server.domain.articles import CORRECTION, KILL, UPDATE, Change, ChangeKind, PubStatus
+from server.domain.delivery import ArticleReceipt, PartnerStatus, PollSummary
 from server.domain.feeds import FeedDefinition, in_feed
 from server.domain.partners import Partner
 
@@ -201,7 +202,7 @@ async def drop_old_manifests(redis: Redis, now: datetime | None = None) -> int:
 
 
 async def partner_status(partner: Partner, ledger: PollLedger, store: ArticleStore,
-                         feeds: dict[str, FeedDefinition], now: datetime | None = None) -> dict[str, Any]:
+                         feeds: dict[str, FeedDefinition], now: datetime | None = None) -> PartnerStatus:
     """Last poll, the last hour's polls and 304 ratio, and for every article revised or killed in the
     last 7 days that the partner is entitled to: has it received the latest revision, and if not, since
     when it has been outstanding."""
@@ -217,7 +218,7 @@ async def partner_status(partner: Partner, ledger: PollLedger, store: ArticleSto
     received = await ledger.received(partner.name)
     changes = await recent_changes(store, now - STATUS_WINDOW)
     articles = await store.get_many(list(dict.fromkeys(c.article_id for c in changes)))
-    report = []
+    report: list[ArticleReceipt] = []
     for article in articles:
         if not in_feed(article, now, None) or not may_read_item(partner, article.latest, feeds.values()):
             continue  # under embargo or withheld: no feed delivers it, so nobody can be behind on it
@@ -225,32 +226,32 @@ async def partner_status(partner: Partner, ledger: PollLedger, store: ArticleSto
         done = got_version >= article.version
         first_missing = next((c for c in changes if c.article_id == article.id and c.version > got_version), None)
         since = None if done else (first_missing.ingested_at if first_missing else article.latest.ingested_at)
-        report.append({
-            "id": article.id,
-            "uri": article.uri,
-            "version": article.version,
-            "kind": article.latest.kind,
-            "pubStatus": article.latest.pub_status,
-            "received": done,
-            "receivedVersion": got_version or None,
-            "receivedAt": iso(got_at) if done else None,
-            "outstandingSince": iso(since),
-            "outstandingSeconds": round((now - since).total_seconds(), 3) if since else None,
-        })
-    report.sort(key=lambda item: (item["received"], item["outstandingSince"] or ""))
-    return {
-        "partner": partner.name,
-        "active": partner.active,
-        "lastPoll": iso(polled[-1].at) if polled else None,
-        "lastPush": iso(pushed[-1].at) if pushed else None,
-        "lastHour": {
-            "polls": polls,
-            "notModified": not_modified,
-            "notModifiedRatio": round(not_modified / polls, 3) if polls else None,
-        },
-        "articles": report,
-        "outstanding": sum(1 for item in report if not item["received"]),
-    }
+        report.append(ArticleReceipt(
+            id=article.id,
+            uri=article.uri,
+            version=article.version,
+            kind=ChangeKind(article.latest.kind),
+            pub_status=PubStatus(article.latest.pub_status),
+            received=done,
+            received_version=got_version or None,
+            received_at=got_at if done else None,
+            outstanding_since=since,
+            outstanding_seconds=round((now - since).total_seconds(), 3) if since else None,
+        ))
+    report.sort(key=lambda item: (item.received, iso(item.outstanding_since) or ""))
+    return PartnerStatus(
+        partner=partner.name,
+        active=partner.active,
+        last_poll=polled[-1].at if polled else None,
+        last_push=pushed[-1].at if pushed else None,
+        last_hour=PollSummary(
+            polls=polls,
+            not_modified=not_modified,
+            not_modified_ratio=round(not_modified / polls, 3) if polls else None,
+        ),
+        articles=tuple(report),
+        outstanding=sum(1 for item in report if not item.received),
+    )
 
 
 async def recent_changes(store: ArticleStore, since: datetime,

@@ -18,8 +18,9 @@ from redis.asyncio import Redis
 from server.core import keys
 from server.core.errors import NotFound
 from server.core.values import iso, parse_iso, utc_now
+from server.domain.delivery import DestinationKind
 
-WEBSUB, WEBHOOK = "websub", "webhook"
+WEBSUB, WEBHOOK = DestinationKind.WEBSUB.value, DestinationKind.WEBHOOK.value
 WEBHOOK_FORMATS = ("newsml", "ninjs", "atom")
 # The feed format a partner must be entitled to for each webhook format (ninjs is the JSON one).
 WEBHOOK_FEED_FORMATS = {"newsml": "newsml", "ninjs": "json", "atom": "atom"}

@@ -90,7 +90,7 @@ async def get_partner_status(request: web.Request) -> web.Response:
     _admin(request)
     partner = await request.app[PARTNERS].get(request.match_info["name"])
     status = await partner_status(partner, request.app[LEDGER], request.app[STORE], request.app[FEEDS])
-    return _json(status)
+    return _json(status.to_json())
 
 
 # ----- helpers -------------------------------------------------------------------------------------
