@@ -38,9 +38,9 @@ from server.ops.views import OpsContext
 from server.partners.ledger import PollLedger
 from server.partners.store import PartnerStore
 from server.push.destinations import WEBHOOK_FEED_FORMATS, WEBHOOK_FORMATS, DestinationStore, new_webhook
+from server.push.dispatcher import ensure_dispatch_group
 from server.push.queue import PushQueue
 from server.push.safety import check_destination
-from server.push.worker import ensure_dispatch_group
 
 DEMO_PARTNER_KEY = web.AppKey("demo_partner_key", str)
 

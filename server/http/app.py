@@ -60,8 +60,9 @@ from server.partners.ledger import PollLedger, drop_old_manifests, drop_old_rece
 from server.partners.ratelimit import RateLimiter
 from server.partners.store import PartnerStore
 from server.push.destinations import DestinationStore
+from server.push.dispatcher import ensure_dispatch_group
 from server.push.queue import PushQueue
-from server.push.worker import PushWorker, ensure_dispatch_group
+from server.push.worker import PushWorker
 from server.runtime.notifications import Subscriber
 
 log = logging.getLogger(__name__)
