@@ -673,7 +673,7 @@ def bench_push_fanout(children: Children, workdir: Path, subscribers: int, artic
     import redis as redis_sync
 
     from server.push.destinations import subscription_id
-    from server.push.worker import delivery_id
+    from server.push.payloads import delivery_id
 
     redis_port = start_redis(children, workdir, f"redis-push-{tag}")
     port, server = start_server(children, workdir, f"server-push-{tag}", redis_port,

@@ -3,10 +3,13 @@ store exactly as it was."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import orjson
 import pytest
 from conftest import AUTH, snapshot
 
+from server.core.values import utc_now
 from server.domain.articles import article_id_for_uri
 
 JSON_HEADERS = {**AUTH, "Content-Type": "application/json"}
@@ -148,6 +151,7 @@ async def test_numbers_that_are_not_a_few_ascii_digits_are_400s(partner_client, 
 
 
 def test_a_retry_after_that_is_not_ascii_digits_is_ignored():
-    from server.push.worker import _retry_after
+    from server.push.retry import parse_retry_after
 
-    assert _retry_after("\u00b2") is None and _retry_after("7") == 7.0
+    now = utc_now()
+    assert parse_retry_after("\u00b2", now) is None and parse_retry_after("7", now) == timedelta(seconds=7)

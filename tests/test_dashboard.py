@@ -23,8 +23,8 @@ from server.domain.articles import article_id_for_uri
 from server.http.app import create_app
 from server.http.dashboard import COOKIE, LOGIN_MAX_FAILURES, SESSION_LIFETIME, Dashboard, session_secret
 from server.push.destinations import DestinationStore, new_webhook
+from server.push.payloads import delivery_id
 from server.push.queue import Claim, PushQueue
-from server.push.worker import delivery_id
 
 JSON_HEADERS = {**AUTH, "Content-Type": "application/json"}
 ADMIN_JSON = {**ADMIN, "Content-Type": "application/json"}

@@ -113,7 +113,7 @@ class Metrics:
         self.http.cache_results[result] += 1
 
     def rendering(self, fmt: str):
-        """``with observe(cache).rendering(fmt):`` around a render: counts it and times it."""
+        """``with metrics.rendering(fmt):`` around a render: counts it and times it."""
         self.http.cache_results["render"] += 1
         return self.render_seconds.labels(format=fmt).time()
 
@@ -150,26 +150,6 @@ class Metrics:
             samples = [[s.name, s.labels, s.value] for s in family.samples if not s.name.endswith("_created")]
             families.append([family.name, family.type, family.documentation, samples])
         return orjson.dumps(families)
-
-
-_unattached: Metrics | None = None
-
-
-def attach(metrics: Metrics, *components: object) -> None:
-    """Let ``observe(component)`` find the app's metrics (components made outside an app get a spare)."""
-    for component in components:
-        if component is not None:
-            component._syndicate_metrics = metrics  # type: ignore[attr-defined]
-
-
-def observe(component: object) -> Metrics:
-    found = getattr(component, "_syndicate_metrics", None)
-    if found is not None:
-        return found
-    global _unattached
-    if _unattached is None:
-        _unattached = Metrics("unattached")
-    return _unattached
 
 
 # ----- request counts ---------------------------------------------------------------------------------

@@ -32,15 +32,16 @@ from server.domain.callers import TokenTable
 from server.domain.feeds import FeedDefinition, load_feed_definitions
 from server.feeds.builder import FeedBuilder
 from server.feeds.cache import FeedCache
-from server.observability.metrics import Metrics, attach, new_process_id, release_process_id
+from server.observability.metrics import Metrics, new_process_id, release_process_id
 from server.ops.views import OpsContext
 from server.partners.access import AccessControl
 from server.partners.ledger import PollLedger
 from server.partners.ratelimit import RateLimiter
 from server.partners.store import PartnerStore
 from server.push.destinations import DestinationStore
+from server.push.dispatcher import ensure_dispatch_group
 from server.push.queue import PushQueue
-from server.push.worker import PushWorker, ensure_dispatch_group
+from server.push.worker import PushWorker
 from server.runtime.background import EmbargoJob, FlushJob, RetentionJob
 from server.runtime.heartbeat import Heartbeat
 from server.runtime.jobs import JobGroup
@@ -149,8 +150,7 @@ def _build(settings: Settings, role: Role, metrics: Metrics, embedded: EmbeddedR
         push_store = ArticleStore(clients.push, feeds)
         worker = PushWorker(clients.push, push_store, DestinationStore(clients.push), PushQueue(clients.push),
                             FeedBuilder(push_store, settings), feeds, ledger, lambda: access.table, settings,
-                            consumer=f"{role}-{os.getpid()}")
-        attach(metrics, worker)
+                            consumer=f"{role}-{os.getpid()}", metrics=metrics)
     ops = OpsContext(store, partners, ledger, destinations, queue, feeds)
     heartbeat = Heartbeat(metrics, clients.store, settings.heartbeat_seconds,
                           pushing=lambda: worker is not None and worker.running)

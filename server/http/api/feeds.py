@@ -1,14 +1,14 @@
 """Feeds and items for partners: ``/feeds/{name}/{format}`` and ``/items/{id}[/newsml]``.
 
 Thin handlers: they parse the request, ask the feed cache (or the store, for items) and hand the
-representation to :func:`server.http_caching.respond`.
+representation to :func:`server.http.caching.respond`. An item's body is made by
+:mod:`server.push.payloads`, the same code that makes a webhook's, so both are the same bytes.
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
 
-import orjson
 from aiohttp import web
 
 from server.core.errors import NotFound, Problem
@@ -17,12 +17,12 @@ from server.domain.articles import Article, is_article_id
 from server.domain.feeds import FORMATS, FeedDefinition, in_feed
 from server.feeds.builder import Representation
 from server.feeds.cache import page_name
-from server.feeds.render import NEWSML_MESSAGE_MEDIA_TYPE, FeedView, ItemView, render_newsml_item
+from server.feeds.render import NEWSML_MESSAGE_MEDIA_TYPE
 from server.http.caching import respond
 from server.http.state import ACCESS, FEED_BUILDER, FEED_CACHE, FEEDS, SETTINGS, STORE
 from server.partners.access import Grant, Reader
+from server.push.payloads import NINJS_MEDIA_TYPE, item_newsml, ninjs_body
 
-NINJS_MEDIA_TYPE = "application/json"
 FEED_ROUTE = "/feeds/{name}/{format}"
 
 
@@ -49,10 +49,8 @@ async def get_item(request: web.Request) -> web.Response:
     """The stored ninjs of the latest revision; a killed (or purged) article gives its tombstone."""
     article, reader = await _visible_article(request)
     grant = request.app[ACCESS].authorise_item(reader, article.latest, request.app[FEEDS].values(), "json")
-    document = article.latest.document or {"uri": article.uri, "type": "text", "pubStatus": "canceled"}
-    if not grant.include_photos and "associations" in document:
-        document = {k: v for k, v in document.items() if k != "associations"}
-    representation = Representation.encode(NINJS_MEDIA_TYPE, orjson.dumps(document), article.latest.ingested_at)
+    representation = Representation.encode(NINJS_MEDIA_TYPE, ninjs_body(article, grant.include_photos),
+                                           article.latest.ingested_at)
     response = respond(request, representation, _item_cache_control(request),
                        {"X-Syndicate-Version": str(article.version)})
     _item_delivered(request, grant, response, article.id, article.version, "json")
@@ -74,14 +72,8 @@ async def get_item_newsml(request: web.Request) -> web.Response:
     if revision.document is None and not article.killed:
         raise Problem(f"Version {version} is no longer kept (only its metadata is); "
                       f"the latest is version {article.version}.", status=410, slug="version-gone")
-    builder = request.app[FEED_BUILDER]
-    item_url = builder.item_url(article.id)
-    view = FeedView(
-        name=f"item-{article.id}", title=f"Article {article.id}", description="One article",
-        language=None, self_url=f"{item_url}/newsml", alternate_url=item_url, hub_url=None,
-        built_at=revision.ingested_at, render_id=f"{article.id}-{revision.version}",
-        include_photos=grant.include_photos)
-    body = render_newsml_item(view, ItemView.from_revision(revision, item_url))
+    item_url = request.app[FEED_BUILDER].item_url(article.id)
+    body = item_newsml(article.id, revision, item_url, grant.include_photos)
     representation = Representation.encode(NEWSML_MESSAGE_MEDIA_TYPE, body, revision.ingested_at)
     response = respond(request, representation, _item_cache_control(request),
                        {"X-Syndicate-Version": str(revision.version)})

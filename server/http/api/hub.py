@@ -3,25 +3,21 @@
 Subscribing: a form-encoded request is checked (topic is one of our feed URLs, callback is a safe
 http(s) URL, the key entitles the subscriber to the topic unless the feed is public) and answered 202;
 the hub then verifies intent with a GET carrying a random single-use ``hub.challenge`` and only a 2xx
-echoing it makes (or replaces) the subscription. Hub errors are plain text, as WebSub subscribers
-expect. Content distribution is :mod:`server.push.worker`'s.
+echoing it makes (or replaces) the subscription (:func:`server.push.websub.verify_intent`). Hub errors
+are plain text, as WebSub subscribers expect. Content distribution is :mod:`server.push`'s.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
-from datetime import timedelta
 from urllib.parse import parse_qs, urlsplit
 
-import aiohttp
 import orjson
 from aiohttp import web
-from yarl import URL
 
 from server.core.errors import Problem
-from server.core.values import utc_now, whole_number
+from server.core.values import whole_number
 from server.domain.access import feed_refusal, readable_feeds
 from server.domain.feeds import FORMATS
 from server.domain.ninjs import DocumentError, parse_json_object
@@ -37,7 +33,8 @@ from server.push.destinations import (
     new_webhook,
     subscription_id,
 )
-from server.push.safety import SafeResolver, UnsafeDestination, check_destination, check_literal_address
+from server.push.safety import UnsafeDestination, check_destination
+from server.push.websub import HubMode, verify_intent
 
 log = logging.getLogger(__name__)
 MAX_SECRET_BYTES = 199  # WebSub: hub.secret MUST be less than 200 bytes
@@ -52,7 +49,7 @@ async def hub(request: web.Request) -> web.Response:
         return _plain(415, "Send the request form-encoded (application/x-www-form-urlencoded).")
     form = await request.post()
     mode = form.get("hub.mode")
-    if mode not in ("subscribe", "unsubscribe"):
+    if mode not in (HubMode.SUBSCRIBE, HubMode.UNSUBSCRIBE):
         return _plain(400, "hub.mode must be subscribe or unsubscribe.")
     callback, raw_topic = form.get("hub.callback"), form.get("hub.topic")
     if not isinstance(callback, str) or not isinstance(raw_topic, str) or not callback or not raw_topic:
@@ -100,36 +97,11 @@ async def hub(request: web.Request) -> web.Response:
 
 
 async def _verify(app: web.Application, mode: str, subscription: Destination, lease: int) -> bool:
-    """Verification of intent; on success the subscription is made, replaced or removed."""
-    challenge = secrets.token_urlsafe(24)
-    params = {"hub.mode": mode, "hub.topic": subscription.topic or "", "hub.challenge": challenge}
-    if mode == "subscribe":
-        params["hub.lease_seconds"] = str(lease)
-    allowed = app[SETTINGS].push_allow_networks
-    try:
-        check_literal_address(subscription.url, allowed)
-        timeout = aiohttp.ClientTimeout(total=app[SETTINGS].push_timeout_seconds)
-        # The resolver refuses internal addresses as the connection is made (no DNS-rebinding gap).
-        connector = aiohttp.TCPConnector(resolver=SafeResolver(allowed))
-        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session, session.get(
-                str(URL(subscription.url).update_query(params)), allow_redirects=False) as response:
-            body = await response.content.read(4096)
-            verified = 200 <= response.status < 300 and body.strip() == challenge.encode()
-    except (TimeoutError, aiohttp.ClientError, OSError, UnsafeDestination) as exc:
-        log.info("websub: verifying %s for %s failed: %s", mode, subscription.url, exc)
-        return False
-    if not verified:
-        log.info("websub: %s not verified by %s", mode, subscription.url)
-        return False
-    destinations = app[DESTINATIONS]
-    if mode == "unsubscribe":
-        await destinations.remove(subscription.id)
-    else:
-        now = utc_now()
-        await destinations.save(Destination(**{**_fields(subscription), "created_at": now,
-                                               "expires_at": now + timedelta(seconds=lease)}))
-    log.info("websub: %s verified for %s on %s", mode, subscription.url, subscription.topic)
-    return True
+    """Verification of intent (:func:`server.push.websub.verify_intent`), run as a task after the 202."""
+    settings = app[SETTINGS]
+    return await verify_intent(app[DESTINATIONS], HubMode(mode), subscription, lease,
+                               allow_networks=settings.push_allow_networks,
+                               timeout_seconds=settings.push_timeout_seconds)
 
 
 # ----- partner webhook endpoints (admin API) --------------------------------------------------------
@@ -180,10 +152,6 @@ async def remove_endpoint(request: web.Request) -> web.Response:
     endpoint = await request.app[DESTINATIONS].require(request.match_info["endpoint_id"], partner=name)
     await request.app[DESTINATIONS].remove(endpoint.id)
     return web.Response(status=204)
-
-
-def _fields(destination: Destination) -> dict:
-    return {name: getattr(destination, name) for name in Destination.__slots__}
 
 
 def _parse_topic(raw: str, base_url: str) -> tuple[str, str | None, str | None, str | None]:

@@ -1,0 +1,157 @@
+"""The dispatcher: the change log's consumer group, fanned out into the delivery queue.
+
+Each change-log entry (other than a purge) is read once by some worker through the consumer group
+``push`` and fanned out: every destination that should get the article has (destination, article,
+version) put in the :class:`~server.push.queue.PushQueue`, then the entry is acknowledged. A worker that
+dies mid-fan-out leaves its entries pending; another takes them over after 30 s.
+
+Which destinations should get an article is decided here and only here, by two small functions:
+:func:`may_still_push` (is the destination still entitled to anything at all) and :func:`wants` (does it
+want this article). Lease expiry, and ending a subscription that is no longer entitled, belong to the
+:class:`Keeper` passed in (:class:`server.push.websub.LeaseKeeper`), which this module does not import.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Protocol
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from server.articles.store import ArticleStore
+from server.core import keys
+from server.core.values import utc_now
+from server.domain.access import feed_refusal, may_read_item
+from server.domain.articles import PURGE, Article
+from server.domain.feeds import FeedDefinition, in_feed
+from server.domain.partners import KeyTable
+from server.observability.metrics import Metrics
+from server.push.destinations import WEBHOOK_FEED_FORMATS, WEBSUB, Destination, DestinationStore
+from server.push.queue import PushQueue
+
+log = logging.getLogger(__name__)
+
+SWEEP_SECONDS = 5.0  # how often every destination goes through the keeper without a change
+BATCH = 100
+TAKE_OVER_AFTER_MS = 30_000  # entries another consumer read this long ago and never acknowledged
+
+
+async def ensure_dispatch_group(redis: Redis) -> None:
+    """The change log's consumer group, made by every process that can write changes before it takes
+    any (not only by workers): a change stored before the first worker starts is still fanned out."""
+    with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists already
+        await redis.xgroup_create(keys.changelog(), keys.DISPATCH_GROUP, id="$", mkstream=True)
+
+
+# ----- who gets what --------------------------------------------------------------------------------
+
+
+def may_still_push(destination: Destination, table: KeyTable, feeds: dict[str, FeedDefinition],
+                   now: datetime) -> bool:
+    """Whether anything may still be pushed to the destination: a public subscriber always; a partner's
+    destination while the partner is active, and for a subscription while the topic is still the
+    partner's to read and the key it subscribed with is usable."""
+    if destination.partner is None:
+        return True
+    partner = table.partners.get(destination.partner)
+    if partner is None or not partner.active:
+        return False
+    if destination.kind == WEBSUB:
+        feed = feeds.get(destination.feed or "")
+        if feed is None:
+            return False
+        # Entitlements can change after subscribing: the topic must still be the partner's to read.
+        if feed_refusal(partner, feed, destination.format) is not None:
+            return False
+        # Subscribed with a key (even to a public feed): revoking that key ends the subscription.
+        return any(k.key_id == destination.key_id and k.usable(now) for k in partner.keys)
+    return True
+
+
+def wants(destination: Destination, article: Article, table: KeyTable, feeds: dict[str, FeedDefinition]) -> bool:
+    """Whether the destination wants the article's latest revision, by the access policy: a subscription
+    if its topic's feed holds it (and its subscriber may read that feed); an endpoint if a feed its
+    partner may read in the feed format the webhook format needs holds it."""
+    partner = table.partners.get(destination.partner) if destination.partner else None
+    if destination.kind == WEBSUB:
+        feed = feeds.get(destination.feed or "")
+        return feed is not None and may_read_item(partner, article.latest, (feed,), destination.format)
+    return partner is not None and may_read_item(partner, article.latest, feeds.values(),
+                                                 WEBHOOK_FEED_FORMATS[destination.format])
+
+
+class Keeper(Protocol):
+    """Decides whether a destination is kept (leases, revoked entitlements) and sweeps them all."""
+
+    async def keep(self, destination: Destination, now: datetime, table: KeyTable) -> bool: ...
+
+    async def sweep(self) -> None: ...
+
+
+# ----- the consumer ---------------------------------------------------------------------------------
+
+
+class Dispatcher:
+    def __init__(self, redis: Redis, store: ArticleStore, destinations: DestinationStore, queue: PushQueue,
+                 feeds: dict[str, FeedDefinition], key_table: Callable[[], KeyTable], keeper: Keeper,
+                 consumer: str, metrics: Metrics) -> None:
+        self.redis = redis
+        self.store = store
+        self.destinations = destinations
+        self.queue = queue
+        self.feeds = feeds
+        self.key_table = key_table  # () -> KeyTable: the current one
+        self.keeper = keeper
+        self.consumer = consumer
+        self.metrics = metrics
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Fan out changes until ``stopping`` is set; every ``SWEEP_SECONDS`` also sweep (in this same
+        loop, so a sweep and a fan-out never judge one destination at once)."""
+        last_sweep = 0.0
+        while not stopping.is_set():
+            try:
+                await self.dispatch_once(block_ms=500)
+                if time.monotonic() - last_sweep > SWEEP_SECONDS:
+                    last_sweep = time.monotonic()
+                    await self.keeper.sweep()
+            except Exception:
+                self.metrics.count_redis_error("push")
+                log.exception("fanning out changes failed; will try again")
+                await asyncio.sleep(1)
+
+    async def dispatch_once(self, block_ms: int) -> int:
+        """One round: take over stale entries, read new ones, fan each out and acknowledge it."""
+        # Changes another worker took but never acknowledged (it died) are taken over after 30 s.
+        _next, stale, *_ = await self.redis.xautoclaim(keys.changelog(), keys.DISPATCH_GROUP, self.consumer,
+                                                       min_idle_time=TAKE_OVER_AFTER_MS, start_id="0-0", count=BATCH)
+        fresh = await self.redis.xreadgroup(keys.DISPATCH_GROUP, self.consumer, {keys.changelog(): ">"},
+                                            count=BATCH, block=block_ms)
+        entries = list(stale) + [e for _stream, batch in fresh for e in batch]
+        for entry_id, fields in entries:
+            if fields and fields.get("kind") != PURGE:
+                await self.fan_out(fields["id"])
+            await self.redis.xack(keys.changelog(), keys.DISPATCH_GROUP, entry_id)
+        return len(entries)
+
+    async def fan_out(self, article_id: str) -> list[str]:
+        """Queue the article's newest revision for every destination that should get it."""
+        article = await self.store.get(article_id)
+        if article is None or not in_feed(article, utc_now(), None):
+            return []  # under embargo or withheld: its release or next revision will come through here
+        now = utc_now()
+        table = self.key_table()
+        chosen = []
+        for destination in await self.destinations.all():
+            if not await self.keeper.keep(destination, now, table):
+                continue
+            if wants(destination, article, table, self.feeds):
+                chosen.append(destination.id)
+        await self.queue.enqueue(chosen, article.id, article.version)
+        return chosen
