@@ -98,3 +98,15 @@ async def test_a_failing_tick_does_not_end_a_periodic_job():
     await wait_for(lambda: job.ticks >= 5, message="five ticks")
     await group.stop()
     assert job.lasts == 1
+
+
+async def test_a_job_waiting_to_restart_is_not_alive():
+    """The heartbeat reports a push worker only while all its loops run: one waiting to be restarted
+    after a crash is not alive (so /readyz can tell)."""
+    metrics, job = Metrics("test"), Crashing(crashes=1)
+    group = JobGroup(metrics, first_restart_seconds=0.5)
+    group.start(job)
+    await wait_for(lambda: job.runs == 1 and not group.alive("crashing"), message="the crash")
+    assert not group.all_alive()
+    await wait_for(lambda: job.runs == 2 and group.all_alive(), message="the restart")
+    await group.stop()

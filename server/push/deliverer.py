@@ -98,6 +98,8 @@ class Job:
 
 
 class Deliverer:
+    name = "push-deliver"  # in the job group
+
     def __init__(self, redis: Redis, store: ArticleStore, destinations: DestinationStore, queue: PushQueue,
                  payloads: Payloads, ledger: PollLedger, key_table: Callable[[], KeyTable], settings: Settings,
                  session: Callable[[], aiohttp.ClientSession], metrics: Metrics,

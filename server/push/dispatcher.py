@@ -98,6 +98,8 @@ class Keeper(Protocol):
 
 
 class Dispatcher:
+    name = "push-dispatch"  # in the job group
+
     def __init__(self, redis: Redis, store: ArticleStore, destinations: DestinationStore, queue: PushQueue,
                  feeds: dict[str, FeedDefinition], key_table: Callable[[], KeyTable], keeper: Keeper,
                  consumer: str, metrics: Metrics) -> None:

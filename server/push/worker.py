@@ -8,8 +8,6 @@ default, and as ``syndicate worker`` processes for scale-out; they share the wor
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import socket
 from collections.abc import Callable
 
@@ -38,8 +36,6 @@ class PushWorker:
                  key_table: Callable[[], KeyTable], settings: Settings, consumer: str, metrics: Metrics) -> None:
         self.redis = redis
         self.settings = settings
-        self._stop = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
         self.keeper = LeaseKeeper(destinations, feeds, key_table, self.session, settings.push_allow_networks)
         self.dispatcher = Dispatcher(redis, store, destinations, queue, feeds, key_table, self.keeper, consumer,
@@ -55,33 +51,29 @@ class PushWorker:
         return self._session
 
     async def start(self) -> None:
+        """Open the client session; the loops themselves (:attr:`jobs`) run in the process's job group."""
         await ensure_dispatch_group(self.redis)
         # Concurrency is limited per destination by the deliverer (not per host: many callbacks of one
         # aggregator share a host). The resolver refuses forbidden addresses at connect time, so a name
         # re-pointed after the registration check still cannot reach an internal address.
-        connector = aiohttp.TCPConnector(limit=self.settings.push_max_in_flight, limit_per_host=0, family=socket.AF_UNSPEC, keepalive_timeout=30,
+        connector = aiohttp.TCPConnector(limit=self.settings.push_max_in_flight, limit_per_host=0,
+                                         family=socket.AF_UNSPEC, keepalive_timeout=30,
                                          resolver=SafeResolver(self.settings.push_allow_networks))
         self._session = aiohttp.ClientSession(
             connector=connector, timeout=aiohttp.ClientTimeout(total=self.settings.push_timeout_seconds),
             auto_decompress=False)
-        self._tasks = [asyncio.create_task(self.dispatcher.run(self._stop)),
-                       asyncio.create_task(self.deliverer.run(self._stop))]
 
-    async def stop(self) -> None:
-        self._stop.set()
+    @property
+    def jobs(self) -> tuple[Dispatcher, Deliverer]:
+        """The two loops, for a :class:`~server.runtime.jobs.JobGroup` to run and restart."""
+        return self.dispatcher, self.deliverer
+
+    async def close(self) -> None:
+        """After the loops have stopped: let the deliveries in flight finish, then close the session."""
         self.deliverer.wake()
-        for task in self._tasks:
-            task.cancel()  # the flag covers a cancellation redis-py swallows inside a blocking read
-            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(task, timeout=2)
         await self.deliverer.drain(timeout=10)
         if self._session is not None:
             await self._session.close()
-
-    @property
-    def running(self) -> bool:
-        """Started, and none of its loops has ended."""
-        return bool(self._tasks) and all(not task.done() for task in self._tasks)
 
     def wake(self, _message: str = "") -> None:
         """Deliveries are due (``syn:push:wake``): the deliverer need not wait for its next poll."""

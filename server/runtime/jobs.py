@@ -74,22 +74,29 @@ class JobGroup:
         self.grace_seconds = grace_seconds
         self.first_restart_seconds = first_restart_seconds
         self._running: list[tuple[Job, asyncio.Event, asyncio.Task[None]]] = []
+        self._alive: dict[str, bool] = {}  # job name -> running now (not ended, not waiting to restart)
 
     def start(self, job: Job) -> None:
         stop = asyncio.Event()
         task = asyncio.get_running_loop().create_task(self._supervise(job, stop), name=f"job:{job.name}")
+        self._alive[job.name] = True
         self._running.append((job, stop, task))
 
     @property
     def names(self) -> list[str]:
         return [job.name for job, _stop, _task in self._running]
 
+    def all_alive(self) -> bool:
+        """Started, and no job has ended (a job being restarted after a crash counts as ended)."""
+        return bool(self._running) and all(self._alive[job.name] for job, _stop, _task in self._running)
+
     def alive(self, name: str) -> bool:
-        return any(job.name == name and not task.done() for job, _stop, task in self._running)
+        return self._alive.get(name, False)
 
     async def _supervise(self, job: Job, stop: asyncio.Event) -> None:
         pause = self.first_restart_seconds
         while not stop.is_set():
+            self._alive[job.name] = True
             try:
                 await job.run(stop)
                 return
@@ -98,6 +105,8 @@ class JobGroup:
             except Exception:
                 self.metrics.job_restarted(job.name)
                 log.exception("job %s crashed; restarting it in %.1f s", job.name, pause)
+            finally:
+                self._alive[job.name] = False
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=pause)
             pause = min(pause * 2, LONGEST_RESTART_SECONDS)

@@ -127,7 +127,8 @@ class Services:
     queue: PushQueue
     ops: OpsContext
     worker: PushWorker | None
-    jobs: JobGroup
+    jobs: JobGroup  # the process's own: flush, embargo, retention, heartbeat
+    push_jobs: JobGroup  # the push worker's loops, stopped (and drained) before the last flush
     heartbeat: Heartbeat
 
 
@@ -152,10 +153,11 @@ def _build(settings: Settings, role: Role, metrics: Metrics, embedded: EmbeddedR
                             FeedBuilder(push_store, settings), feeds, ledger, lambda: access.table, settings,
                             consumer=f"{role}-{os.getpid()}", metrics=metrics)
     ops = OpsContext(store, partners, ledger, destinations, queue, feeds)
+    jobs, push_jobs = JobGroup(metrics), JobGroup(metrics)
     heartbeat = Heartbeat(metrics, clients.store, settings.heartbeat_seconds,
-                          pushing=lambda: worker is not None and worker.running)
+                          pushing=lambda: worker is not None and push_jobs.all_alive())
     return Services(settings, role, metrics, feeds, tokens, embedded, clients, store, builder, cache, partners,
-                    ledger, limiter, access, destinations, queue, ops, worker, JobGroup(metrics), heartbeat)
+                    ledger, limiter, access, destinations, queue, ops, worker, jobs, push_jobs, heartbeat)
 
 
 @contextlib.asynccontextmanager
@@ -207,13 +209,16 @@ async def _running(services: Services, clients: RedisClients) -> AsyncIterator[N
             jobs.start(RetentionJob(services.metrics, services.store, services.settings))
             if worker is not None:
                 await worker.start()
+                for job in worker.jobs:
+                    services.push_jobs.start(job)
             await services.heartbeat.beat()  # before the process takes requests: /readyz sees its worker
             jobs.start(services.heartbeat)
             try:
                 yield
             finally:
+                await services.push_jobs.stop()
                 if worker is not None:
-                    await worker.stop()
+                    await worker.close()  # deliveries in flight finish, and their receipts are buffered
                 await jobs.stop()  # the heartbeat withdraws itself; the flush flushes one last time
         finally:
             await subscriber.stop()
