@@ -23,7 +23,8 @@ system:
 run: install system
 	SYNDICATE_PUSH_ALLOW_NETWORKS="$${SYNDICATE_PUSH_ALLOW_NETWORKS-127.0.0.0/8,::1/128}" $(BIN)/syndicate serve --demo
 
-# ruff; the import contracts of pyproject.toml (layers, no cycles, a pure domain); mypy (strict) on core, domain and the ops read models.
+# ruff; the import contracts of pyproject.toml (layers, no cycles, a pure domain); mypy (strict) on core,
+# domain, the renderers and the other modules listed in pyproject.toml.
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports --no-cache

@@ -82,7 +82,7 @@ class RetentionJob(PeriodicJob):
         dropped = await self.store.drop_old_bodies(timedelta(days=self.settings.retention_days))
         trimmed = await self.store.trim_changelog(timedelta(days=self.settings.changelog_retention_days))
         await drop_old_manifests(redis)
-        await drop_old_receipts(redis, list(await redis.smembers(keys.partner_names())))
+        await drop_old_receipts(redis, [str(name) for name in await redis.smembers(keys.partner_names())])
         if dropped or trimmed:
             log.info("retention: dropped %d old revision bodies, trimmed %d change-log entries", dropped, trimmed)
         if await redis.get(lock) == token:

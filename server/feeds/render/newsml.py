@@ -34,7 +34,9 @@ A newsMessage must hold at least one item (the schema's ``itemSet``), so an empt
 
 from __future__ import annotations
 
+import functools
 import re
+from typing import Any
 from urllib.parse import urlsplit
 
 import lxml.html
@@ -90,7 +92,7 @@ def render_newsml_message(feed: FeedView, items: list[ItemView]) -> bytes:
     _text_child(header, "transmitId", feed.render_id)
     item_set = etree.SubElement(message, _tag("itemSet"))
     for item in items:
-        item_set.extend(_MEMO.copies(_memo_key(feed, item), lambda item=item: _article_with_pictures(feed, item)))
+        item_set.extend(_MEMO.copies(_memo_key(feed, item), functools.partial(_article_with_pictures, feed, item)))
     return _serialise(message)
 
 
@@ -107,7 +109,7 @@ def render_newsml_news_item(feed: FeedView, item: ItemView) -> bytes:
 _MEMO = FragmentMemo()
 
 
-def _memo_key(feed: FeedView, item: ItemView) -> tuple:
+def _memo_key(feed: FeedView, item: ItemView) -> tuple[Any, ...]:
     """Everything an item's newsItems depend on: the item, and the feed's language, name and photo
     choice where the item itself leaves them open."""
     return (item, None if item.language else feed.language, None if item.publisher else feed.name,

@@ -127,7 +127,7 @@ class ItemView:
         if document is None:
             return cls(**common, **_EMPTY_CONTENT, headline="", byline=None, language=None, slugline=None,
                        copyright_holder=None, usage_terms=None, has_content=False)
-        described = dict(
+        described: dict[str, Any] = dict(
             headline=_by_role(document.get("headlines"), "main", unlabelled="main") or "",
             language=_text(document.get("language")),
             slugline=_text(document.get("slugline")),
@@ -222,7 +222,7 @@ class FeedView:
 
 
 VIEW_MEMO_SIZE = 512
-_VIEWS: OrderedDict[tuple, ItemView] = OrderedDict()
+_VIEWS: OrderedDict[tuple[Any, ...], ItemView] = OrderedDict()
 _VIEWS_LOCK = threading.Lock()
 _REVISION_KEY_FIELDS = tuple(f.name for f in dataclasses.fields(Revision) if f.name != "document")
 
