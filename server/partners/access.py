@@ -78,6 +78,7 @@ class AccessControl:
         self._failures: dict[str, tuple[int, int]] = {}  # client address -> (minute, failures)
         self._failures_minute = 0
         self._reload_lock = asyncio.Lock()
+        self._reloads: set[asyncio.Task[None]] = set()
 
     # ----- keeping the key table current ----------------------------------------------------------
 
@@ -93,7 +94,9 @@ class AccessControl:
 
     def apply_notice(self, message: str) -> None:
         if int(message) > self.table.generation:
-            asyncio.get_running_loop().create_task(self.reload())
+            task = asyncio.get_running_loop().create_task(self.reload())
+            self._reloads.add(task)  # kept until done: the loop holds only a weak reference
+            task.add_done_callback(self._reloads.discard)
 
     # ----- the request path ---------------------------------------------------------------------
 
