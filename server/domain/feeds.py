@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from server.core.text import single_line, xml_safe
 from server.domain.articles import CANCELED, WITHHELD, Article, Revision
 
 LATEST = "latest"
@@ -138,9 +139,9 @@ def _string(data: dict[str, Any], key: str, fail: Any, prefix: str = "") -> str 
     value = data.get(key)
     if value is None:
         return None
-    if not isinstance(value, str) or not value.strip():
+    if not isinstance(value, str) or not single_line(xml_safe(value)):
         raise fail(prefix + key, "must be a non-empty string")
-    return value.strip()
+    return single_line(xml_safe(value))  # feed titles and names are one line in every format
 
 
 def _string_list(data: dict[str, Any], key: str, fail: Any) -> tuple[str, ...]:

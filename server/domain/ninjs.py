@@ -24,6 +24,8 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 from referencing import Registry, Resource
 
+from server.core.text import scrub_xml
+
 SCHEMAS_DIR = Path(__file__).resolve().parents[2] / "schemas"
 MAX_DEPTH = 32
 MAX_REPORTED_ERRORS = 20
@@ -44,7 +46,6 @@ NAMES_2_TO_3 = {
 NAMES_3_TO_2 = {v: k for k, v in NAMES_2_TO_3.items()}
 
 # XML 1.0 allows tab, LF, CR, U+0020-U+D7FF, U+E000-U+FFFD and U+10000-U+10FFFF; everything else goes.
-_XML_FORBIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 HTML_CONTENT_TYPES = ("text/html", "application/xhtml+xml", "body_xhtml")
 
@@ -106,8 +107,9 @@ def read_document(value: dict[str, Any]) -> IncomingDocument:
         where = first["pointer"] or "the document"
         raise DocumentError(f"{where}: {first['detail']}", errors, status=422)
     document = cleaned if dialect == "3" else rename_keys(cleaned, NAMES_2_TO_3)
-    document = sanitise_bodies(document)
-    return IncomingDocument(document, dialect, removed, content_hash(document))
+    # The sanitiser decodes character references (``&#x1;``): clean again, on the form that is stored.
+    document, removed_after = scrub_xml_forbidden(sanitise_bodies(document))
+    return IncomingDocument(document, dialect, removed + removed_after, content_hash(document))
 
 
 def detect_dialect(value: dict[str, Any]) -> str:
@@ -130,7 +132,7 @@ def scrub_xml_forbidden(value: Any) -> tuple[Any, int]:
     def clean(node: Any) -> Any:
         nonlocal removed
         if isinstance(node, str):
-            cleaned, count = _XML_FORBIDDEN.subn("", node)
+            cleaned, count = scrub_xml(node)
             removed += count
             return cleaned
         if isinstance(node, dict):

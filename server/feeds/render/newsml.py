@@ -42,6 +42,7 @@ from urllib.parse import urlsplit
 import lxml.html
 from lxml import etree
 
+from server.core.text import single_line
 from server.core.values import iso
 from server.domain.articles import CANCELED, CORRECTION, UPDATE, WITHHELD
 from server.feeds.render.memo import FragmentMemo
@@ -150,12 +151,12 @@ def _article_item(feed: FeedView, item: ItemView) -> etree._Element:
     for place in item.places:
         _subject(content_meta, place, concept_type="cpnat:geoArea")
     if item.slugline:
-        _text_child(content_meta, "slugline", item.slugline)
+        _line_child(content_meta, "slugline", item.slugline)
     _text_child(content_meta, "headline", item.headline if item.headline.strip() else item.display_title)
     if item.byline:
         _text_child(content_meta, "by", item.byline)
     if item.copyright_holder:
-        _text_child(content_meta, "creditline", item.copyright_holder)
+        _line_child(content_meta, "creditline", item.copyright_holder)
     if item.standfirst:
         _text_child(content_meta, "description", item.standfirst).set("role", "drol:summary")
 
@@ -182,7 +183,7 @@ def _picture_item(item: ItemView, photo: Photo) -> etree._Element:
         _text_child(content_meta, "headline", photo.headline)
     if photo.credit:
         _text_child(content_meta, "by", photo.credit)
-        _text_child(content_meta, "creditline", photo.credit)
+        _line_child(content_meta, "creditline", photo.credit)
     if photo.caption:
         _text_child(content_meta, "description", photo.caption).set("role", "drol:caption")
 
@@ -302,30 +303,34 @@ def _rights_info(parent: etree._Element, holder: str | None, usage_terms: str | 
     if not holder and not usage_terms:
         return
     rights = etree.SubElement(parent, _tag("rightsInfo"))
+    holder = _single_line(holder or "")
     if holder:
-        copyright_holder = etree.SubElement(rights, _tag("copyrightHolder"), literal=_single_line(holder))
-        _text_child(copyright_holder, "name", holder)
+        copyright_holder = etree.SubElement(rights, _tag("copyrightHolder"), literal=holder)
+        _line_child(copyright_holder, "name", holder)
     if usage_terms:
         _text_child(rights, "usageTerms", usage_terms)
 
 
 def _provider(meta: etree._Element, name: str) -> None:
-    provider = etree.SubElement(meta, _tag("provider"), literal=_single_line(name))
+    name = _single_line(name) or "unknown"
+    provider = etree.SubElement(meta, _tag("provider"), literal=name)
     _text_child(provider, "name", name)
 
 
 def _subject(parent: etree._Element, subject: Subject, concept_type: str | None) -> None:
+    qcode, literal = _iptc_qcode(subject.uri), _single_line(subject.code or "")
+    if not (qcode or subject.uri or literal or _single_line(subject.name)):
+        return  # nothing identifies it, and nothing names it
     element = etree.SubElement(parent, _tag("subject"))
     if concept_type:
         element.set("type", concept_type)
-    qcode = _iptc_qcode(subject.uri)
     if qcode:
         element.set("qcode", qcode)
     elif subject.uri:
         element.set("uri", subject.uri)
-    elif subject.code:
-        element.set("literal", _single_line(subject.code))
-    _text_child(element, "name", subject.name)
+    elif literal:
+        element.set("literal", literal)
+    _line_child(element, "name", subject.name)
 
 
 def _iptc_qcode(uri: str | None) -> str | None:
@@ -336,8 +341,15 @@ def _iptc_qcode(uri: str | None) -> str | None:
 
 
 def _single_line(text: str) -> str:
-    """The schema's g2normalizedString allows no tab or newline (used for ``literal``)."""
-    return " ".join(text.split())
+    """The schema's g2normalizedString allows no tab or newline (``literal``, names, slugline,
+    creditline)."""
+    return single_line(text)
+
+
+def _line_child(parent: etree._Element, name: str, text: str | None) -> etree._Element | None:
+    """A g2normalizedString element: on one line, and left out when nothing is left of it."""
+    line = _single_line(text or "")
+    return _text_child(parent, name, line) if line else None
 
 
 def _text_child(parent: etree._Element, name: str, text: str | None) -> etree._Element:

@@ -21,6 +21,7 @@ from typing import Any
 import lxml.html
 import orjson
 
+from server.core.text import xml_safe
 from server.domain.articles import CANCELED, Revision
 
 HTML_BODY_TYPES = ("text/html", "application/xhtml+xml", "body_xhtml")
@@ -121,7 +122,7 @@ class ItemView:
         common: dict[str, Any] = dict(
             article_id=rev.article_id, uri=rev.uri, version=rev.version, kind=rev.kind, signal=rev.signal,
             pub_status=rev.pub_status, first_created=rev.first_created, version_created=rev.version_created,
-            ingested_at=rev.ingested_at, ed_note=rev.ed_note, kill_reason=rev.kill_reason,
+            ingested_at=rev.ingested_at, ed_note=_text(rev.ed_note), kill_reason=_text(rev.kill_reason),
             item_url=item_url, link=link, publisher=rev.publisher,
         )
         if document is None:
@@ -250,7 +251,11 @@ _EMPTY_CONTENT: dict[str, Any] = dict(
 
 
 def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) and value != "" else None
+    """A non-empty string from the document, cleaned of what XML forbids (whatever the store holds)."""
+    if not isinstance(value, str):
+        return None
+    value = xml_safe(value)
+    return value or None
 
 
 def _by_role(entries: Any, role: str, unlabelled: str | None = None) -> str | None:
