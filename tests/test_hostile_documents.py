@@ -82,3 +82,35 @@ def test_a_control_character_in_a_feed_file_is_cleaned(tmp_path):
     (tmp_path / "odd.toml").write_text('title = "Odd\\u0001 feed\\nname"\ndescription = "Line one\\u000b\\tline two"\n')
     feed = load_feed_definitions(tmp_path)["odd"]
     assert feed.title == "Odd feed name" and feed.description == "Line one line two"
+
+
+async def test_a_lowercase_z_is_a_valid_date_time(client, seed_v1):
+    document = hostile(seed_v1, versionCreated="2024-01-01t00:00:00z", firstCreated="2023-12-31T23:00:00z")
+    response = await client.post("/api/articles", data=orjson.dumps(document), headers=JSON_HEADERS)
+    assert response.status == 201, await response.text()
+    created = await response.json()
+    assert created["versionCreated"] == "2024-01-01T00:00:00Z" and created["firstCreated"] == "2023-12-31T23:00:00Z"
+
+
+@pytest.mark.parametrize("moment", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
+async def test_a_date_time_outside_years_1_to_9999_in_utc_is_422_and_stores_nothing(client, seed_v1, redis_url,
+                                                                                     moment):
+    from conftest import snapshot
+
+    before = snapshot(redis_url)
+    for field in ("versionCreated", "embargoedUntil"):
+        response = await client.post("/api/articles", data=orjson.dumps(hostile(seed_v1, **{field: moment})),
+                                     headers=JSON_HEADERS)
+        assert response.status == 422, await response.text()
+        assert (await response.json())["errors"][0]["pointer"] == f"/{field}"
+    assert snapshot(redis_url) == before
+
+
+@pytest.mark.parametrize("moment", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
+async def test_extreme_date_times_in_queries_are_400s(client, moment):
+    from urllib.parse import quote
+
+    from conftest import ADMIN
+    for path in (f"/api/propagation?from={quote(moment)}", f"/api/articles?since={quote(moment)}"):
+        response = await client.get(path, headers=ADMIN)
+        assert response.status == 400, (path, await response.text())

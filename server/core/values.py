@@ -37,9 +37,14 @@ def parse_iso(text: None) -> None: ...
 @overload
 def parse_iso(text: str | None) -> datetime | None: ...
 def parse_iso(text: str | None) -> datetime | None:
+    """An RFC 3339 date-time (``Z`` or ``z``, or an offset) in UTC; ValueError if it is not one, has no
+    timezone, or falls outside the years 1 to 9999 once in UTC."""
     if text is None:
         return None
-    moment = datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith(("Z", "z")) else text)
+    moment = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text)
     if moment.tzinfo is None:
         raise ValueError(f"{text!r} has no timezone")
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{text!r} is outside the years 1 to 9999 in UTC") from None

@@ -25,6 +25,7 @@ from jsonschema.exceptions import ValidationError
 from referencing import Registry, Resource
 
 from server.core.text import scrub_xml
+from server.core.values import parse_iso
 
 SCHEMAS_DIR = Path(__file__).resolve().parents[2] / "schemas"
 MAX_DEPTH = 32
@@ -107,9 +108,26 @@ def read_document(value: dict[str, Any]) -> IncomingDocument:
         where = first["pointer"] or "the document"
         raise DocumentError(f"{where}: {first['detail']}", errors, status=422)
     document = cleaned if dialect == "3" else rename_keys(cleaned, NAMES_2_TO_3)
+    _check_moments(document)
     # The sanitiser decodes character references (``&#x1;``): clean again, on the form that is stored.
     document, removed_after = scrub_xml_forbidden(sanitise_bodies(document))
     return IncomingDocument(document, dialect, removed + removed_after, content_hash(document))
+
+
+MOMENT_FIELDS = ("versionCreated", "firstCreated", "contentCreated", "embargoedUntil")
+
+
+def _check_moments(document: dict[str, Any]) -> None:
+    """The date-times the store reads must be ones it can hold (the schema's format check admits years
+    that leave 1 to 9999 once converted to UTC)."""
+    for name in MOMENT_FIELDS:
+        value = document.get(name)
+        if isinstance(value, str):
+            try:
+                parse_iso(value)
+            except ValueError as exc:
+                raise DocumentError(f"/{name}: {exc}", [{"pointer": f"/{name}", "detail": str(exc)}],
+                                    status=422) from None
 
 
 def detect_dialect(value: dict[str, Any]) -> str:
