@@ -1,6 +1,7 @@
-"""Where the server may push to: http(s) URLs that do not resolve to loopback, private, link-local,
-multicast, reserved or cloud-metadata addresses (SSRF), unless an operator allows a network with
-``SYNDICATE_PUSH_ALLOW_NETWORKS``. Checked when a callback is registered and again before each
+"""Where the server may push to: http(s) URLs that do not resolve to an address of the IANA special-purpose
+registries (loopback, private, link-local, carrier-grade NAT, documentation, benchmarking, 6to4, NAT64
+or IPv4-mapped forms of any of those, Teredo, ...), multicast or a cloud-metadata address (SSRF),
+unless an operator allows a network with ``SYNDICATE_PUSH_ALLOW_NETWORKS``. Checked when a callback is registered and again before each
 delivery (a name can be re-pointed at an internal address after it was checked)."""
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ async def check_destination(url: str, allowed: tuple[Network, ...], field: str =
                                 errors=[{"pointer": f"/{field}", "detail": "host does not resolve"}]) from None
     for info in infos:
         address = ipaddress.ip_address(info[4][0])
-        if _forbidden(address) and not any(address in network for network in allowed):
+        if is_forbidden(address) and not any(address in network for network in allowed):
             raise UnsafeDestination(
                 f"{field}: {host!r} resolves to {address}, an internal address the server does not push to "
                 "(an operator may allow it with SYNDICATE_PUSH_ALLOW_NETWORKS).",
@@ -64,7 +65,7 @@ def check_literal_address(url: str, allowed: tuple[Network, ...], field: str = "
         address = ipaddress.ip_address(host)
     except ValueError:
         return  # a name: SafeResolver checks what it resolves to
-    if _forbidden(address) and not any(address in network for network in allowed):
+    if is_forbidden(address) and not any(address in network for network in allowed):
         raise UnsafeDestination(f"{field}: {address} is an internal address the server does not push to.",
                                 errors=[{"pointer": f"/{field}", "detail": "forbidden address"}])
 
@@ -79,7 +80,7 @@ class SafeResolver(aiohttp.abc.AbstractResolver):
 
     async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> list:
         results = await self._resolver.resolve(host, port, family)
-        safe = [r for r in results if not _forbidden(ipaddress.ip_address(r["host"]))
+        safe = [r for r in results if not is_forbidden(ipaddress.ip_address(r["host"]))
                 or any(ipaddress.ip_address(r["host"]) in network for network in self._allowed)]
         if not safe:
             raise OSError(f"{host} resolves only to addresses the server does not push to")
@@ -89,8 +90,40 @@ class SafeResolver(aiohttp.abc.AbstractResolver):
         await self._resolver.close()
 
 
-def _forbidden(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return (address.is_loopback or address.is_private or address.is_link_local or address.is_multicast
-            or address.is_reserved or address.is_unspecified or address == ipaddress.ip_address("169.254.169.254"))
+# The IANA special-purpose address registries (IPv4 and IPv6), plus multicast: nothing here is a partner's
+# public web server. Written out, rather than taken from ``ipaddress``'s ``is_global``, whose lists have
+# changed between Python releases.
+SPECIAL_PURPOSE = tuple(ipaddress.ip_network(n) for n in (
+    "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
+    "192.0.0.0/24", "192.0.2.0/24", "192.31.196.0/24", "192.52.193.0/24", "192.88.99.0/24", "192.168.0.0/16",
+    "192.175.48.0/24", "198.18.0.0/15", "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4",
+    "255.255.255.255/32",
+    "::/128", "::1/128", "64:ff9b:1::/48", "100::/64", "2001::/23", "2001:db8::/32", "3fff::/20", "5f00::/16",
+    "fc00::/7", "fe80::/10", "fec0::/10", "ff00::/8",
+))
+# IPv6 prefixes that carry an IPv4 address: judged by the address they carry.
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one carries: IPv4-mapped, 6to4, NAT64 (well-known prefix) or the
+    deprecated IPv4-compatible form."""
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address in _NAT64 or (address in _IPV4_COMPATIBLE and int(address) > 1):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
+
+def is_forbidden(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether push must refuse ``address`` (before the operator's allowed networks are considered)."""
+    if isinstance(address, ipaddress.IPv6Address):
+        carried = embedded_ipv4(address)
+        if carried is not None:
+            return is_forbidden(carried)
+    return any(address in network for network in SPECIAL_PURPOSE if network.version == address.version)
+
+
