@@ -125,3 +125,32 @@ def test_bad_settings_name_the_variable(name, value):
         Settings.from_env({name: value})
     message = str(error.value)
     assert message.startswith(name + ":") and "\n" not in message
+
+
+def test_serve_prints_no_token_unless_it_is_the_demo(redis_url, tmp_path):
+    """A server's output is kept (docker logs, journald): only `serve --demo` prints the tokens."""
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ADMIN_TOKEN, PUBLISHER_TOKEN, ROOT
+
+    env = cli_env(REDIS_URL=redis_url, SYNDICATE_DATA_DIR=str(tmp_path), SYNDICATE_PORT=str(free_port()),
+                  SYNDICATE_PUBLISHER_TOKENS=f"newsroom:{PUBLISHER_TOKEN}", SYNDICATE_ADMIN_TOKEN=ADMIN_TOKEN,
+                  SYNDICATE_WORKERS="OFF")
+    process = subprocess.Popen([sys.executable, "-m", "server.cli", "serve"], cwd=ROOT, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        output, deadline = "", time.monotonic() + 30
+        while "articles: curl" not in output and time.monotonic() < deadline:
+            line = process.stdout.readline()
+            if not line and process.poll() is not None:
+                break
+            output += line
+    finally:
+        process.terminate()
+        rest, _ = process.communicate(timeout=20)
+    output += rest or ""
+    assert "syndicate serving on" in output, output
+    assert PUBLISHER_TOKEN not in output and ADMIN_TOKEN not in output
+    assert "SYNDICATE_ADMIN_TOKEN" in output  # where the tokens are

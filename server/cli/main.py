@@ -20,6 +20,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from server.articles.store import CREATED, REVISED, UNCHANGED
+from server.core.credentials import FILE_NAME as CREDENTIALS_FILE
 from server.core.credentials import with_local_credentials
 from server.core.embedded_redis import EmbeddedRedisError
 from server.core.errors import Problem
@@ -275,29 +276,36 @@ async def _print_banner(app: web.Application) -> None:
     publisher = settings.publisher_tokens[0]
     demo = orjson.loads(demo_article_path().read_bytes())
     demo_id = article_id_for_uri(demo["uri"])
-    lines = [
-        "",
-        f"syndicate serving on {base}",
-        f"  publisher token ({publisher.name}): {publisher.token}",
-        f"  admin token:                 {settings.admin_token}",
+    demo_run = DEMO_PARTNER_KEY in app
+    # Tokens go to the terminal only for the local demo: a server's log is kept (docker logs, journald).
+    publisher_token = publisher.token if demo_run else "$PUBLISHER_TOKEN"
+    admin_token = settings.admin_token if demo_run else "$ADMIN_TOKEN"
+    lines = ["", f"syndicate serving on {base}"]
+    if demo_run:
+        lines += [f"  publisher token ({publisher.name}): {publisher.token}",
+                  f"  admin token:                 {settings.admin_token}"]
+    else:
+        lines += [f"  tokens: the publisher's ({publisher.name}) and the admin's, from SYNDICATE_PUBLISHER_TOKENS "
+                  f"and SYNDICATE_ADMIN_TOKEN or else kept in {settings.data_dir / CREDENTIALS_FILE} (not printed)"]
+    lines += [
         f"  health:   {base}/healthz   ready: {base}/readyz",
         f"  ops:      {base}/ops (log in with the admin token)   metrics: {base}/metrics (admin token)",
-        f"  articles: curl -H 'Authorization: Bearer {publisher.token}' {base}/api/articles",
+        f"  articles: curl -H 'Authorization: Bearer {publisher_token}' {base}/api/articles",
     ]
-    if DEMO_PARTNER_KEY in app:
+    if demo_run:
         key = app[DEMO_PARTNER_KEY]
         lines += [
             f"  demo partner key: {key}",
             f"  feeds:    {base}/feeds/latest/atom?key={key}",
             f"            (also rss, newsml, json; the public feed {base}/feeds/headlines/rss needs no key)",
-            f"  partner status: curl -H 'Authorization: Bearer {settings.admin_token}' {base}/api/partners/demo/status",
+            f"  partner status: curl -H 'Authorization: Bearer {admin_token}' {base}/api/partners/demo/status",
         ]
     if demo_id:
         correction = demo_article_path(DEMO_CORRECTION)
         lines += [
-            f"  history:  curl -H 'Authorization: Bearer {publisher.token}' {base}/api/articles/{demo_id}/versions",
+            f"  history:  curl -H 'Authorization: Bearer {publisher_token}' {base}/api/articles/{demo_id}/versions",
             "  publish the correction:",
-            f"    curl -H 'Authorization: Bearer {publisher.token}' -H 'Content-Type: application/json' "
+            f"    curl -H 'Authorization: Bearer {publisher_token}' -H 'Content-Type: application/json' "
             f"--data-binary @{correction} '{base}/api/articles?signal=correction'",
         ]
     print("\n".join(lines) + "\n", flush=True)
