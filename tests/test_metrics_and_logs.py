@@ -344,3 +344,26 @@ def test_redaction_of_keys_in_urls():
             == "Bearer syn_0123abcd_[redacted].")
     assert logs.request_id_for("ok-1") == "ok-1" and logs.request_id_for("a b") != "a b"
     assert logs.request_id_for(None) != logs.request_id_for(None)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("/feeds/w/rss?k%65y=syn%5F0123abcd%5FAAAAAAAAAAAAAAAAAAAAAAAA", "/feeds/w/rss?k%65y=[redacted]"),
+    ("/feeds/w/rss?%6B%65%79=anything&since=1", "/feeds/w/rss?%6B%65%79=[redacted]&since=1"),
+    ("/feeds/w/rss?since=4&K%45Y=secretvalue", "/feeds/w/rss?since=4&K%45Y=[redacted]"),
+    ("/no/such/syn%5F0123abcd%5FAAAAAAAAAAAAAAAAAAAA", "/no/such/syn_0123abcd_[redacted]"),
+    ("/x?a=%41&b=50%25", "/x?a=%41&b=50%25"),
+])
+def test_redaction_of_percent_encoded_keys(text, expected):
+    assert logs.redact(text) == expected
+
+
+async def test_a_percent_encoded_key_never_reaches_the_access_log(aiohttp_client, ops_settings, log_lines):
+    read = log_lines("json")
+    client = await aiohttp_client(create_app(ops_settings))
+    key = await make_partner(client, "acme")
+    encoded = key.replace("_", "%5F")
+    response = await client.get(f"/feeds/world/json?k%65y={encoded}")
+    assert response.status == 200  # the server decodes the query: it is the partner's key
+    await client.close()
+    text = "\n".join(read())
+    assert key.split("_", 2)[2] not in text and encoded.split("%5F", 2)[2] not in text

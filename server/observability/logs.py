@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import IO, Any
+from urllib.parse import unquote
 
 import orjson
 
@@ -36,6 +37,11 @@ _KEY_IN_URL = re.compile(
     r"(?i)((?:^|(?<=[?&;\s\"'/])|%3F|%26)(?:key|api[_-]?key)(?:=|%3D))(?:%(?!26)[0-9A-Fa-f]{2}|[^&\s\"'#%,])+")
 # A partner key anywhere (pasted into a path, a header echoed in an error): its id is kept, not its secret.
 _PARTNER_KEY = re.compile(re.escape(KEY_PREFIX) + r"([0-9a-f]{8})_[A-Za-z0-9_-]{16,}")
+# The same, percent-encoded in part or whole (``syn%5F...``): the server decodes it, so the log must too.
+_ENCODED_PARTNER_KEY = re.compile(r"(?i)syn(?:_|%5F)([0-9a-f]{8})(?:_|%5F)(?:[A-Za-z0-9_-]|%[0-9A-F]{2}){16,}")
+# Any query parameter, for names that decode to a key parameter (``k%65y``, ``%6B%65%79``, any case).
+_QUERY_PARAMETER = re.compile(r"([?&;])([^=&#\s\"']+)=([^&#\s\"']*)")
+_KEY_PARAMETERS = frozenset({"key", "api_key", "api-key", "apikey"})
 # A request header that carries a secret, quoted whole (aiohttp's 400 for a malformed request quotes the
 # raw header line): its whole value goes. Then any other credential after "Bearer": the admin and
 # publisher tokens have no prefix of their own to recognise them by (a partner key there has already
@@ -74,9 +80,19 @@ def redact(text: str) -> str:
         text = _SECRET_HEADER.sub(r"\1\2[redacted]", text)
     if "bearer" in lowered:
         text = _BEARER.sub(r"\1[redacted]", text)
+    if "%" in text:
+        text = _ENCODED_PARTNER_KEY.sub(KEY_PREFIX + r"\1_[redacted]", text)
+        text = _QUERY_PARAMETER.sub(_redact_encoded_key_parameter, text)
     if "key" not in lowered:
         return text
     return _KEY_IN_URL.sub(r"\1[redacted]", text)
+
+
+def _redact_encoded_key_parameter(match: re.Match[str]) -> str:
+    separator, name, value = match.groups()
+    if "%" in name and unquote(name).lower() in _KEY_PARAMETERS and value != "[redacted]":
+        return f"{separator}{name}=[redacted]"
+    return match.group(0)
 
 
 # Made request ids: 16 random hex digits for this process, then a 16-digit counter (32 characters in
