@@ -342,3 +342,20 @@ async def test_an_older_version_is_served_only_when_the_partner_may_read_that_ve
     # Ops (the admin token) read everything, the withheld revision included.
     assert (await client.get(f"/items/{article_id}/newsml?version=3", headers=ADMIN)).status == 200
 
+
+
+async def test_without_photo_rights_no_picture_reaches_the_partner_in_any_form(client, seed_v1):
+    """Not as a media element, not as an inline <img> in the body, not as its caption ("... AP")."""
+    await publish(client, seed_v1)
+    caption = "rally against the Russian occupation in Kherson, Ukraine. AP"
+    with_photos = (await create_partner(client, name="photos", feeds=["*"], formats=["*"]))["key"]
+    without = (await create_partner(client, name="text-only", feeds=["*"], formats=["*"], media=False))["key"]
+    article_id = article_id_for_uri(seed_v1["uri"])
+    paths = [f"/feeds/latest/{fmt}" for fmt in ("rss", "atom", "newsml", "json")]
+    paths += [f"/items/{article_id}", f"/items/{article_id}/newsml"]
+    for path in paths:
+        full = await (await client.get(path, headers={"X-API-Key": with_photos})).text()
+        assert "kherson-rally.jpg" in full and caption in full, path
+        text = await (await client.get(path, headers={"X-API-Key": without})).text()
+        assert "kherson-rally.jpg" not in text and caption not in text and "<img" not in text, path
+        assert "Kherson" in text, path  # the story stays

@@ -14,7 +14,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -178,6 +178,28 @@ def sanitise_html(html: str) -> str:
     """No script, no event handlers, no ``javascript:`` URLs: nh3's defaults, which allow figure,
     figcaption and img (the seed article's inline photo)."""
     return nh3.clean(html)
+
+
+_PICTURE_TAGS = frozenset({"img", "figure", "figcaption", "picture", "source", "map", "area"})
+
+
+@lru_cache(maxsize=2048)
+def without_pictures(html: str) -> str:
+    """A sanitised HTML body with its pictures gone, and their captions and credits with them (the
+    whole ``figure``): what a partner without photo rights gets."""
+    return nh3.clean(html, tags=set(nh3.ALLOWED_TAGS) - _PICTURE_TAGS,
+                     clean_content_tags={"figure", "picture", "map"})
+
+
+def document_without_pictures(document: dict[str, Any]) -> dict[str, Any]:
+    """The ninjs document for a partner without photo rights: no associations, no picture in a body."""
+    bodies = [{**body, "value": without_pictures(body["value"])}
+              if body.get("contentType", "text/html") in HTML_CONTENT_TYPES and isinstance(body.get("value"), str)
+              else body for body in document.get("bodies") or ()]
+    stripped = {k: v for k, v in document.items() if k != "associations"}
+    if bodies:
+        stripped["bodies"] = bodies
+    return stripped
 
 
 def sanitise_bodies(document: dict[str, Any]) -> dict[str, Any]:

@@ -24,6 +24,7 @@ import orjson
 
 from server.domain.articles import Article, Revision
 from server.domain.feeds import FeedDefinition
+from server.domain.ninjs import document_without_pictures
 from server.domain.partners import KeyTable
 from server.feeds.builder import RENDERERS, FeedBuilder
 from server.feeds.render import (
@@ -57,9 +58,7 @@ class Payload:
 def ninjs_document(article: Article, include_photos: bool) -> dict[str, Any]:
     """The stored ninjs of the latest revision; a killed (or purged) article gives its tombstone."""
     document = article.latest.document or {"uri": article.uri, "type": "text", "pubStatus": "canceled"}
-    if not include_photos and "associations" in document:
-        document = {k: v for k, v in document.items() if k != "associations"}
-    return document
+    return document if include_photos else document_without_pictures(document)
 
 
 def ninjs_body(article: Article, include_photos: bool) -> bytes:

@@ -174,7 +174,7 @@ def _fill_entry(entry: FeedEntry, feed: FeedView, item: ItemView) -> FeedEntry:
         return entry
     if item.standfirst:
         entry.summary(item.standfirst)
-    entry.content(item.reader_html(), type="html")
+    entry.content(item.reader_html(feed.include_photos), type="html")
     for subject in item.subjects:
         entry.category(term=subject.term, label=subject.name)
     for photo in photos_to_show(feed, item):

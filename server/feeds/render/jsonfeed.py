@@ -58,7 +58,7 @@ def _item(feed: FeedView, item: ItemView) -> dict[str, Any]:
         entry["content_text"] = item.tombstone_notice
         entry["summary"] = item.tombstone_notice
     else:
-        entry["content_html"] = item.reader_html()
+        entry["content_html"] = item.reader_html(feed.include_photos)
         text = item.reader_text()
         if text is not None:
             entry["content_text"] = text

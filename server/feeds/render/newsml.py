@@ -163,7 +163,7 @@ def _article_item(feed: FeedView, item: ItemView) -> etree._Element:
     if not item.is_tombstone:
         content_set = etree.SubElement(news_item, _tag("contentSet"))
         inline = etree.SubElement(content_set, _tag("inlineXML"), contenttype="application/xhtml+xml")
-        inline.append(xhtml_document(item))
+        inline.append(xhtml_document(item, feed.include_photos))
     return news_item
 
 
@@ -198,7 +198,7 @@ def _picture_item(item: ItemView, photo: Photo) -> etree._Element:
     return news_item
 
 
-def xhtml_document(item: ItemView) -> etree._Element:
+def xhtml_document(item: ItemView, include_photos: bool = True) -> etree._Element:
     """The body as an XHTML ``html`` element, the correction note (if any) as its first paragraph."""
     html = etree.Element(f"{{{XHTML_NS}}}html", nsmap={None: XHTML_NS})
     head = etree.SubElement(html, f"{{{XHTML_NS}}}head")
@@ -207,8 +207,9 @@ def xhtml_document(item: ItemView) -> etree._Element:
     if item.correction_note:
         note = etree.SubElement(body, f"{{{XHTML_NS}}}p", {"class": CORRECTION_NOTE_CLASS})
         etree.SubElement(note, f"{{{XHTML_NS}}}em").text = item.correction_note
-    if item.body_html:
-        source = item.body_html.encode("utf-8")
+    body_html = item.body_for(include_photos)
+    if body_html:
+        source = body_html.encode("utf-8")
         parsed = _parse_plain_fragment(source)
         if parsed is not None:
             _move_as_xhtml(*parsed, body)

@@ -154,7 +154,7 @@ def _fill_item(entry: FeedEntry, feed: FeedView, item: ItemView) -> FeedEntry:
         return entry
     if item.standfirst:
         entry.description(item.standfirst, isSummary=True)
-    entry.content(item.reader_html())
+    entry.content(item.reader_html(feed.include_photos))
     for subject in item.subjects:
         entry.category(term=subject.term, label=subject.name)
     for photo in photos_to_show(feed, item):

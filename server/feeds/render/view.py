@@ -23,6 +23,7 @@ import orjson
 
 from server.core.text import xml_safe
 from server.domain.articles import CANCELED, Revision
+from server.domain.ninjs import without_pictures
 
 HTML_BODY_TYPES = ("text/html", "application/xhtml+xml", "body_xhtml")
 PICTURE_TYPES = ("picture", "image", "graphic")
@@ -182,10 +183,16 @@ class ItemView:
             return f"{notice} Reason: {self.kill_reason}" if self.kill_reason else notice
         return "This story is no longer available."
 
-    def reader_html(self) -> str:
-        """The body as HTML for readers, opened by a visible correction note when there is one."""
+    def reader_html(self, include_photos: bool = True) -> str:
+        """The body as HTML for readers, opened by a visible correction note when there is one; without
+        photo rights, without its pictures (and their captions)."""
         note = correction_note_html(self.correction_note) if self.correction_note else ""
-        return note + (self.body_html or "")
+        return note + (self.body_for(include_photos) or "")
+
+    def body_for(self, include_photos: bool) -> str | None:
+        if self.body_html is None or include_photos:
+            return self.body_html
+        return without_pictures(self.body_html)
 
     def reader_text(self) -> str | None:
         if self.body_text is None:
