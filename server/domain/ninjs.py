@@ -174,10 +174,14 @@ def rename_keys(value: Any, names: dict[str, str]) -> Any:
     return value
 
 
+# nh3's defaults, plus the direction and language of any element (an Arabic quote in an English story).
+_BODY_ATTRIBUTES = {**nh3.ALLOWED_ATTRIBUTES, "*": {"dir", "lang"}}
+
+
 def sanitise_html(html: str) -> str:
     """No script, no event handlers, no ``javascript:`` URLs: nh3's defaults, which allow figure,
     figcaption and img (the seed article's inline photo)."""
-    return nh3.clean(html)
+    return nh3.clean(html, attributes=_BODY_ATTRIBUTES)
 
 
 _PICTURE_TAGS = frozenset({"img", "figure", "figcaption", "picture", "source", "map", "area"})
@@ -187,7 +191,7 @@ _PICTURE_TAGS = frozenset({"img", "figure", "figcaption", "picture", "source", "
 def without_pictures(html: str) -> str:
     """A sanitised HTML body with its pictures gone, and their captions and credits with them (the
     whole ``figure``): what a partner without photo rights gets."""
-    return nh3.clean(html, tags=set(nh3.ALLOWED_TAGS) - _PICTURE_TAGS,
+    return nh3.clean(html, tags=set(nh3.ALLOWED_TAGS) - _PICTURE_TAGS, attributes=_BODY_ATTRIBUTES,
                      clean_content_tags={"figure", "picture", "map"})
 
 

@@ -187,7 +187,10 @@ class ItemView:
         """The body as HTML for readers, opened by a visible correction note when there is one; without
         photo rights, without its pictures (and their captions)."""
         note = correction_note_html(self.correction_note) if self.correction_note else ""
-        return note + (self.body_for(include_photos) or "")
+        body = self.body_for(include_photos)
+        if body is None and self.body_text is not None:  # a plain-text story: its paragraphs, escaped
+            body = "".join(_paragraph_html(p) for p in self.body_text.split("\n\n") if p.strip())
+        return note + (body or "")
 
     def body_for(self, include_photos: bool) -> str | None:
         if self.body_html is None or include_photos:
@@ -238,6 +241,12 @@ _REVISION_KEY_FIELDS = tuple(f.name for f in dataclasses.fields(Revision) if f.n
 def clear_view_memo() -> None:
     with _VIEWS_LOCK:
         _VIEWS.clear()
+
+
+def _paragraph_html(text: str) -> str:
+    paragraph = lxml.html.Element("p")
+    paragraph.text = text
+    return lxml.html.tostring(paragraph, encoding="unicode")
 
 
 def correction_note_html(note: str) -> str:
