@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import orjson
 import pytest
+from lxml import etree
 from render_helpers import (
     ReadBack,
     feed_view,
@@ -101,11 +103,22 @@ def test_correction_is_signalled_noted_and_the_figure_corrected(fmt: str) -> Non
 
 @pytest.mark.parametrize("fmt", ["atom", "rss", "jsonfeed"])
 @pytest.mark.parametrize("version", [1, 2])
-def test_ed_note_never_reaches_readers(fmt: str, version: int) -> None:
+def test_ed_note_reaches_the_partner_in_every_format_but_not_its_readers(fmt: str, version: int) -> None:
+    """The machine-translation notice (the seed's edNote) goes to every partner, in the syndicate
+    extension for its editors (issue 12: it used to reach only NewsML and ninjs partners), and never
+    into the reader-facing content."""
     data, _ = render_one(fmt, version)
     ed_note = expected(version)["ed_note"]
-    assert ed_note.encode() not in data
-    assert b"Beta V.1.0" not in data
+    if fmt == "jsonfeed":
+        [item] = orjson.loads(data)["items"]
+        assert item["_syndicate"]["edNote"] == ed_note
+        assert "Beta V.1.0" not in item.get("content_html", "") + item.get("content_text", "")
+    else:
+        document = etree.fromstring(data)
+        notes = document.findall(".//{urn:x-syndicate:feed-extension:1}edNote")
+        assert [n.text for n in notes] == [ed_note]
+        content = "".join(e.text or "" for e in document.iter() if etree.QName(e).localname in ("content", "encoded"))
+        assert "Beta V.1.0" not in content
 
 
 @pytest.mark.parametrize("version", [1, 2])

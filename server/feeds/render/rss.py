@@ -7,7 +7,7 @@ holding the ninjs uri (the same across revisions), ``pubDate`` (RFC 822) = when 
 created, the standfirst as ``description``, the body (with its correction note) as ``content:encoded``,
 the byline as ``dc:creator``, subjects as ``category``, photos as Media RSS, and the revision number and
 signal as ``syndicate:version`` / ``syndicate:signal`` / ``syndicate:pubStatus`` (see ``atom``). The
-edNote never goes in.
+edNote goes in as ``syndicate:edNote``, for the partner's editors.
 
 Revision time. RSS 2.0 has no "updated" element for items, and ``pubDate`` must stay the first
 publication time or readers would re-sort a corrected story to the top as if it were new. We put the
