@@ -11,6 +11,7 @@ import asyncio
 import logging
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 log = logging.getLogger(__name__)
@@ -21,11 +22,18 @@ POOL_WAIT_SECONDS = 20.0
 
 
 async def connect(url: str, *, decode_responses: bool = True, timeout: float = 10.0,
-                  max_connections: int = MAX_CONNECTIONS, pool_wait_seconds: float = POOL_WAIT_SECONDS) -> Redis:
-    # A blocking pool: under a burst callers wait (up to pool_wait_seconds) for a connection instead of
-    # failing with "too many connections".
+                  max_connections: int = MAX_CONNECTIONS, pool_wait_seconds: float = POOL_WAIT_SECONDS,
+                  socket_timeout: float | None = 5.0) -> Redis:
+    """A client on its own pool. A blocking pool: under a burst callers wait (up to
+    ``pool_wait_seconds``) for a connection instead of failing with "too many connections". A command
+    that gets no answer within ``socket_timeout`` fails (a paused or overloaded Redis must not hold a
+    request), and one that meets a connection the server closed (a stale pooled one, after a Redis
+    restart) is retried once on a fresh connection."""
     pool = BlockingConnectionPool.from_url(url, decode_responses=decode_responses, health_check_interval=30,
-                                           max_connections=max_connections, timeout=pool_wait_seconds)
+                                           max_connections=max_connections, timeout=pool_wait_seconds,
+                                           socket_timeout=socket_timeout,
+                                           socket_connect_timeout=min(socket_timeout or 5.0, 5.0),
+                                           retry_on_error=[RedisConnectionError])
     client = Redis(connection_pool=pool)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout

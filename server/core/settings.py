@@ -59,6 +59,7 @@ class Settings:
     push_lease_seconds: float = 60.0
     push_max_in_flight: int = 200
     redis_pool_size: int = 64
+    redis_timeout_seconds: float = 1.0
     websub_lease_default: int = 10 * 24 * 3600
     websub_lease_min: int = 60
     websub_lease_max: int = 30 * 24 * 3600
@@ -115,6 +116,7 @@ class Settings:
             push_lease_seconds=_float(env, "SYNDICATE_PUSH_LEASE_SECONDS", 60.0, low=1.0),
             push_max_in_flight=_int(env, "SYNDICATE_PUSH_MAX_IN_FLIGHT", 200, low=1, high=5000),
             redis_pool_size=_int(env, "SYNDICATE_REDIS_POOL_SIZE", 64, low=4, high=10000),
+            redis_timeout_seconds=_int(env, "SYNDICATE_REDIS_TIMEOUT_MS", 1000, low=50, high=60000) / 1000,
             websub_lease_default=_int(env, "SYNDICATE_WEBSUB_LEASE_DEFAULT", 10 * 24 * 3600, low=1),
             websub_lease_min=_int(env, "SYNDICATE_WEBSUB_LEASE_MIN", 60, low=1),
             websub_lease_max=_int(env, "SYNDICATE_WEBSUB_LEASE_MAX", 30 * 24 * 3600, low=1),

@@ -7,11 +7,13 @@ import logging
 
 import orjson
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from server.core.errors import PROBLEM_MEDIA_TYPE, Problem, slug_for_status
 from server.http.state import SETTINGS
 
 log = logging.getLogger(__name__)
+STORAGE_RETRY_AFTER_SECONDS = 1
 
 
 def problem_response(problem: Problem, instance: str | None = None) -> web.Response:
@@ -36,6 +38,13 @@ def problem_for(request: web.Request, exc: Exception) -> web.Response:
         headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "www-authenticate", "retry-after")}
         return problem_response(Problem(detail, status=exc.status, slug=slug_for_status(exc.status), headers=headers),
                                 request.path)
+    if isinstance(exc, RedisError):
+        # Redis unreachable, timing out, loading, read-only after a failover, out of memory: the
+        # request may be retried; nothing was acknowledged.
+        log.warning("Redis failed on %s %s: %s: %s", request.method, request.path, type(exc).__name__, exc)
+        return problem_response(Problem("Storage is unavailable for a moment; try again shortly.", status=503,
+                                        slug="storage-unavailable",
+                                        headers={"Retry-After": str(STORAGE_RETRY_AFTER_SECONDS)}), request.path)
     log.exception("unhandled error on %s %s", request.method, request.path, exc_info=exc)
     return problem_response(Problem("The server failed to handle this request; it has been logged.",
                                     status=500, slug="internal"), request.path)

@@ -54,6 +54,7 @@ PUBSUB_POOL = 4  # the subscription, and the resyncs it triggers
 PUSH_POOL_HEADROOM = 8  # the dispatcher, the claims and the sweep, beside the deliveries
 COMMAND_POOL = 8
 POOL_WAIT_SECONDS = 5.0
+PUSH_SOCKET_TIMEOUT_SECONDS = 10.0  # above the dispatcher's blocking read (0.5 s)
 
 
 class Role(StrEnum):
@@ -87,14 +88,19 @@ class RedisClients:
             cache = await connect(cache_url, decode_responses=False, max_connections=COMMAND_POOL)
             return cls(store, store, store, store, cache)
         opened: list[Redis] = []
+        # The request path (store, cache) waits at most SYNDICATE_REDIS_TIMEOUT_MS for a connection and
+        # for an answer: past that, a 503 with Retry-After. The background roles may wait longer.
+        quick = settings.redis_timeout_seconds
+        roles = ((settings.redis_pool_size, quick, quick), (FLUSH_POOL, POOL_WAIT_SECONDS, POOL_WAIT_SECONDS),
+                 (PUBSUB_POOL, POOL_WAIT_SECONDS, 5.0),
+                 (settings.push_max_in_flight + PUSH_POOL_HEADROOM,
+                  min(POOL_WAIT_SECONDS, settings.push_lease_seconds / 2), PUSH_SOCKET_TIMEOUT_SECONDS))
         try:
-            for size, wait in ((settings.redis_pool_size, POOL_WAIT_SECONDS), (FLUSH_POOL, POOL_WAIT_SECONDS),
-                               (PUBSUB_POOL, POOL_WAIT_SECONDS),
-                               (settings.push_max_in_flight + PUSH_POOL_HEADROOM,
-                                min(POOL_WAIT_SECONDS, settings.push_lease_seconds / 2))):
-                opened.append(await connect(url, max_connections=size, pool_wait_seconds=wait))
+            for size, wait, answer_within in roles:
+                opened.append(await connect(url, max_connections=size, pool_wait_seconds=wait,
+                                            socket_timeout=answer_within))
             opened.append(await connect(cache_url, decode_responses=False, max_connections=settings.redis_pool_size,
-                                        pool_wait_seconds=POOL_WAIT_SECONDS))
+                                        pool_wait_seconds=quick, socket_timeout=quick))
         except BaseException:
             for client in opened:
                 await client.aclose()

@@ -1,0 +1,48 @@
+"""Redis faults on the request path: a paused (or gone) Redis is a 503 problem with Retry-After, soon,
+never a 500; cached pages are still served from memory; requests work again once Redis is back."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import orjson
+import redis as redis_sync
+from conftest import AUTH, make_partner, start_redis
+
+from server.http.app import create_app
+
+JSON_HEADERS = {**AUTH, "Content-Type": "application/json"}
+
+
+async def test_a_paused_redis_is_a_503_with_retry_after_and_cached_polls_still_answer(aiohttp_client, settings,
+                                                                                      tmp_path, seed_v1):
+    process, port = start_redis(tmp_path / "redis")
+    try:
+        url = f"redis://127.0.0.1:{port}/0"
+        client = await aiohttp_client(create_app(dataclasses.replace(settings, redis_url=url)))
+        key = await make_partner(url)
+        await asyncio.sleep(1.2)  # the new partner reaches the key table (pub/sub, or the 1 s resync)
+        assert (await client.post("/api/articles", data=orjson.dumps(seed_v1), headers=JSON_HEADERS)).status == 201
+        assert (await client.get("/feeds/latest/atom", headers={"X-API-Key": key})).status == 200  # now cached
+
+        admin = redis_sync.Redis(port=port)
+        admin.execute_command("CLIENT", "PAUSE", "4000", "ALL")
+        try:
+            refused = await client.post("/api/articles", data=orjson.dumps({**seed_v1, "uri": seed_v1["uri"] + "-2"}),
+                                        headers=JSON_HEADERS)
+            assert refused.status == 503, await refused.text()
+            assert refused.content_type == "application/problem+json"
+            assert refused.headers["Retry-After"] == "1"
+            assert (await refused.json())["type"].endswith("/storage-unavailable")
+            cached = await client.get("/feeds/latest/atom", headers={"X-API-Key": key})
+            assert cached.status == 200  # from this process's memory: no Redis needed
+        finally:
+            admin.execute_command("CLIENT", "UNPAUSE")
+        again = await client.post("/api/articles", data=orjson.dumps({**seed_v1, "uri": seed_v1["uri"] + "-2"}),
+                                  headers=JSON_HEADERS)
+        assert again.status == 201, await again.text()
+        admin.close()
+    finally:
+        process.terminate()
+        process.wait(10)
