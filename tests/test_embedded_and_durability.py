@@ -149,3 +149,32 @@ def test_acknowledged_write_survives_sigkill_and_no_redis_is_left(tmp_path, seed
         server.send_signal(signal.SIGTERM)
         server.wait(20)
     assert wait_until(lambda: not pid_alive(new_redis_pid), 20)
+
+
+def test_a_dead_embedded_redis_is_restarted_and_healthz_tells_meanwhile(tmp_path, seed_v2):
+    """SIGKILL the embedded redis-server under a running server: it is started again on the same port
+    and data, every acknowledged write is still there, and writes work again without a server restart."""
+    port = free_port()
+    article_id = article_id_for_uri(orjson.loads(SEED_V1.read_bytes())["uri"])
+    server = _start_server(tmp_path, port)
+    try:
+        assert http.request(port, "POST", "/api/articles", SEED_V1.read_bytes(), HEADERS)[0] == 201
+        redis_pid = int((tmp_path / "redis" / "redis.pid").read_text())
+        os.kill(redis_pid, signal.SIGKILL)
+        assert wait_until(lambda: http.get(port, "/healthz")[0] == 503 or _restarted(tmp_path, redis_pid), 10)
+        assert wait_until(lambda: _restarted(tmp_path, redis_pid) and http.get(port, "/healthz")[0] == 200, 30)
+        assert wait_until(lambda: http.request(port, "POST", "/api/articles?signal=correction",
+                                               orjson.dumps(seed_v2), HEADERS)[0] == 200, 20)
+        assert _versions(port, article_id) == [1, 2]
+        assert http.get(port, "/readyz")[0] == 200
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(20)
+
+
+def _restarted(data_dir: Path, old_pid: int) -> bool:
+    try:
+        pid = int((data_dir / "redis" / "redis.pid").read_text())
+    except (FileNotFoundError, ValueError):
+        return False
+    return pid != old_pid and pid_alive(pid)

@@ -62,6 +62,18 @@ class EmbeddedRedis:
             os.close(self._lock_fd)
             self._lock_fd = None
 
+    def restart(self, binary: str, startup_timeout: float = 15.0) -> None:
+        """Start the child again, on the same port and data (AOF), after it died (owner only). Call it
+        from the main thread, like :func:`start_embedded_redis`."""
+        if not self.owner or self.running:
+            return
+        port = int(self.url.rsplit(":", 1)[1].split("/")[0])
+        resolved = shutil.which(binary)
+        if resolved is None:
+            raise EmbeddedRedisError(f"'{binary}' was not found; the embedded Redis cannot be restarted")
+        self.process, _port = _spawn(resolved, self.directory, startup_timeout, port=port)
+        log.warning("embedded redis-server restarted: pid %d on 127.0.0.1:%d", self.process.pid, port)
+
     @property
     def running(self) -> bool:
         if self.process is not None:
@@ -97,10 +109,12 @@ def start_embedded_redis(data_dir: Path, redis_server_bin: str = "redis-server",
         raise
 
 
-def _spawn(binary: str, directory: Path, startup_timeout: float) -> tuple[subprocess.Popen[bytes], int]:
+def _spawn(binary: str, directory: Path, startup_timeout: float,
+           port: int | None = None) -> tuple[subprocess.Popen[bytes], int]:
     last_error = ""
+    fixed = port
     for _attempt in range(5):
-        port = _free_port()
+        port = fixed or _free_port()
         args = [
             binary,
             "--port", str(port),

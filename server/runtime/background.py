@@ -9,6 +9,7 @@ from datetime import timedelta
 
 from server.articles.store import ArticleStore
 from server.core import keys
+from server.core.embedded_redis import EmbeddedRedis
 from server.core.settings import Settings
 from server.core.values import utc_now
 from server.observability.logs import ACCESS_LINES
@@ -87,3 +88,24 @@ class RetentionJob(PeriodicJob):
             log.info("retention: dropped %d old revision bodies, trimmed %d change-log entries", dropped, trimmed)
         if await redis.get(lock) == token:
             await redis.delete(lock)
+
+
+class EmbeddedRedisJob(PeriodicJob):
+    """Supervise the embedded ``redis-server`` this process started: if it dies, start it again on
+    the same port and data (the AOF keeps every acknowledged write). While it is down, or if it cannot
+    be restarted, ``/healthz`` fails."""
+
+    name = where = "embedded-redis"
+    interval = 0.5
+
+    def __init__(self, metrics: Metrics, embedded: EmbeddedRedis, binary: str) -> None:
+        super().__init__(metrics)
+        self.embedded, self.binary = embedded, binary
+
+    async def tick(self) -> None:
+        if self.embedded.running:
+            return
+        log.error("the embedded redis-server died (exit %s); restarting it",
+                  self.embedded.process.returncode if self.embedded.process else "?")
+        self.metrics.job_restarted(self.name)
+        self.embedded.restart(self.binary)  # blocking, briefly: the child must be forked by this thread

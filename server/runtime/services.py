@@ -42,7 +42,7 @@ from server.push.destinations import DestinationStore
 from server.push.dispatcher import ensure_dispatch_group
 from server.push.queue import PushQueue
 from server.push.worker import PushWorker
-from server.runtime.background import EmbargoJob, FlushJob, RetentionJob
+from server.runtime.background import EmbargoJob, EmbeddedRedisJob, FlushJob, RetentionJob
 from server.runtime.heartbeat import Heartbeat
 from server.runtime.jobs import JobGroup
 from server.runtime.notifications import Subscriber
@@ -213,6 +213,8 @@ async def _running(services: Services, clients: RedisClients) -> AsyncIterator[N
                                 services.settings.flush_interval_seconds))
             jobs.start(EmbargoJob(services.metrics, services.store))
             jobs.start(RetentionJob(services.metrics, services.store, services.settings))
+            if services.embedded is not None and services.embedded.owner:
+                jobs.start(EmbeddedRedisJob(services.metrics, services.embedded, services.settings.redis_server_bin))
             if worker is not None:
                 await worker.start()
                 for job in worker.jobs:

@@ -13,6 +13,11 @@ from server.observability.metrics import workers_alive
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """Alive, with no I/O: only the embedded Redis child, when this process runs one, must be running
+    (it is restarted when it dies; while it is down, or if it cannot be, this fails)."""
+    embedded = request.app.get(EMBEDDED_REDIS)
+    if embedded is not None and not embedded.running:
+        return web.json_response({"status": "unavailable", "embeddedRedis": "not running"}, status=503)
     return web.json_response({"status": "ok"})
 
 
