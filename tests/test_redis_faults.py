@@ -46,3 +46,35 @@ async def test_a_paused_redis_is_a_503_with_retry_after_and_cached_polls_still_a
     finally:
         process.terminate()
         process.wait(10)
+
+
+async def test_a_store_that_came_back_empty_is_noticed_and_nothing_from_before_is_served(aiohttp_client, settings,
+                                                                                         redis_url, sync_redis,
+                                                                                         seed_v1):
+    from push_helpers import wait_for
+
+    client = await aiohttp_client(create_app(settings))
+    key = await make_partner(redis_url)
+    await asyncio.sleep(1.2)  # the partner reaches the key table
+    assert (await client.post("/api/articles", data=orjson.dumps(seed_v1), headers=JSON_HEADERS)).status == 201
+    before = await client.get("/feeds/latest/json", headers={"X-API-Key": key})
+    assert before.status == 200 and len((await before.json())["items"]) == 1  # rendered and in memory
+
+    sync_redis.flushall()  # Redis came back empty
+
+    async def key_refused() -> bool:
+        return (await client.get("/feeds/latest/json", headers={"X-API-Key": key})).status == 401
+
+    await wait_for(key_refused, timeout=10, message="the key of a partner that no longer exists to be refused")
+    other = await make_partner(redis_url, "after")
+    await wait_for(lambda: _accepted(client, other), timeout=10, message="the new partner's key")
+    page = await (await client.get("/feeds/latest/json", headers={"X-API-Key": other})).json()
+    assert page["items"] == []  # not the page rendered before the wipe
+    fresh = {**seed_v1, "uri": seed_v1["uri"] + "-after"}
+    assert (await client.post("/api/articles", data=orjson.dumps(fresh), headers=JSON_HEADERS)).status == 201
+    page = await (await client.get("/feeds/latest/json", headers={"X-API-Key": other})).json()
+    assert [item["id"] for item in page["items"]] == [fresh["uri"]]
+
+
+async def _accepted(client, key: str) -> bool:
+    return (await client.get("/feeds/latest/json", headers={"X-API-Key": key})).status == 200

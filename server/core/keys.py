@@ -79,9 +79,20 @@ def feed_generation(feed_name: str) -> str:
     return f"{PREFIX}:feed:{feed_name}:generation"
 
 
-def rendered_feed(feed_name: str, fmt: str, page: str, generation: int, variant: str = "full") -> str:
-    """Hash (cache, with a TTL): the rendered bytes of one feed page in every encoding, and its metadata."""
-    return f"{PREFIX}:cache:feed:{feed_name}:{generation}:{variant}:{fmt}:{page}"
+def rendered_feed(feed_name: str, fmt: str, page: str, generation: int, variant: str = "full",
+                  epoch: str = "") -> str:
+    """Hash (cache, with a TTL): the rendered bytes of one feed page in every encoding, and its metadata.
+    The store's epoch is part of the name: after the store Redis comes back empty, generations start
+    again from 0, and a separate cache Redis must not answer with pages of the store that was lost."""
+    return f"{PREFIX}:cache:feed:{epoch}:{feed_name}:{generation}:{variant}:{fmt}:{page}"
+
+
+def store_epoch() -> str:
+    """String: a random id set (if absent) by the first process to start on this store. A process that
+    finds it gone or changed knows the store Redis was wiped or replaced: it drops everything it keeps
+    in memory about the store (rendered pages, generations, the key table) and recreates its consumer
+    groups."""
+    return f"{PREFIX}:epoch"
 
 
 def render_lock(cache_key: str) -> str:

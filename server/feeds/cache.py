@@ -73,6 +73,7 @@ class FeedCache:
         self.ttl_seconds = ttl_seconds
         self.memory_bytes = memory_bytes
         self.generations: dict[str, int] = {}
+        self.epoch = ""  # the store's (keys.store_epoch), set by the epoch watch
         self._memory: OrderedDict[tuple[str, str, str, str], tuple[RenderedFeed, float]] = OrderedDict()
         self._memory_used = 0
         self._inflight: dict[tuple, asyncio.Task[RenderedFeed]] = {}
@@ -86,6 +87,14 @@ class FeedCache:
         values = await self.store_redis.mget([keys.feed_generation(n) for n in names])
         for name, value in zip(names, values, strict=True):
             self._raise_generation(name, int(value or 0))
+
+    def forget(self, epoch: str) -> None:
+        """The store Redis is not the one these pages and generations came from (wiped, or restored from
+        an older copy): drop them all, and name Redis-cached pages by the new epoch from now on."""
+        self.epoch = epoch
+        self.generations.clear()
+        self._memory.clear()
+        self._memory_used = 0
 
     def apply_notice(self, message: str) -> None:
         notice = ChangeNotice.parse(message)
@@ -126,7 +135,7 @@ class FeedCache:
 
     async def _load_or_render(self, feed: FeedDefinition, fmt: str, since: int | None, page: str, variant: str,
                               generation: int) -> RenderedFeed:
-        cache_key = keys.rendered_feed(feed.name, fmt, page, generation, variant)
+        cache_key = keys.rendered_feed(feed.name, fmt, page, generation, variant, self.epoch)
         stored = await self.cache_redis.hgetall(cache_key)
         if stored:
             self.metrics.cache_result("redis_hit")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 from server.articles.store import ArticleStore
@@ -109,3 +110,45 @@ class EmbeddedRedisJob(PeriodicJob):
                   self.embedded.process.returncode if self.embedded.process else "?")
         self.metrics.job_restarted(self.name)
         self.embedded.restart(self.binary)  # blocking, briefly: the child must be forked by this thread
+
+
+class EpochWatch(PeriodicJob):
+    """Notice that the store Redis came back empty or from an older copy (its epoch is gone or another,
+    or its change-log sequence went backwards), and make this process forget what it knew: rendered
+    pages and generations, the key table (partners that no longer exist), the consumer groups."""
+
+    name = where = "epoch"
+    interval = 1.0
+
+    def __init__(self, metrics: Metrics, store: ArticleStore, on_new_store: list[Callable[[str], Awaitable[None]]]) -> None:
+        super().__init__(metrics)
+        self.store, self.on_new_store = store, on_new_store
+        self.epoch: str | None = None
+        self.highest_seq = 0
+
+    async def start(self) -> str:
+        """The epoch at start-up (made if there is none yet)."""
+        self.epoch = await self._current()
+        self.highest_seq = await self.store.last_change_seq()
+        return self.epoch
+
+    async def tick(self) -> None:
+        redis = self.store.redis
+        epoch, seq = await redis.get(keys.store_epoch()), await self.store.last_change_seq()
+        if epoch is not None and epoch == self.epoch and seq >= self.highest_seq:
+            self.highest_seq = seq
+            return
+        if epoch == self.epoch:  # same store, but its change log went backwards: an older copy
+            await redis.delete(keys.store_epoch())
+        new = await self._current()
+        log.error("the store Redis is not the one this process knew (epoch %s -> %s, change %d -> %d): "
+                  "dropping cached pages, generations and the key table", self.epoch, new, self.highest_seq, seq)
+        self.metrics.job_restarted(self.name)
+        self.epoch, self.highest_seq = new, await self.store.last_change_seq()
+        for callback in self.on_new_store:
+            await callback(new)
+
+    async def _current(self) -> str:
+        redis = self.store.redis
+        await redis.set(keys.store_epoch(), secrets.token_hex(8), nx=True)
+        return str(await redis.get(keys.store_epoch()))

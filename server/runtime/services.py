@@ -42,7 +42,7 @@ from server.push.destinations import DestinationStore
 from server.push.dispatcher import ensure_dispatch_group
 from server.push.queue import PushQueue
 from server.push.worker import PushWorker
-from server.runtime.background import EmbargoJob, EmbeddedRedisJob, FlushJob, RetentionJob
+from server.runtime.background import EmbargoJob, EmbeddedRedisJob, EpochWatch, FlushJob, RetentionJob
 from server.runtime.heartbeat import Heartbeat
 from server.runtime.jobs import JobGroup
 from server.runtime.notifications import Subscriber
@@ -205,7 +205,15 @@ async def _running(services: Services, clients: RedisClients) -> AsyncIterator[N
     if worker is not None:
         subscriber.on(keys.PUSH_WAKE_CHANNEL, worker.wake, _nothing)
     services.metrics.process_id = new_process_id()
+    async def forget_the_old_store(epoch: str) -> None:
+        cache.forget(epoch)
+        await cache.resync()
+        await access.reload(force=True)
+        await ensure_dispatch_group(clients.store)
+
+    epoch_watch = EpochWatch(services.metrics, services.store, [forget_the_old_store])
     try:
+        cache.epoch = await epoch_watch.start()
         await access.reload(force=True)
         await subscriber.start()
         try:
@@ -213,6 +221,7 @@ async def _running(services: Services, clients: RedisClients) -> AsyncIterator[N
                                 services.settings.flush_interval_seconds))
             jobs.start(EmbargoJob(services.metrics, services.store))
             jobs.start(RetentionJob(services.metrics, services.store, services.settings))
+            jobs.start(epoch_watch)
             if services.embedded is not None and services.embedded.owner:
                 jobs.start(EmbeddedRedisJob(services.metrics, services.embedded, services.settings.redis_server_bin))
             if worker is not None:
