@@ -7,7 +7,8 @@ HTTP receivers (:class:`push_helpers.Subscriber`):
 - a revision acknowledged with 2xx is never queued or sent again to that destination; a newer one
   supersedes an older one still waiting;
 - a payload that cannot be rendered is given up at once, with the reason, and only a retry by hand
-  sends it again.
+  sends it again;
+- a verified WebSub subscription whose save fails is saved on a retry, or denied.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 import redis.asyncio as redis_async
-from conftest import ADMIN
+from conftest import ADMIN, free_port
 from push_helpers import ATOM, Behaviour, Subscriber, atom_entries, entry_version, stays_false, wait_for
+from redis.exceptions import ConnectionError as RedisConnectionError
 from test_push import (
     ALLOW_LOOPBACK,
     SECRET,
@@ -38,7 +40,8 @@ from server.http.app import create_app
 from server.http.state import DESTINATIONS, PUSH_QUEUE
 from server.partners.receipts import ReceiptWriter, decode
 from server.partners.receipts import read as read_receipts
-from server.push.destinations import new_webhook
+from server.push.destinations import WEBSUB, Destination, DestinationStore, new_webhook, subscription_id
+from server.push.websub import HubMode, SaveRetry, verify_intent
 
 
 @pytest.fixture
@@ -268,3 +271,69 @@ async def test_a_payload_that_cannot_be_rendered_is_given_up_at_once_with_the_re
     await wait_for(lambda: sync_redis.hget(keys.push_failed(), member), message="given up again")
     assert await stays_false(lambda: sync_redis.xlen(keys.push_attempts()) > 1, 0.5)
     assert receiver.posts == []
+
+
+# ----- WebSub: a verified subscription is saved, or denied ----------------------------------------------
+
+class FlakyDestinations(DestinationStore):
+    """A destination store whose first ``failures`` saves fail as a Redis blip would."""
+
+    def __init__(self, redis, failures: int) -> None:
+        super().__init__(redis)
+        self.failures = failures
+        self.saves = 0
+
+    async def save(self, destination: Destination) -> Destination:
+        self.saves += 1
+        if self.failures > 0:
+            self.failures -= 1
+            raise RedisConnectionError("Connection reset by peer (a blip, in the test)")
+        return await super().save(destination)
+
+
+def subscription_for(receiver: Subscriber, settings) -> Destination:
+    topic = topic_url(settings, "/feeds/headlines/atom")
+    return Destination(id=subscription_id(receiver.url(), topic), kind=WEBSUB, url=receiver.url(), format="atom",
+                       secret=None, partner=None, feed="headlines", topic=topic)
+
+
+QUICK_RETRY = SaveRetry(budget_seconds=0.6, first_delay=0.05, max_delay=0.2)
+
+
+async def test_a_verified_subscription_whose_save_fails_is_saved_on_a_retry(async_redis, sync_redis, settings,
+                                                                           receivers):
+    receiver = await receivers()
+    store = FlakyDestinations(async_redis, failures=2)
+    subscription = subscription_for(receiver, settings)
+    assert await verify_intent(store, HubMode.SUBSCRIBE, subscription, 3600, allow_networks=ALLOW_LOOPBACK,
+                               timeout_seconds=5, save_retry=QUICK_RETRY)
+    assert store.saves == 3
+    saved = orjson.loads(sync_redis.get(keys.destination(subscription.id)))
+    assert saved["url"] == receiver.url() and saved["expiresAt"] is not None
+    assert sync_redis.sismember(keys.destination_ids(), subscription.id)
+    assert receiver.verifications_of("denied") == []
+
+
+async def test_a_verified_subscription_that_cannot_be_saved_is_denied(sync_redis, settings, receivers):
+    receiver = await receivers()
+    # Every call of this client fails: nothing listens on its port.
+    dead = redis_async.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.2)
+    try:
+        subscription = subscription_for(receiver, settings)
+        assert not await verify_intent(DestinationStore(dead), HubMode.SUBSCRIBE, subscription, 3600,
+                                       allow_networks=ALLOW_LOOPBACK, timeout_seconds=5, save_retry=QUICK_RETRY)
+    finally:
+        await dead.aclose()
+    [verification] = receiver.verifications_of("subscribe")
+    [denial] = receiver.verifications_of("denied")
+    assert denial.query["hub.topic"] == subscription.topic and denial.query["hub.reason"]
+    assert denial.at > verification.at
+    assert sync_redis.get(keys.destination(subscription.id)) is None
+
+
+def test_the_save_retry_doubles_its_waits_within_its_budget():
+    assert SaveRetry(budget_seconds=1.0, first_delay=0.1, max_delay=0.3).delays() == pytest.approx(
+        [0.1, 0.2, 0.3, 0.3])
+    assert SaveRetry(budget_seconds=0.05, first_delay=0.1).delays() == []  # one try only
+    assert sum(SaveRetry().delays()) <= SaveRetry().budget_seconds
+    assert SaveRetry(first_delay=0).delays() == []
