@@ -63,6 +63,10 @@ def test_a_failed_answer_keeps_its_retry_after_and_names_its_status():
     # refused: given up at once, however young
     (Outcome(OutcomeKind.REFUSED, 404, "HTTP 404"), 1, NOW, 1.0, Step(StepKind.GIVE_UP)),
     (Outcome(OutcomeKind.REFUSED, None, "unsafe"), 1, NOW, 1.0, Step(StepKind.GIVE_UP)),
+    # a payload that cannot be rendered: given up at once, whatever the count or age (never retried)
+    (Outcome(OutcomeKind.UNRENDERABLE, None, "payload could not be rendered"), 1, NOW, 1.0, Step(StepKind.GIVE_UP)),
+    (Outcome(OutcomeKind.UNRENDERABLE, None, "payload could not be rendered"), 9, NOW - seconds(1), 0.5,
+     Step(StepKind.GIVE_UP)),
     # transient: 2 s × 2^(attempts − 1), times the jitter, at most 600 s
     (TRANSIENT, 1, NOW, 1.0, Step.retry(NOW + seconds(2))),
     (TRANSIENT, 2, NOW, 1.0, Step.retry(NOW + seconds(4))),
@@ -146,7 +150,8 @@ def test_the_backoff_never_shrinks_and_stays_within_the_jitter_band(attempts, ji
     assert full * MIN_JITTER <= policy.backoff(attempts, jitter) <= full
 
 
-@given(st.sampled_from([OutcomeKind.DELIVERED, OutcomeKind.GONE, OutcomeKind.REFUSED]), st.integers(1, 10**6),
+@given(st.sampled_from([OutcomeKind.DELIVERED, OutcomeKind.GONE, OutcomeKind.REFUSED, OutcomeKind.UNRENDERABLE]),
+       st.integers(1, 10**6),
        ages, moments, give_ups)
 def test_final_outcomes_do_not_depend_on_the_history(kind, attempts, age, now, give_up):
     step = next_step(Outcome(kind), attempts, now - age, now, policy=RetryPolicy(give_up_after=give_up))

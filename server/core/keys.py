@@ -138,8 +138,20 @@ def poll_ledger(name: str) -> str:
 
 def partner_received(name: str) -> str:
     """Hash: article id -> ``<version>|<epoch ms>``, the newest version the partner has received (by
-    poll or acknowledged push) and when it first got it; kept current as the ledger is flushed."""
+    poll or acknowledged push) and when it first got it. Written only by
+    ``server.partners.receipts`` (the ledger's flush for polls, the push queue's completion for pushes)."""
     return f"{PREFIX}:partner:{name}:received"
+
+
+def partner_required(name: str) -> str:
+    """Hash: article id -> the version the partner must receive (the requirement side of propagation)."""
+    return f"{PREFIX}:partner:{name}:required"
+
+
+def partner_outstanding(name: str) -> str:
+    """Sorted set: article id scored by since when (epoch ms) the partner has owed its required version;
+    a receipt of that version or a later one removes it (``server.partners.receipts``)."""
+    return f"{PREFIX}:partner:{name}:outstanding"
 
 
 def manifest(render_id: str) -> str:
@@ -176,6 +188,11 @@ def destination_ids() -> str:
 def push_latest(destination_id: str) -> str:
     """Hash: article id -> the newest version waiting to be pushed to the destination (newer wins)."""
     return f"{PREFIX}:push:{destination_id}:latest"
+
+
+def push_acked(destination_id: str) -> str:
+    """Hash: article id -> the highest version the destination acknowledged (2xx); never sent again."""
+    return f"{PREFIX}:push:{destination_id}:acked"
 
 
 def push_state(destination_id: str) -> str:

@@ -8,7 +8,10 @@ A render's manifest (which article versions it holds) is written once, under its
 A partner has *received* version N of an article when it fetched (200, or 304 on the ETag it had) a
 render whose manifest holds that article at version N or later, or a push of it was acknowledged. The
 flush keeps a per-partner summary of that (article -> newest version received, and when), so status
-never depends on how many ledger lines are still kept.
+never depends on how many ledger lines are still kept. The summary is written by
+:mod:`server.partners.receipts`, the one place of that rule: here for polls, at each flush; for pushes
+by the push queue, in the script that ends the delivery (so a crash cannot lose a push receipt; the
+push's ledger line, which only feeds ``lastPush``, is still buffered here).
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from server.domain.articles import CORRECTION, KILL, UPDATE, Change, ChangeKind,
 from server.domain.delivery import ArticleReceipt, PartnerStatus, PollSummary
 from server.domain.feeds import FeedDefinition, in_feed
 from server.domain.partners import Partner
+from server.partners.receipts import ReceiptWriter, drop_older_than
+from server.partners.receipts import read as read_receipts
 
 LEDGER_MAX_LINES = 20_000
 PUSH_PREFIX = "push:"  # ledger lines of acknowledged pushes: feed "push:<destination id>"
@@ -49,23 +54,10 @@ class PollLine:
     count: int = 1  # identical responses within one flush interval share a line
 
 
-# KEYS: the partner's received hash. ARGV: article, version, epoch ms, article, version, ms, ...
-# Keeps, per article, the highest version received and when it first arrived.
-_RECEIVE_LUA = """
-for i = 1, #ARGV, 3 do
-  local current = redis.call('HGET', KEYS[1], ARGV[i])
-  if not current or tonumber(string.match(current, '^(%d+)')) < tonumber(ARGV[i + 1]) then
-    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1] .. '|' .. ARGV[i + 2])
-  end
-end
-return 1
-"""
-
-
 class PollLedger:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
-        self._receive = redis.register_script(_RECEIVE_LUA)
+        self._receipts_writer = ReceiptWriter(redis)
         # What each partner received since the last flush: partner -> article -> (version, epoch seconds).
         self._receipts: dict[str, dict[str, tuple[int, float]]] = {}
         self._credited: OrderedDict[tuple[str, str], None] = OrderedDict()  # (partner, render id) done here
@@ -139,9 +131,9 @@ class PollLedger:
                 for (partner, key_id), at in last_used.items():
                     pipe.hset(keys.partner_last_used(partner), key_id, _iso_epoch(at))
                 for partner, received in receipts.items():
-                    args = [v for article_id, (version, at) in received.items()
-                            for v in (article_id, version, int(at * 1000))]
-                    await self._receive(keys=[keys.partner_received(partner)], args=args, client=pipe)
+                    await self._receipts_writer.write(
+                        partner, ((article_id, version, int(at * 1000)) for article_id, (version, at) in received.items()),
+                        client=pipe)
                 await pipe.execute()
         except Exception:
             for partner, received in receipts.items():
@@ -158,12 +150,7 @@ class PollLedger:
 
     async def received(self, partner: str) -> dict[str, tuple[int, datetime]]:
         """Per article: the newest version the partner has received, and when it first got it."""
-        stored = await self.redis.hgetall(keys.partner_received(partner))
-        result = {}
-        for article_id, value in stored.items():
-            version, _, millis = value.partition("|")
-            result[article_id] = (int(version), datetime.fromtimestamp(int(millis) / 1000, tz=UTC))
-        return result
+        return await read_receipts(self.redis, partner)
 
     async def read(self, partner: str, since: datetime) -> list[PollLine]:
         start = f"{int(since.timestamp() * 1000)}-0"
@@ -182,10 +169,7 @@ async def drop_old_receipts(redis: Redis, partner_names: list[str], now: datetim
     cutoff_ms = int(((now or utc_now()) - MANIFEST_RETENTION).timestamp() * 1000)
     dropped = 0
     for name in partner_names:
-        stored = await redis.hgetall(keys.partner_received(name))
-        old = [a for a, v in stored.items() if int(v.partition("|")[2] or 0) < cutoff_ms]
-        if old:
-            dropped += await redis.hdel(keys.partner_received(name), *old)
+        dropped += await drop_older_than(redis, name, cutoff_ms)
     return dropped
 
 

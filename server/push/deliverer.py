@@ -2,13 +2,16 @@
 
 Each round claims up to 100 due deliveries (never more than ``SYNDICATE_PUSH_MAX_IN_FLIGHT`` in flight in this process), hands
 back for a moment those of a destination already at ``SYNDICATE_PUSH_CONCURRENCY`` deliveries in this
-process, and reads the rest in one go (their destinations, articles and earlier attempts). Each claim
-then travels as a :class:`Job`, a value holding everything its attempt needs, to its own task: the body
-(:mod:`server.push.payloads`), the POST, the attempt in ``syn:push:attempts``, and what
-:func:`server.push.retry.next_step` says comes next (complete with a receipt, retry, give up, or end a
-subscription that answered 410).
+process, and reads the rest in one go (their destinations, articles, earlier attempts and the
+versions their destinations acknowledged). Each claim then travels as a :class:`Job`, a value holding
+everything its attempt needs, to its own task: the body (:mod:`server.push.payloads`), the POST, the
+attempt in ``syn:push:attempts``, and what :func:`server.push.retry.next_step` says comes next
+(acknowledged: the queue ends the delivery and writes the receipt in one script; retry; give up; or
+end a subscription that answered 410).
 
-Every attempt sends the article's **current** version, whatever version was queued.
+Every attempt sends the article's **current** version, whatever version was queued, unless the
+destination has acknowledged it already: then nothing is sent. A payload that cannot be rendered is
+given up at once (:attr:`OutcomeKind.UNRENDERABLE`).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from server.observability.metrics import Metrics
 from server.partners.ledger import PUSH_PREFIX, PollLedger
 from server.push.destinations import WEBSUB, Destination, DestinationStore
 from server.push.payloads import Payload, Payloads, delivery_id, photos_allowed, push_headers
-from server.push.queue import Claim, PushQueue, now_ms
+from server.push.queue import ATTEMPTS_KEPT, Claim, PushQueue, now_ms
 from server.push.retry import (
     MAX_JITTER,
     MIN_JITTER,
@@ -56,7 +59,6 @@ from server.push.safety import UnsafeDestination, check_literal_address
 log = logging.getLogger(__name__)
 
 MAX_BODY_READ = 64 * 1024
-ATTEMPTS_KEPT = 100_000
 BATCH = 100
 BUSY_DEFER_MS = 500
 NOTHING_LEFT = 1 << 62  # "completed at any version": the destination or article is gone
@@ -95,6 +97,7 @@ class Job:
     destination: Destination | None  # None: removed since it was queued
     article: Article | None  # None: purged since
     earlier: Attempts
+    acked: int = 0  # the highest version the destination acknowledged for the article (0: none)
 
 
 class Deliverer:
@@ -147,7 +150,14 @@ class Deliverer:
                 # One read for the whole batch (a fan-out is many destinations for one article). The
                 # lease keeps each (destination, article) to one attempt at a time, so reading ahead
                 # cannot reorder versions: a newer one that lands meanwhile goes out right after.
-                for job in await self.prefetch(claims):
+                try:
+                    jobs = await self.prefetch(claims)
+                except Exception:
+                    self.metrics.count_redis_error("push")
+                    log.exception("reading %d claimed deliveries failed; they are handed back", len(claims))
+                    await self._hand_back(claims)
+                    jobs = []
+                for job in jobs:
                     task = asyncio.create_task(self.deliver(job))
                     self._in_flight.add(task)
                     task.add_done_callback(self._in_flight.discard)
@@ -177,8 +187,24 @@ class Deliverer:
             await self.queue.defer(busy, now_ms() + BUSY_DEFER_MS)
         return keep
 
+    async def _hand_back(self, claims: list[Claim]) -> None:
+        """Give back claims that will not be attempted now: their slots at once, their leases if Redis
+        answers (otherwise the leases run out and they are claimed again)."""
+        for claim in claims:
+            self._release(claim.destination_id)
+        with contextlib.suppress(Exception):
+            await self.queue.defer(claims, now_ms() + BUSY_DEFER_MS)
+
+    def _release(self, destination_id: str) -> None:
+        remaining = self._active.get(destination_id, 1) - 1
+        if remaining > 0:
+            self._active[destination_id] = remaining
+        else:
+            self._active.pop(destination_id, None)
+
     async def prefetch(self, claims: list[Claim]) -> list[Job]:
-        """The claims' destinations, articles and earlier attempts, in three round trips for the batch."""
+        """The claims' destinations, articles, earlier attempts and acknowledged versions, in three round
+        trips for the batch."""
         destination_ids = list(dict.fromkeys(c.destination_id for c in claims))
         records = await self.redis.mget([keys.destination(d) for d in destination_ids])
         destinations = {d: Destination.from_record(orjson.loads(r))
@@ -187,10 +213,11 @@ class Deliverer:
         async with self.redis.pipeline(transaction=False) as pipe:
             for claim in claims:
                 pipe.hget(keys.push_state(claim.destination_id), claim.article_id)
-            states = await pipe.execute()
+                pipe.hget(keys.push_acked(claim.destination_id), claim.article_id)
+            replies = await pipe.execute()
         return [Job(claim, destinations.get(claim.destination_id), articles.get(claim.article_id),
-                    Attempts.from_record(orjson.loads(raw)) if raw else Attempts())
-                for claim, raw in zip(claims, states, strict=True)]
+                    Attempts.from_record(orjson.loads(raw)) if raw else Attempts(), int(acked or 0))
+                for claim, raw, acked in zip(claims, replies[0::2], replies[1::2], strict=True)]
 
     async def deliver(self, job: Job) -> None:
         """One attempt; an unexpected error in it is retried shortly. Gives back the destination's slot."""
@@ -201,11 +228,7 @@ class Deliverer:
             log.exception("delivery %s failed unexpectedly; it will be retried", job.claim.member)
             await self._retry_after_error(job)
         finally:
-            remaining = self._active.get(job.claim.destination_id, 1) - 1
-            if remaining > 0:
-                self._active[job.claim.destination_id] = remaining
-            else:
-                self._active.pop(job.claim.destination_id, None)
+            self._release(job.claim.destination_id)
 
     async def _retry_after_error(self, job: Job) -> None:
         # Keep counting from the earlier attempts (as stored now), so the give-up rule still applies.
@@ -229,10 +252,16 @@ class Deliverer:
             # lift, or the next revision, queues it again.
             await self.queue.complete(claim, version)
             return
-        payload = self.payloads.for_destination(destination, article, photos_allowed(destination, self.key_table()),
-                                                utc_now())
+        if version <= job.acked:
+            # Acknowledged already (the claim was queued for an older version, say): never sent twice.
+            await self.queue.complete(claim, version)
+            return
         started = time.monotonic()
-        outcome = await self._post(destination, article.id, version, payload)
+        payload = self._payload(destination, article)
+        if isinstance(payload, Outcome):
+            outcome = payload  # it cannot be rendered: nothing is sent
+        else:
+            outcome = await self._post(destination, article.id, version, payload)
         latency_ms = round((time.monotonic() - started) * 1000, 1)
         earlier = job.earlier.of_version(version)
         attempt = earlier.count + 1
@@ -241,12 +270,15 @@ class Deliverer:
         first_at = earlier.first_at or now
         step = next_step(outcome, attempt, first_at, now, policy=self.policy, jitter=self.jitter())
         if step.kind is StepKind.DONE:
-            await self.queue.complete(claim, version, record)
+            assert isinstance(payload, Payload), payload
+            # An acknowledged push counts as received, like a poll that delivered it: the receipt is
+            # written by the script that ends the delivery, so no crash can separate the two.
+            await self.queue.acknowledged(claim, version, record, destination.partner)
             self.metrics.delivered(destination.kind, "ok", article.latest.ingested_at)
             if destination.partner:
-                # An acknowledged push counts as received, like a poll that delivered it.
+                # The ledger line (the partner's lastPush), buffered like a poll's; the receipt is written.
                 self.ledger.record(destination.partner, None, f"{PUSH_PREFIX}{destination.id}", destination.format,
-                                   200, len(payload.body), f"push-{article.id}-{version}", ((article.id, version),))
+                                   200, len(payload.body), f"push-{article.id}-{version}")
             return
         await self.redis.xadd(keys.push_attempts(), record, maxlen=ATTEMPTS_KEPT, approximate=True)
         if step.kind is StepKind.END:
@@ -265,6 +297,17 @@ class Deliverer:
             self.metrics.delivered(destination.kind, "retry")
             await self.queue.retry_at(claim, _epoch_ms(step),
                                       Attempts(version, attempt, first_at, outcome.error).to_record(), version)
+
+    def _payload(self, destination: Destination, article: Article) -> Payload | Outcome:
+        """The body for the article's current version, or, when it cannot be rendered, the outcome that
+        says so (a permanent failure: trying again renders the same revision the same way)."""
+        try:
+            return self.payloads.for_destination(destination, article,
+                                                 photos_allowed(destination, self.key_table()), utc_now())
+        except Exception as exc:
+            log.exception("the payload of %s for %s could not be rendered", article.id, destination.id)
+            return Outcome(OutcomeKind.UNRENDERABLE, None,
+                           f"payload could not be rendered: {type(exc).__name__}: {exc}"[:300])
 
     async def _post(self, destination: Destination, article_id: str, version: int, payload: Payload) -> Outcome:
         try:

@@ -96,11 +96,11 @@ class DestinationStore:
         return [d for d in await self.all() if d.partner == partner and (kind is None or d.kind == kind)]
 
     async def remove(self, destination_id: str) -> None:
-        """Forget a destination and everything waiting to be pushed to it."""
+        """Forget a destination, everything waiting to be pushed to it and what it acknowledged."""
         pending = await self.redis.hkeys(keys.push_latest(destination_id))
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(keys.destination(destination_id), keys.push_latest(destination_id),
-                        keys.push_state(destination_id))
+                        keys.push_state(destination_id), keys.push_acked(destination_id))
             pipe.srem(keys.destination_ids(), destination_id)
             if pending:
                 members = [f"{destination_id}|{article_id}" for article_id in pending]

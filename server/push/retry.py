@@ -11,6 +11,9 @@ The rules:
 - a transient failure (5xx, 408, 429, a timeout, a refused connection) is retried after its
   ``Retry-After`` (see :func:`parse_retry_after`), else after ``2 s × 2^(attempts − 1)``, at most
   600 s, times the jitter (0.5 to 1);
+- a payload that cannot be rendered (:attr:`OutcomeKind.UNRENDERABLE`) is a permanent failure:
+  :attr:`StepKind.GIVE_UP` at once, whatever the attempt count or the give-up time (only a retry by
+  hand sends it again);
 - any other failure, or a transient one of a delivery whose first attempt is ``push_give_up_seconds``
   or more ago, is :attr:`StepKind.GIVE_UP`;
 - an unexpected error inside the server is retried in 5 s (its attempt is counted; the give-up time
@@ -38,6 +41,7 @@ class OutcomeKind(StrEnum):
     TRANSIENT = "transient"  # worth another try: 5xx, 408, 429, timeouts, connection errors
     REFUSED = "refused"  # anything else (4xx, a redirect, an unsafe address): trying again will not help
     INTERNAL = "internal"  # the server failed before or while making it
+    UNRENDERABLE = "unrenderable"  # the payload could not be rendered: no attempt will ever make it
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +120,7 @@ def next_step(outcome: Outcome, attempts: int, first_try: datetime, now: datetim
             return Step(StepKind.END)
         case OutcomeKind.INTERNAL:
             return Step.retry(now + policy.internal_error_delay)
-        case OutcomeKind.REFUSED:
+        case OutcomeKind.REFUSED | OutcomeKind.UNRENDERABLE:
             return Step(StepKind.GIVE_UP)
     if first_try <= now - policy.give_up_after:
         return Step(StepKind.GIVE_UP)

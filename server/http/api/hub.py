@@ -3,7 +3,8 @@
 Subscribing: a form-encoded request is checked (topic is one of our feed URLs, callback is a safe
 http(s) URL, the key entitles the subscriber to the topic unless the feed is public) and answered 202;
 the hub then verifies intent with a GET carrying a random single-use ``hub.challenge`` and only a 2xx
-echoing it makes (or replaces) the subscription (:func:`server.push.websub.verify_intent`). Hub errors
+echoing it makes (or replaces) the subscription (:func:`server.push.websub.verify_intent`: a save that
+Redis fails is retried for a bounded time, and a subscription never saved is denied). Hub errors
 are plain text, as WebSub subscribers expect. Content distribution is :mod:`server.push`'s.
 """
 
