@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install system run test lint bench clean
+.PHONY: install system run test lint bench fuzz clean
 
 $(STAMP): pyproject.toml scripts/ensure-system.sh
 	@scripts/ensure-system.sh python
@@ -33,6 +33,10 @@ lint: install
 test: install system lint
 	@scripts/ensure-system.sh browser
 	SYNDICATE_REQUIRE_BROWSER=1 $(BIN)/python -m pytest
+
+# 10,000 fuzzed documents through a real server (tests/test_fuzz.py); prints what was accepted and refused.
+fuzz: install system
+	SYNDICATE_FUZZ_EXAMPLES=10000 $(BIN)/python -m pytest -q -s -p no:cacheprovider tests/test_fuzz.py
 
 bench: install system
 	$(BIN)/python scripts/bench.py
