@@ -368,3 +368,23 @@ async def test_embargo_lifts_once_into_feeds_and_since_pages(aiohttp_client, set
     await asyncio.sleep(0.5)
     lifts = [f for _id, f in sync_redis.xrange("syn:changelog") if f["kind"] == "embargo-lift"]
     assert [f["id"] for f in lifts] == [embargoed_id]  # exactly once, though two processes watched
+
+
+async def test_only_head_pages_and_recent_cursor_pages_are_cached(partner_client, sync_redis):
+    """A client walking old cursors gets every page it asks for, and fills no cache; the head and the
+    pages near it are kept, and a page's render at the previous generation is dropped."""
+    from server.http.state import FEED_CACHE
+
+    partner_client.server.app[FEED_CACHE].recent_cursor_changes = 2
+    for n in range(1, 7):
+        await post(partner_client, other_article(n))
+    for since in (0, 1, 2):  # far behind the head (6)
+        assert (await partner_client.get(f"/feeds/latest/json?since={since}")).status == 200
+    assert (await partner_client.get("/feeds/latest/json?since=5")).status == 200
+    assert (await partner_client.get("/feeds/latest/json")).status == 200
+    cached = sorted(k.split(":")[-1] for k in sync_redis.keys("syn:cache:feed:*:latest:*"))
+    assert cached == ["head", "since-5"], cached
+    await post(partner_client, other_article(7))
+    assert (await partner_client.get("/feeds/latest/json")).status == 200
+    heads = sync_redis.keys("syn:cache:feed:*:latest:*:head")
+    assert len(heads) == 1  # the render at the previous generation went when the new one was stored

@@ -94,6 +94,7 @@ class RenderedFeed(Representation):
     cursor: int = 0  # the change-log sequence this page brings a poller up to
     render_id: str = ""
     manifest: tuple[tuple[str, int], ...] = ()  # (article id, version) of every item
+    cacheable: bool = True  # False: served once and kept nowhere (a page far behind the head)
 
     @property
     def size(self) -> int:

@@ -19,7 +19,7 @@ import logging
 import secrets
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from redis.asyncio import Redis
 
@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 
 LOCK_MILLISECONDS = 15_000
 WAIT_FOR_OTHER_RENDER_SECONDS = 5.0
+# Only head pages, and ``since`` pages near the head (where pollers that follow the cursor converge),
+# are kept: a client walking deep or arbitrary cursors gets each page rendered, and fills no cache.
+RECENT_CURSOR_CHANGES = 1000
+SINCE_PAGE_TTL_SECONDS = 300
 
 _RELEASE_LOCK_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -64,8 +68,9 @@ def page_name(since: int | None) -> str:
 class FeedCache:
     def __init__(self, store_redis: Redis, cache_redis: Redis, builder: FeedBuilder,
                  feeds: dict[str, FeedDefinition], ttl_seconds: int, memory_bytes: int,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, recent_cursor_changes: int = RECENT_CURSOR_CHANGES) -> None:
         self.metrics = metrics or Metrics("unattached")
+        self.recent_cursor_changes = recent_cursor_changes
         self.store_redis = store_redis  # generations and pub/sub live with the data (decoded replies)
         self.cache_redis = cache_redis  # rendered bytes (raw replies); may be a separate Redis
         self.builder = builder
@@ -129,9 +134,13 @@ class FeedCache:
             self._inflight[flight_key] = task
             task.add_done_callback(lambda _t: self._inflight.pop(flight_key, None))
         rendered = await asyncio.shield(task)
-        if rendered.generation == self.generations.get(feed.name, 0):
+        if rendered.generation == self.generations.get(feed.name, 0) and rendered.cacheable:
             self._remember(memory_key, rendered)
         return rendered
+
+    async def _keeps(self, since: int | None) -> bool:
+        """Whether a page is worth keeping: the head, or a ``since`` page near the head."""
+        return since is None or since >= await self.builder.store.last_change_seq() - self.recent_cursor_changes
 
     async def _load_or_render(self, feed: FeedDefinition, fmt: str, since: int | None, page: str, variant: str,
                               generation: int) -> RenderedFeed:
@@ -149,9 +158,14 @@ class FeedCache:
         try:
             with self.metrics.rendering(fmt):
                 rendered = await self.builder.build(feed, fmt, since, generation, include_photos=variant == "full")
+            if not await self._keeps(since):
+                return replace(rendered, cacheable=False)
             async with self.cache_redis.pipeline(transaction=False) as pipe:
                 pipe.hset(cache_key, mapping=rendered.to_redis())
-                pipe.expire(cache_key, self.ttl_seconds)
+                pipe.expire(cache_key, self.ttl_seconds if since is None else min(self.ttl_seconds,
+                                                                                   SINCE_PAGE_TTL_SECONDS))
+                if generation > 0:  # the page's previous render is superseded: do not let them pile up
+                    pipe.delete(keys.rendered_feed(feed.name, fmt, page, generation - 1, variant, self.epoch))
                 await pipe.execute()
             return rendered
         finally:
