@@ -118,9 +118,20 @@ def app_server(settings: Settings) -> TestServer:
     return FastPathTestServer(app) if settings.fast_path else TestServer(app)
 
 
+def check_fast_path(server: TestServer) -> None:
+    """Fail the test if its server was to answer on the fast path and could not (aiohttp lacking an
+    internal it needs): a fallback to the ordinary path is never silent in the tests."""
+    runner = server.runner
+    fast_path = getattr(runner.server, "fast_path", None) if runner is not None else None
+    if fast_path is not None and fast_path.unavailable:
+        pytest.fail(f"the fast path is on but unavailable: {fast_path.unavailable}")
+
+
 @pytest.fixture
 async def client(aiohttp_client, settings: Settings):
-    return await aiohttp_client(app_server(settings))
+    client = await aiohttp_client(app_server(settings))
+    yield client
+    check_fast_path(client.server)
 
 
 @pytest.fixture
@@ -178,7 +189,9 @@ async def make_partner(redis_url: str, name: str = "reader", feeds=("*",), forma
 async def partner_client(aiohttp_client, settings: Settings, redis_url: str):
     """A client that reads feeds with the key of a partner entitled to everything."""
     key = await make_partner(redis_url)
-    return await aiohttp_client(app_server(settings), headers={"X-API-Key": key})
+    client = await aiohttp_client(app_server(settings), headers={"X-API-Key": key})
+    yield client
+    check_fast_path(client.server)
 
 
 def cli_env(**overrides: str) -> dict[str, str]:

@@ -32,6 +32,7 @@ from server.http.api import ops as ops_api
 from server.http.heartbeat import heartbeat_context
 from server.http.metrics import metrics_endpoint
 from server.http.middleware import add_get, add_route, add_unmatched_route
+from server.http.poll import FEED_POLLS, FeedPolls
 from server.http.state import (
     ACCESS,
     CACHE_REDIS,
@@ -149,6 +150,7 @@ async def _redis_context(app: web.Application) -> AsyncIterator[None]:
         app[REDIS], app[CACHE_REDIS], app[STORE] = redis, cache_redis, store
         app[FEED_BUILDER], app[FEED_CACHE] = builder, cache
         app[PARTNERS], app[LEDGER], app[ACCESS] = partner_store, ledger, access
+        app[FEED_POLLS] = FeedPolls(access, cache, app[FEEDS], settings.feed_max_age_seconds)
         destinations, queue = DestinationStore(redis), PushQueue(redis)
         worker = None
         if settings.run_workers:
