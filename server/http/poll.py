@@ -55,9 +55,9 @@ from server.partners.ratelimit import Quota
 FEED_ROUTE = "/feeds/{name}/{format}"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen, like Grant: a frozen init costs several times as much
 class Poll:
-    """What a feed poll asks, read from its request once."""
+    """What a feed poll asks, read from its request once (and not changed after)."""
 
     target: str  # the request target as sent (for the access line)
     feed: FeedDefinition
@@ -72,7 +72,7 @@ class Poll:
     address: str  # the client's, as aiohttp's request.remote gives it (for the brute-force throttle)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # made for every poll: not frozen, for the same reason
 class PollAnswer:
     """The answer to one poll, before it is sent: who it was granted to, the page and its head, the status."""
 
