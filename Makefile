@@ -30,9 +30,14 @@ lint: install
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/mypy
 
+# The feed, partner and fast-path tests run twice: with the fast path (the default, as `syndicate serve`
+# runs) and without it (SYNDICATE_FAST_PATH=off: every poll through aiohttp's route), for the same answers.
+FEED_TESTS := tests/test_feeds_http.py tests/test_partners.py tests/test_fast_path.py tests/test_metrics_and_logs.py
+
 test: install system lint
 	@scripts/ensure-system.sh browser
 	SYNDICATE_REQUIRE_BROWSER=1 $(BIN)/python -m pytest
+	SYNDICATE_FAST_PATH=off $(BIN)/python -m pytest -q $(FEED_TESTS)
 
 # 10,000 fuzzed documents through a real server (tests/test_fuzz.py); prints what was accepted and refused.
 fuzz: install system

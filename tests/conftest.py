@@ -33,6 +33,8 @@ PUBLISHER_TOKEN = "test-publisher-token-0123456789"
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {PUBLISHER_TOKEN}"}
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+# SYNDICATE_FAST_PATH=off runs the tests with aiohttp's own runner (make test runs the feed tests both ways).
+FAST_PATH = Settings.from_env({k: v for k, v in os.environ.items() if k == "SYNDICATE_FAST_PATH"}).fast_path
 
 
 def free_port() -> int:
@@ -98,6 +100,7 @@ def settings(redis_url: str, tmp_path: Path) -> Settings:
         publisher_tokens=(PublisherToken("newsroom", PUBLISHER_TOKEN),),
         admin_token=ADMIN_TOKEN,
         feeds_dir=ROOT / "feeds",
+        fast_path=FAST_PATH,
     )
 
 
@@ -109,9 +112,26 @@ class FastPathTestServer(TestServer):
         return FastPathRunner(self.app, **kwargs)
 
 
+def app_server(settings: Settings) -> TestServer:
+    """The app on the runner ``syndicate serve`` would choose for ``settings`` (``SYNDICATE_FAST_PATH``)."""
+    app = create_app(settings)
+    return FastPathTestServer(app) if settings.fast_path else TestServer(app)
+
+
+def check_fast_path(server: TestServer) -> None:
+    """Fail the test if its server was to answer on the fast path and could not (aiohttp lacking an
+    internal it needs): a fallback to the ordinary path is never silent in the tests."""
+    runner = server.runner
+    fast_path = getattr(runner.server, "fast_path", None) if runner is not None else None
+    if fast_path is not None and fast_path.unavailable:
+        pytest.fail(f"the fast path is on but unavailable: {fast_path.unavailable}")
+
+
 @pytest.fixture
 async def client(aiohttp_client, settings: Settings):
-    return await aiohttp_client(FastPathTestServer(create_app(settings)))
+    client = await aiohttp_client(app_server(settings))
+    yield client
+    check_fast_path(client.server)
 
 
 @pytest.fixture
@@ -169,7 +189,9 @@ async def make_partner(redis_url: str, name: str = "reader", feeds=("*",), forma
 async def partner_client(aiohttp_client, settings: Settings, redis_url: str):
     """A client that reads feeds with the key of a partner entitled to everything."""
     key = await make_partner(redis_url)
-    return await aiohttp_client(FastPathTestServer(create_app(settings)), headers={"X-API-Key": key})
+    client = await aiohttp_client(app_server(settings), headers={"X-API-Key": key})
+    yield client
+    check_fast_path(client.server)
 
 
 def cli_env(**overrides: str) -> dict[str, str]:

@@ -98,6 +98,13 @@ def test_settings_defaults():
     assert settings.retention_days == 90
 
 
+def test_the_fast_path_is_on_unless_turned_off():
+    assert Settings.from_env({}).fast_path is True
+    assert Settings.from_env({"SYNDICATE_FAST_PATH": "on"}).fast_path is True
+    assert Settings.from_env({"SYNDICATE_FAST_PATH": "off"}).fast_path is False
+    assert Settings.from_env({"SYNDICATE_FAST_PATH": "OFF"}).fast_path is False
+
+
 def test_settings_parse_tokens():
     settings = Settings.from_env({
         "SYNDICATE_PUBLISHER_TOKENS": "desk:aaaaaaaaaaaaaaaa1, bbbbbbbbbbbbbbbb2",
@@ -119,6 +126,7 @@ def test_settings_parse_tokens():
     ("SYNDICATE_PUBLISHER_TOKENS", "a:aaaaaaaaaaaaaaaaaa,a:bbbbbbbbbbbbbbbbbbb"),
     ("SYNDICATE_ADMIN_TOKEN", "tiny"),
     ("SYNDICATE_LOG_LEVEL", "LOUD"),
+    ("SYNDICATE_FAST_PATH", "sometimes"),
 ])
 def test_bad_settings_name_the_variable(name, value):
     with pytest.raises(SettingsError) as error:

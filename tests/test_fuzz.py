@@ -34,6 +34,7 @@ PUBLISH = {"Authorization": f"Bearer {PUBLISHER_TOKEN}", "Content-Type": "applic
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 SEED = orjson.loads(SEED_V1.read_bytes())
 OUTCOMES: Counter[str] = Counter()
+pytestmark = pytest.mark.timeout(max(120, EXAMPLES // 5))  # about 40 ms a document, with slack
 
 # Text a CMS might send, and text an attacker would: controls, non-characters, RTL, astral, entities.
 HOSTILE_CHARACTERS = st.sampled_from(["\x00", "\x01", "\x0b", "\x0c", "\x1f", "\ufffe", "\uffff", "\t", "\n",

@@ -176,18 +176,20 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     app.on_startup.append(_print_banner)
     # uvloop's transports move big cached bodies noticeably faster than asyncio's (see Benchmarks).
     use_zero_copy_writes()
-    uvloop.run(_run_server(app, settings.host, settings.port))
+    uvloop.run(_run_server(app, settings.host, settings.port, settings.fast_path))
     return 0
 
 
-async def _run_server(app: web.Application, host: str, port: int) -> None:
+async def _run_server(app: web.Application, host: str, port: int, fast_path: bool = True) -> None:
     """Serve until SIGINT or SIGTERM, then shut down gracefully: what ``web.run_app`` does, with the
-    runner that answers cached feed polls on the fast path (:mod:`server.http.fast_path`)."""
+    runner that answers cached feed polls on the fast path (:mod:`server.http.fast_path`), unless
+    ``SYNDICATE_FAST_PATH=off`` asks for aiohttp's own."""
     import signal
 
     from server.http.fast_path import FastPathRunner
 
-    runner = FastPathRunner(app, zero_copy=True, access_log=None, keepalive_timeout=75.0)
+    runner = FastPathRunner(app, zero_copy=True, access_log=None, keepalive_timeout=75.0) if fast_path \
+        else web.AppRunner(app, access_log=None, keepalive_timeout=75.0)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()

@@ -64,6 +64,7 @@ class Settings:
     websub_lease_min: int = 60
     websub_lease_max: int = 30 * 24 * 3600
     run_workers: bool = True
+    fast_path: bool = True  # cached feed polls answered beneath aiohttp (server.http.fast_path)
     log_level: str = "INFO"
     log_format: str = "json"
     heartbeat_seconds: float = 5.0
@@ -121,6 +122,7 @@ class Settings:
             websub_lease_min=_int(env, "SYNDICATE_WEBSUB_LEASE_MIN", 60, low=1),
             websub_lease_max=_int(env, "SYNDICATE_WEBSUB_LEASE_MAX", 30 * 24 * 3600, low=1),
             run_workers=_choice(env, "SYNDICATE_WORKERS", "ON", ("ON", "OFF")) == "ON",
+            fast_path=_choice(env, "SYNDICATE_FAST_PATH", "ON", ("ON", "OFF")) == "ON",
             log_level=_choice(env, "SYNDICATE_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
             log_format=_choice(env, "SYNDICATE_LOG_FORMAT", "JSON", ("JSON", "TEXT")).lower(),
             heartbeat_seconds=_float(env, "SYNDICATE_HEARTBEAT_SECONDS", 5.0, low=0.1),

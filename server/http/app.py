@@ -18,6 +18,7 @@ from server.http.api import articles, feeds, health, hub, partners
 from server.http.api import ops as ops_api
 from server.http.metrics import metrics_endpoint
 from server.http.middleware import add_get, add_route, add_unmatched_route
+from server.http.poll import FEED_POLLS, FeedPolls
 from server.http.state import (
     ACCESS,
     CACHE_REDIS,
@@ -114,3 +115,5 @@ def _expose(app: web.Application, services: Services) -> None:
     app[DESTINATIONS], app[PUSH_QUEUE], app[PUSH_WORKER] = services.destinations, services.queue, services.worker
     app[HUB_TASKS] = set[asyncio.Task[bool]]()
     app[OPS] = services.ops
+    app[FEED_POLLS] = FeedPolls(services.access, services.cache, services.feeds,
+                                services.settings.feed_max_age_seconds)

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+from contextlib import suppress
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+from email.utils import parsedate
 from functools import lru_cache
 
 from aiohttp import web
@@ -55,15 +57,29 @@ def _charset(media_type: str) -> str | None:
     return "utf-8" if any(t in media_type for t in TEXT_TYPES_WITH_CHARSET) else None
 
 
-def not_modified(request: web.Request, etag: str, last_modified: datetime | None) -> bool:
-    headers = request.headers
-    if_none_match = headers.get("If-None-Match")
+def if_modified_since(value: str | None) -> datetime | None:
+    """An ``If-Modified-Since`` value as a time, or None when absent or not a date (as aiohttp reads it)."""
+    if value is not None:
+        parts = parsedate(value)
+        if parts is not None:
+            with suppress(ValueError):
+                return datetime(*parts[:6], tzinfo=UTC)
+    return None
+
+
+def answer_status(head: ResponseHead, if_none_match: str | None, modified_since: datetime | None,
+                  last_modified: datetime | None) -> int:
+    """The status of a GET of a representation: 204 for an empty body (before any condition), 304 when
+    ``If-None-Match`` names its ETag (or, without ``If-None-Match``, when it has not changed since
+    ``If-Modified-Since``), else 200."""
+    if not head.body:
+        return 204
     if if_none_match is not None:
-        return etag_matches(if_none_match, etag)
-    if last_modified is None or "If-Modified-Since" not in headers:
-        return False
-    if_modified_since = request.if_modified_since
-    return if_modified_since is not None and last_modified.replace(microsecond=0) <= if_modified_since
+        return 304 if etag_matches(if_none_match, head.etag) else 200
+    if modified_since is not None and last_modified is not None \
+            and last_modified.replace(microsecond=0) <= modified_since:
+        return 304
+    return 200
 
 
 def etag_matches(if_none_match: str, etag: str) -> bool:
@@ -76,20 +92,28 @@ def etag_matches(if_none_match: str, etag: str) -> bool:
 
 def respond(request: web.Request, representation: Representation, cache_control: str,
             extra_headers: dict[str, str] | None = None) -> web.Response:
+    """The answer to a GET of ``representation`` (an item's; a feed poll's is :mod:`server.http.poll`'s)."""
     headers = request.headers
     head = response_head(representation, choose_coding(headers.get("Accept-Encoding", ""), representation.bodies),
                          cache_control)
-    without_body, with_body = head.headers_304, head.headers_200
+    status = answer_status(head, headers.get("If-None-Match"), if_modified_since(headers.get("If-Modified-Since")),
+                           representation.last_modified)
+    return head_response(head, status, extra_headers)
+
+
+def head_response(head: ResponseHead, status: int, extra_headers: dict[str, str] | None = None) -> web.Response:
+    """The aiohttp response of one :class:`ResponseHead` at ``status`` (200, 304 or 204)."""
+    if status == 200:
+        headers = head.headers_200
+        if extra_headers:
+            headers = CIMultiDict(headers)
+            headers.update(extra_headers)
+        return web.Response(body=head.body, headers=headers)
+    headers = head.headers_304
     if extra_headers:
-        without_body, with_body = CIMultiDict(without_body), CIMultiDict(with_body)
-        without_body.update(extra_headers)
-        with_body.update(extra_headers)
-    if not head.body:
-        return web.Response(status=204, headers=without_body)
-    if ("If-None-Match" in headers or "If-Modified-Since" in headers) \
-            and not_modified(request, head.etag, representation.last_modified):
-        return web.Response(status=304, headers=without_body)
-    return web.Response(body=head.body, headers=with_body)
+        headers = CIMultiDict(headers)
+        headers.update(extra_headers)
+    return web.Response(status=status, headers=headers)
 
 
 @dataclass(frozen=True, slots=True)

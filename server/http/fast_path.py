@@ -5,102 +5,88 @@ answers most, and it needs nothing of aiohttp's per-request machinery (a Request
 object, a task, header maps copied and serialised): on the benchmark machine that machinery alone
 held a cached GET to about 0.4x of nginx, before any logic of ours. So each connection's aiohttp
 protocol gets its parser wrapped (:class:`_Parser`): every byte is still parsed by aiohttp's own
-parser, and of the complete requests it yields, the ones below are answered here, at once, from
-memory; every other request goes on to aiohttp and its route, unchanged.
+parser, and of the complete requests it yields, the ones below are handed to
+:class:`server.http.poll.FeedPolls`, the one implementation of a poll's answer that the route uses too.
 
-Answered here, only when all of these hold (anything else, including every refusal, is left to the
-route, so each error has one answer and one place that makes it):
+This module is only a door: it recognises a request and sends the answer it is given. Handed over,
+only when all of these hold (anything else goes on to aiohttp and its route, unchanged):
 
 - an HTTP/1.1 keep-alive ``GET /feeds/{name}/{format}`` with no body, no ``Upgrade``, no ``Expect``,
-  no percent-encoding, and a query of at most ``key`` and ``since``;
+  no percent-encoding, and a query of at most ``key`` and ``since``, each once;
 - the connection has nothing else in progress or queued (pipelined answers stay in order), nothing
   waiting to be written (a client that does not read is left to aiohttp's flow control), and fewer
   pipelined requests in one read than aiohttp's queue holds (past that its parser pauses, and only
-  aiohttp resumes it);
-- :meth:`AccessControl.remembered_grant <server.partners.access.AccessControl.remembered_grant>` lets it in
-  from memory (a key accepted before, entitled, within its quota, from an address the brute-force
-  throttle is not refusing; or no key on a public feed);
-- the page is current in this process's memory (:meth:`FeedCache.hit <server.feeds.cache.FeedCache.hit>`),
-  and the request has no ``If-Modified-Since`` without ``If-None-Match``.
+  aiohttp resumes it).
 
-The answer (200, 304, or 204 for an empty page) is the route's: the same header lines (:class:`server.http.caching.ResponseHead`), the
-quota charge with its ``RateLimit`` headers and the poll-ledger line
-(:meth:`AccessControl.settle <server.partners.access.AccessControl.settle>`), the request metrics and the access
-line, and an ``X-Request-Id``. ``tests/test_fast_path.py`` checks both paths give the same answers.
+:meth:`FeedPolls.from_memory <server.http.poll.FeedPolls.from_memory>` then decides: an answer when
+memory alone can give it (the access decision, the page current in memory, the conditional GET), else
+None (a refusal, a key not yet accepted, a miss), and the request goes on to the route, which makes
+every refusal and every render. An answer is charged and recorded
+(:meth:`FeedPolls.settle <server.http.poll.FeedPolls.settle>`), written as the bytes of its head
+(:meth:`PollAnswer.head_bytes <server.http.poll.PollAnswer.head_bytes>`: the route's header lines) and
+the body, and counted with the route's metrics and access line (:func:`server.http.middleware.record`).
+``tests/test_fast_path.py`` checks both paths give the same answers.
 
 A poller sends the same bytes poll after poll. So a connection remembers the last request it answered
-here as a :class:`Poll` (what it asks, read once), and when the next bytes are identical and the parser
-is known to be between requests, they are answered from the Poll without being parsed again
-(:meth:`_Parser.replay`). Only the reading is skipped: the key, the quota and the cache are checked
-afresh for every answer, and if any check fails the bytes go to the parser and on to aiohttp as usual.
+here as a :class:`~server.http.poll.Poll` (what it asks, read once), and when the next bytes are
+identical and the parser is known to be between requests, they are handed over as that Poll without
+being parsed again (:meth:`_Parser.replay`). Only the reading is skipped: the key, the quota and the
+cache are decided afresh for every answer, and if memory cannot answer, the bytes go to the parser and
+on to aiohttp as usual.
 
-This uses a few of aiohttp's private attributes (listed in ``_PROTOCOL_ATTRIBUTES``); if an aiohttp
-release lacks one, no connection gets the fast path and every request takes the ordinary path (a
-warning says so, and the fast-path tests fail).
+This uses a few of aiohttp's private attributes (listed in ``PROTOCOL_ATTRIBUTES``; aiohttp is pinned
+to the releases that have them, see ``pyproject.toml``). If an aiohttp release lacks one, no
+connection gets the fast path and every request takes the ordinary path; :attr:`FastPath.unavailable`
+says why, a warning is logged, and the test suite fails (``tests/conftest.py``).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from email.utils import formatdate
 from time import perf_counter
 from typing import Any
 
+from aiohttp import __version__ as aiohttp_version
 from aiohttp import web
 from aiohttp.http import HttpVersion11
 from aiohttp.streams import EMPTY_PAYLOAD
 
 from server.core.errors import Problem
-from server.core.values import whole_number
-from server.domain.feeds import FORMATS, FeedDefinition
-from server.feeds.cache import page_name
-from server.http.api.feeds import FEED_ROUTE, cache_control
-from server.http.caching import choose_coding, etag_matches, response_head
-from server.http.state import ACCESS, FEED_CACHE, FEEDS, METRICS, SETTINGS
-from server.observability.logs import REQUEST_ID_HEADER, access_line, request_id_for
-from server.partners.access import presented_key
+from server.http.middleware import record
+from server.http.poll import FEED_POLLS, FEED_ROUTE, Poll
+from server.http.state import METRICS
+from server.observability.logs import request_id_for
 
 log = logging.getLogger(__name__)
 
-# What the fast path reads or sets on aiohttp's RequestHandler (all set in its __init__).
-_PROTOCOL_ATTRIBUTES = ("_parser", "_waiter", "_messages", "_loop", "_keepalive_timeout",
-                        "_next_keepalive_close_time", "_close", "_force_close", "_upgraded", "_payload_parser",
-                        "_max_msg_queue_size")
+# What the fast path reads or sets on aiohttp's RequestHandler (all set in its __init__), and the method
+# it calls on the request parser. aiohttp 3.14.1 added _max_msg_queue_size and message_consumed (with its
+# bound on pipelined requests); 3.14.4 arms the keep-alive timer these answers move on (see pyproject.toml).
+PROTOCOL_ATTRIBUTES = ("_parser", "_waiter", "_messages", "_loop", "_keepalive_timeout",
+                       "_next_keepalive_close_time", "_close", "_force_close", "_upgraded", "_payload_parser",
+                       "_max_msg_queue_size")
+PARSER_METHODS = ("feed_data", "message_consumed")
 _QUERY_NAMES = frozenset({"key", "since"})
 _END_OF_HEAD = b"\r\n\r\n"
 
 
-@dataclass(frozen=True, slots=True)
-class Poll:
-    """What a feed poll asks, read from its request once."""
-
-    target: str  # the request target as sent (for the access line)
-    feed: FeedDefinition
-    fmt: str
-    page: str
-    presented: str | None  # the key it presents, if any
-    accept_encoding: str
-    if_none_match: str | None
-    request_id: str | None  # the client's own X-Request-Id, if it sent one
-    address: str  # the client's, as aiohttp's request.remote gives it (for the brute-force throttle)
-
-
 class FastPath:
-    """Answers cached feed polls for one application's connections (see the module's docstring)."""
+    """Hands cached feed polls of one application's connections to :class:`~server.http.poll.FeedPolls`
+    and writes the answers (see the module's docstring)."""
 
     def __init__(self, app: web.Application, zero_copy: bool = False) -> None:
-        self.access, self.cache, self.feeds = app[ACCESS], app[FEED_CACHE], app[FEEDS]
-        self.max_age = app[SETTINGS].feed_max_age_seconds
-        self.counts = app[METRICS].http
+        self.polls = app[FEED_POLLS]
+        self.metrics = app[METRICS]
         self.zero_copy = zero_copy  # the loop's writelines is flow-controlled (uvloop): send head and body as they are
         self.replayed = 0  # answers given to unparsed repeats (see _Parser.replay)
+        self.unavailable: str | None = None  # why connections take the ordinary path, if they do
         self._date_second = -1
         self._date_line = b""
 
     def read(self, message: Any, payload: Any, address: str) -> Poll | None:
-        """The poll a parsed request is, if it is one the fast path may answer; None leaves it to aiohttp."""
+        """The poll a parsed request is, if it is one the fast path may hand over; None leaves it to aiohttp."""
         target: str = message.path
         if message.method != "GET" or not target.startswith("/feeds/") or message.should_close \
                 or message.upgrade or message.version != HttpVersion11 or payload is not EMPTY_PAYLOAD \
@@ -110,29 +96,18 @@ class FastPath:
         parts = path.split("/")
         if len(parts) != 4:
             return None
-        feed, fmt = self.feeds.get(parts[2]), parts[3]
-        if feed is None or fmt not in FORMATS:
-            return None
-        query_key = since = None
+        query = None
         if query_string:
             query = message.url.query
             if not _QUERY_NAMES.issuperset(query) or len(query) != len(set(query)):
                 return None
-            query_key, raw_since = query.get("key"), query.get("since")
-            if raw_since is not None:
-                since = whole_number(raw_since)
-                if since is None:
-                    return None
         headers = message.headers
-        if_none_match = headers.get("If-None-Match")
-        if (if_none_match is None and "If-Modified-Since" in headers) or "Expect" in headers:
-            return None  # the route judges dates, and answers Expect (100 Continue, or 417)
+        if "Expect" in headers:
+            return None  # the route answers Expect (100 Continue, or 417)
         try:
-            presented = presented_key(headers, query_key)
+            return self.polls.read(parts[2], parts[3], query, headers, target, address)
         except Problem:
-            return None
-        return Poll(target, feed, fmt, page_name(since), presented, headers.get("Accept-Encoding", ""),
-                    if_none_match, headers.get(REQUEST_ID_HEADER), address)
+            return None  # the route makes the same refusal
 
     def answer(self, protocol: Any, poll: Poll) -> bool:
         """Answer a poll now, if memory allows; False leaves the request to aiohttp, with nothing done."""
@@ -140,49 +115,29 @@ class FastPath:
         transport = protocol.transport
         if transport is None or transport.is_closing() or transport.get_write_buffer_size():
             return False
-        feed, fmt = poll.feed, poll.fmt
-        access = self.access
-        grant = access.remembered_grant(poll.presented, feed, fmt, poll.address)
-        if grant is None:
+        polls = self.polls
+        answer = polls.from_memory(poll)
+        if answer is None:
             return False
-        rendered = self.cache.hit(feed, fmt, poll.page, grant.variant)
-        if rendered is None:
-            return False
-        head = response_head(rendered, choose_coding(poll.accept_encoding, rendered.bodies),
-                             cache_control(feed, grant, self.max_age))
-        if_none_match = poll.if_none_match
-        if not head.body:
-            status, wire = 204, head.wire_204  # an empty page (the route answers it before any condition)
-        elif if_none_match is not None and etag_matches(if_none_match, head.etag):
-            status, wire = 304, head.wire_304
-        else:
-            status, wire = 200, head.wire_200
         request_id = request_id_for(poll.request_id)
-        date = self._date()
         written = False
         try:
             # From the charge on, the request is this path's: a failure after it must not let aiohttp
             # charge, record or (after the write) answer it a second time.
-            quota = access.settle(grant, status, head.etag, if_none_match or "",
-                                  len(head.body) if status == 200 else 0, feed.name, fmt,
-                                  rendered.render_id, rendered.manifest)
-            quota_lines = "" if quota is None else quota.header_lines()
-            header_bytes = b"".join((wire, date, f"{quota_lines}{REQUEST_ID_HEADER}: {request_id}\r\n\r\n".encode()))
+            header_bytes = answer.head_bytes(polls.settle(answer), self._date(), request_id)
+            status = answer.status
             if status != 200:
                 transport.write(header_bytes)
             elif self.zero_copy:
-                transport.writelines((header_bytes, head.body))
+                transport.writelines((header_bytes, answer.head.body))
             else:
                 transport.write(header_bytes)
-                transport.write(head.body)
+                transport.write(answer.head.body)
             written = True
             protocol._next_keepalive_close_time = protocol._loop.time() + protocol._keepalive_timeout
-            elapsed = perf_counter() - started
-            counts = self.counts
-            counts.observe("GET", FEED_ROUTE, status, elapsed, True)
-            counts.fast_answers += 1
-            access_line(request_id, grant.partner.name if grant.partner else None, "GET", FEED_ROUTE, poll.target,
-                        status, elapsed)
+            self.metrics.http.fast_answers += 1
+            record(self.metrics, "GET", FEED_ROUTE, poll.target, status, perf_counter() - started, True, request_id,
+                   answer.partner)
         except Exception:
             log.exception("the fast path failed while answering a poll; %s", "it was answered" if written
                           else "the connection is closed, as the request was half handled")
@@ -272,6 +227,14 @@ class _Parser:
         return getattr(self._parser, name)
 
 
+def missing_internals(protocol: Any) -> list[str]:
+    """What of aiohttp's internals the fast path needs ``protocol`` (a RequestHandler) lacks."""
+    missing = [name for name in PROTOCOL_ATTRIBUTES if not hasattr(protocol, name)]
+    parser = getattr(protocol, "_parser", None)
+    missing += [f"_parser.{name}" for name in PARSER_METHODS if parser is not None and not hasattr(parser, name)]
+    return missing
+
+
 def _address(protocol: Any) -> str:
     """The client's address as the route sees it (``request.remote or "unknown"``)."""
     peername = protocol.peername
@@ -288,12 +251,13 @@ class _Protocol(web.RequestHandler):
     def __init__(self, manager: _Server, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         fast_path = manager.fast_path
-        if fast_path is None:
+        if fast_path is None or fast_path.unavailable:
             return
-        if not all(hasattr(self, name) for name in _PROTOCOL_ATTRIBUTES):
-            log.warning("this aiohttp's protocol lacks what server.http.fast_path needs; cached polls take the "
-                        "ordinary path")
-            manager.fast_path = None
+        missing = missing_internals(self)
+        if missing:
+            fast_path.unavailable = f"aiohttp {aiohttp_version} lacks {', '.join(missing)}"
+            log.warning("%s, which server.http.fast_path needs: cached polls take the ordinary path",
+                        fast_path.unavailable)
             return
         self._parser = _Parser(self._parser, self, fast_path)
 

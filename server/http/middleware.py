@@ -13,7 +13,8 @@ so those are wrapped too. What the wrapper does, in order:
 2. turns a :class:`~server.core.errors.Problem`, an aiohttp HTTP error and any unexpected exception into
    an RFC 9457 ``application/problem+json`` answer (:func:`server.problems.problem_for`), counting a
    Redis error among them;
-3. counts the request in the process's metrics and queues its access line (both in memory only).
+3. counts the request in the process's metrics and queues its access line (both in memory only;
+   :func:`record`, which the fast path's answers go through too).
 """
 
 from __future__ import annotations
@@ -72,8 +73,6 @@ def add_unmatched_route(app: web.Application) -> None:
 def wrap(handler: Handler, metrics: Metrics, route: str | None = None) -> Handler:
     """``handler`` with the request id, problem details, metrics and access line around it; ``route``
     names it in metrics and logs (the route template; by default read from the request)."""
-    count = metrics.http.observe
-
     async def handle(request: web.Request) -> web.StreamResponse:
         started = perf_counter()
         context = RequestContext(request_id_for(request.headers.get(REQUEST_ID_HEADER)))
@@ -107,9 +106,17 @@ def wrap(handler: Handler, metrics: Metrics, route: str | None = None) -> Handle
             if (name := route) is None:
                 resource = request.match_info.route.resource
                 name = resource.canonical if resource is not None else UNMATCHED_ROUTE
-            count(request.method, name, status, elapsed,
-                  (status == 200 or status == 304) and response is not None and "ETag" in response.headers)
-            access_line(context.request_id, context.partner, request.method, name, request.path_qs, status, elapsed)
+            record(metrics, request.method, name, request.path_qs, status, elapsed,
+                   (status == 200 or status == 304) and response is not None and "ETag" in response.headers,
+                   context.request_id, context.partner)
             current_context.reset(token)
 
     return handle
+
+
+def record(metrics: Metrics, method: str, route: str, target: str, status: int, elapsed: float, cacheable: bool,
+           request_id: str, partner: str | None) -> None:
+    """An answered request in the process's metrics, and its access line (both in memory only): for every
+    route through :func:`wrap`, and for the polls :mod:`server.http.fast_path` answers beneath aiohttp."""
+    metrics.http.observe(method, route, status, elapsed, cacheable)
+    access_line(request_id, partner, method, route, target, status, elapsed)

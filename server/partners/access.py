@@ -100,16 +100,46 @@ class AccessControl:
 
     # ----- the request path ---------------------------------------------------------------------
 
-    def authorise(self, request: web.Request, feed: FeedDefinition, fmt: str) -> Grant:
-        """Let a feed request in, or refuse it (401, 403, 429) as the access policy says."""
-        reader = self.identify(request, open_to_anonymous=feed.public)
+    def feed_grant(self, presented: str | None, feed: FeedDefinition, fmt: str, address: str, *,
+                   from_memory: bool = False) -> Grant | None:
+        """The one access decision on a feed poll presenting ``presented`` (see :func:`presented_key`)
+        from ``address``: a :class:`Grant`, or the refusal raised (401, 403, 429) as the access policy says.
+
+        With ``from_memory`` (the fast path) it takes the same steps without a side effect and refuses
+        nothing: a grant that memory alone can give (no key on a public feed; a key this table has accepted
+        before, entitled and within its quota, from an address not being throttled), else None, and the
+        request is then decided again without ``from_memory``, which makes the refusal or does the full
+        check (the admin token, a key not yet accepted, counting a failed key)."""
+        if presented is None:
+            if not feed.public:
+                if from_memory:
+                    return None
+                raise Unauthorised("This feed needs a partner key: 'Authorization: Bearer <key>', 'X-API-Key' or "
+                                   "'?key='.", headers={"WWW-Authenticate": _CHALLENGE})
+            reader: Reader = ANONYMOUS
+        elif from_memory:
+            found = self.table.accepted(presented)
+            if found is None or (address in self._failures and self._throttled(address)):
+                return None
+            reader = found
+        else:
+            reader = self.check_key(presented, address)
         if reader is ADMIN_READER:
             return Grant(None, None, None)
         partner, key = reader
         refusal = feed_refusal(partner, feed, fmt)
         if refusal is not None:
+            if from_memory:
+                return None
             raise _refused(refusal, partner, f"the feed {feed.name!r}", fmt)
-        return self._within_quota(partner, key)
+        if partner is None or key is None:
+            return Grant(None, None, None)  # anonymous, on a public feed: no quota, no ledger
+        quota = self.limiter.check(partner.name, partner.rate_limit or self.default_rate_limit)
+        if not quota.allowed:
+            if from_memory:
+                return None
+            raise _rate_limited(quota)
+        return Grant(partner, key.key_id, quota)
 
     def authorise_item(self, reader: Reader, revision: Revision | None, feeds: Iterable[FeedDefinition],
                        fmt: str) -> Grant:
@@ -160,9 +190,7 @@ class AccessControl:
             return Grant(None, None, None)  # anonymous, on a public feed: no quota, no ledger
         quota = self.limiter.check(partner.name, partner.rate_limit or self.default_rate_limit)
         if not quota.allowed:
-            raise Problem(f"Rate limit of {quota.limit} requests a minute reached; try again in "
-                          f"{quota.reset_seconds} s.", status=429, slug="rate-limited",
-                          headers={"Retry-After": str(quota.reset_seconds), **quota.headers()})
+            raise _rate_limited(quota)
         return Grant(partner, key.key_id, quota)
 
     def delivered(self, request: web.Request, grant: Grant, response: web.StreamResponse, feed: str,
@@ -191,25 +219,6 @@ class AccessControl:
             self.ledger.record(partner.name, grant.key_id, feed, fmt or "ninjs", status, size, render_id, manifest)
         return quota
 
-    def remembered_grant(self, presented: str | None, feed: FeedDefinition, fmt: str, address: str) -> Grant | None:
-        """The grant :meth:`authorise` would give a feed request presenting ``presented`` (see
-        :func:`presented_key`) from ``address``, when it can be told from memory alone and without a
-        side effect: no key on a public feed, or a key this table has accepted before, entitled and
-        within its quota, from an address not being throttled. None means "ask :meth:`authorise`",
-        which also gives every refusal its answer."""
-        if address in self._failures and self._throttled(address):
-            return None
-        if presented is None:
-            return Grant(None, None, None) if feed.public else None
-        found = self.table.accepted(presented)
-        if found is None:
-            return None
-        partner, key = found
-        if feed_refusal(partner, feed, fmt) is not None:
-            return None
-        quota = self.limiter.check(partner.name, partner.rate_limit or self.default_rate_limit)
-        return Grant(partner, key.key_id, quota) if quota.allowed else None
-
     def _throttled(self, address: str) -> bool:
         seen_minute, failures = self._failures.get(address, (0, 0))
         return seen_minute == int(time.time() // 60) and failures >= FAILED_ATTEMPTS_PER_MINUTE
@@ -231,6 +240,11 @@ class AccessControl:
         self._failures[address] = (minute, failures + 1 if seen_minute == minute else 1)
         if len(self._failures) > 100_000:  # bounded memory under a spray of addresses
             self._failures = {a: v for a, v in self._failures.items() if v[0] == minute}
+
+
+def _rate_limited(quota: Quota) -> Problem:
+    return Problem(f"Rate limit of {quota.limit} requests a minute reached; try again in {quota.reset_seconds} s.",
+                   status=429, slug="rate-limited", headers={"Retry-After": str(quota.reset_seconds), **quota.headers()})
 
 
 def _refused(refusal: Refusal, partner: Partner | None, what: str, fmt: str | None) -> Problem:

@@ -1,48 +1,36 @@
 """Feeds and items for partners: ``/feeds/{name}/{format}`` and ``/items/{id}[/newsml]``.
 
-Thin handlers: they parse the request, ask the feed cache (or the store, for items) and hand the
-representation to :func:`server.http.caching.respond`. An item's body is made by
-:mod:`server.push.payloads`, the same code that makes a webhook's, so both are the same bytes.
+Thin handlers. A feed poll is :mod:`server.http.poll`'s, the one implementation the fast path answers
+with too; an item request asks access control and the store, and hands the representation to
+:func:`server.http.caching.respond`. An item's body is made by :mod:`server.push.payloads`, the same
+code that makes a webhook's, so both are the same bytes.
 """
 
 from __future__ import annotations
-
-from functools import lru_cache
 
 from aiohttp import web
 
 from server.core.errors import NotFound, Problem
 from server.core.values import utc_now, whole_number
 from server.domain.articles import Article, is_article_id
-from server.domain.feeds import FORMATS, FeedDefinition, in_feed
+from server.domain.feeds import in_feed
 from server.feeds.builder import Representation
-from server.feeds.cache import page_name
 from server.feeds.render import NEWSML_MESSAGE_MEDIA_TYPE
 from server.http.caching import respond
-from server.http.state import ACCESS, FEED_BUILDER, FEED_CACHE, FEEDS, SETTINGS, STORE
+from server.http.poll import FEED_POLLS, FEED_ROUTE
+from server.http.state import ACCESS, FEED_BUILDER, FEEDS, SETTINGS, STORE
 from server.partners.access import Grant, Reader
 from server.push.payloads import NINJS_MEDIA_TYPE, item_newsml, ninjs_body
 
-FEED_ROUTE = "/feeds/{name}/{format}"
+__all__ = ["FEED_ROUTE", "get_feed", "get_item", "get_item_newsml"]
 
 
 async def get_feed(request: web.Request) -> web.Response:
-    # Every cached poll comes through here: one lookup of each shared object, and no await on a hit.
-    app, match = request.app, request.match_info
-    feeds, name, fmt = app[FEEDS], match["name"], match["format"]
-    feed = feeds.get(name)
-    if feed is None:
-        raise NotFound(f"No feed {name!r}; the feeds are {', '.join(sorted(feeds))}.", feeds=sorted(feeds))
-    if fmt not in FORMATS:
-        raise NotFound(f"No format {fmt!r}; this feed comes as {', '.join(FORMATS)}.", formats=list(FORMATS))
-    since = _since(request) if request.query_string else None
-    access, cache = app[ACCESS], app[FEED_CACHE]
-    grant = access.authorise(request, feed, fmt)
-    rendered = cache.hit(feed, fmt, page_name(since), grant.variant) \
-        or await cache.get(feed, fmt, since, grant.variant)
-    response = respond(request, rendered, cache_control(feed, grant, app[SETTINGS].feed_max_age_seconds))
-    access.delivered(request, grant, response, feed.name, fmt, rendered.render_id, rendered.manifest)
-    return response
+    """A feed poll: read, decided, looked up and answered by :mod:`server.http.poll` (as the fast path's
+    polls are); the request wrapper adds the metrics and the access line."""
+    polls = request.app[FEED_POLLS]
+    answer = await polls.answer(polls.read_request(request))
+    return answer.response(polls.settle(answer))
 
 
 async def get_item(request: web.Request) -> web.Response:
@@ -91,16 +79,6 @@ def _version(request: web.Request) -> int | None:
     return version
 
 
-def _since(request: web.Request) -> int | None:
-    raw = request.query.get("since")
-    if raw is None:
-        return None
-    since = whole_number(raw)
-    if since is None:
-        raise Problem("since must be the cursor a feed handed out (a whole number).", parameter="since")
-    return since
-
-
 async def _visible_article(request: web.Request) -> tuple[Article, Reader]:
     """The article, if a feed may show it now, and who asks; the key is checked before the store is
     asked anything, and whether this reader may read it is left to :meth:`AccessControl.authorise_item`."""
@@ -120,16 +98,6 @@ def _item_delivered(request: web.Request, grant: Grant, response: web.StreamResp
     render_id = f"item-{article_id}-{version}-{grant.variant}"
     request.app[ACCESS].delivered(request, grant, response, f"item:{article_id}", fmt, render_id,
                                   ((article_id, version),))
-
-
-def cache_control(feed: FeedDefinition, grant: Grant, max_age: int) -> str:
-    # A response that needed a key must not be kept by shared caches.
-    return _cache_control_value(feed.public and grant.partner is None, max_age)
-
-
-@lru_cache(maxsize=16)
-def _cache_control_value(public: bool, max_age: int) -> str:
-    return f"{'public' if public else 'private'}, max-age={max_age}"
 
 
 def _item_cache_control(request: web.Request) -> str:
