@@ -31,6 +31,13 @@ e. Push: for 1, 100 and 1,000 WebSub subscribers (``--push-subscribers``), each 
    latency is from the publishing call's answer to each arrival (p50, p99 over every subscriber and
    article), and signed deliveries per second over the whole run.
 
+f. The storm (issue 11): ``tests/storm.py`` at ``--storm-partners`` (100) partners and
+   ``--storm-articles`` (1,000) stories, with its own Redis, two servers and a worker, one server and
+   the Redis SIGKILLed mid-storm; it prints the same figures as ``tests/test_storm.py`` (acknowledged,
+   lost, stale, report mismatches, repeats after 2xx and after a crash, older-after-newer, time to
+   quiesce). ``--write-readme`` puts them between ``<!-- storm:start -->``/``<!-- storm:end -->`` when
+   README.md has those markers.
+
 ``--only PART`` runs one part (repeatable), ``--skip PART`` leaves one out. ``--write-readme`` puts the
 tables of the parts that ran into README.md between ``<!-- bench:start -->``/``<!-- bench:end -->``
 (a, b, c), ``<!-- memory:start -->``/``<!-- memory:end -->`` (d) and ``<!-- push:start -->``/
@@ -936,6 +943,37 @@ def memory_report(memory: dict[str, Any]) -> str:
     ])
 
 
+def bench_storm(workdir: Path, partners: int, articles: int, seed: int) -> Any:
+    """The storm of ``tests/storm.py``, scaled up: its own processes (stopped by the harness)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from storm import StormConfig, run_storm
+
+    # Publishing is spread so that the writes come at about the rate of the test's storm per second of
+    # window, over a longer window; quiescence gets more slack for the larger push backlog.
+    config = StormConfig(partners=partners, articles=articles, seed=seed,
+                         publish_seconds=max(30.0, articles * 0.12), writers=12, poll_interval=1.0,
+                         quiet_seconds=45.0, quiesce_timeout=600.0)
+    return asyncio.run(run_storm(config, workdir / "storm"))
+
+
+def storm_report(storm: Any, load: str) -> str:
+    verdicts = [("0 acknowledged revisions lost", not storm.lost),
+                ("0 entitled partners stale", not storm.stale),
+                ("propagation report equals the partners' logs", not storm.mismatches),
+                ("0 revisions re-sent after a 2xx", not storm.repeats_after_2xx),
+                ("0 older-after-newer", not storm.older_after_newer)]
+    return "\n".join([
+        f"Measured {dt.date.today().isoformat()} on {machine()} (load before: {load}), with `scripts/bench.py` "
+        "(the storm of `tests/storm.py`):",
+        "",
+        "```",
+        storm.summary(),
+        "```",
+        "",
+        *(f"- {name}: {verdict(ok)}" for name, ok in verdicts),
+    ])
+
+
 def write_between(path: Path, start: str, end: str, content: str) -> None:
     text = path.read_text()
     # The markers on lines of their own: prose that mentions a marker is left alone.
@@ -947,7 +985,7 @@ def write_between(path: Path, start: str, end: str, content: str) -> None:
 
 # ----- main -----------------------------------------------------------------------------------------
 
-PARTS = ("render", "throughput", "staleness", "memory", "push")
+PARTS = ("render", "throughput", "staleness", "memory", "push", "storm")
 
 
 def main() -> int:
@@ -966,6 +1004,9 @@ def main() -> int:
                         help="rounds per subscriber count; the round with the median p99 is reported")
     parser.add_argument("--push-ports", type=int, default=1,
                         help="loopback ports the subscriber helper spreads its callbacks over (default 1)")
+    parser.add_argument("--storm-partners", type=int, default=100, help="partners in the storm (default 100)")
+    parser.add_argument("--storm-articles", type=int, default=1000, help="stories in the storm (default 1,000)")
+    parser.add_argument("--storm-seed", type=int, default=11, help="the storm's random seed")
     parser.add_argument("--skip", action="append", default=[], choices=PARTS[1:],
                         help="leave out a part (repeatable)")
     parser.add_argument("--only", action="append", default=[], choices=PARTS,
@@ -991,7 +1032,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     workdir = Path(tempfile.mkdtemp(prefix="syndicate-bench-"))
-    render = throughput = staleness = memory = push = None
+    render = throughput = staleness = memory = push = storm = None
     atom, credentials_note = b"", ""
     try:
         if "render" in parts:
@@ -1029,6 +1070,9 @@ def main() -> int:
         if "push" in parts:
             print("e. push to local WebSub subscribers ...", file=sys.stderr)
             push = bench_push(children, workdir, push_counts, args.push_ports, max(1, args.push_rounds))
+        if "storm" in parts:
+            print("f. the storm ...", file=sys.stderr)
+            storm = bench_storm(workdir, args.storm_partners, args.storm_articles, args.storm_seed)
     finally:
         children.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -1041,9 +1085,14 @@ def main() -> int:
         outputs.append(("<!-- memory:start -->", "<!-- memory:end -->", memory_report(memory)))
     if push is not None:
         outputs.append(("<!-- push:start -->", "<!-- push:end -->", push_report(push, load)))
+    if storm is not None:
+        outputs.append(("<!-- storm:start -->", "<!-- storm:end -->", storm_report(storm, load)))
     print("\n\n".join(text for _start, _end, text in outputs))
     if args.write_readme:
         for start_marker, end_marker, text in outputs:
+            if start_marker == "<!-- storm:start -->" and start_marker not in README.read_text():
+                print("README.md has no storm markers: the storm's figures are only printed", file=sys.stderr)
+                continue
             write_between(README, start_marker, end_marker, text)
         print("README.md updated", file=sys.stderr)
     print(f"bench took {time.monotonic() - started:.0f} s", file=sys.stderr)
