@@ -1180,3 +1180,14 @@ async def test_a_webhook_may_take_a_format_the_partner_reads_only_in_a_public_fe
     granted only rss may still have an atom webhook (it gets what the public feeds hold)."""
     await create_partner(push, name="acme", feeds=["world"], formats=["rss"])
     await add_endpoint(push, "acme", "http://127.0.0.1:9/hook", "atom")
+
+
+async def test_the_hub_limits_requests_per_address_and_per_subscription(push, push_settings):
+    """Each hub request may start an outbound verification: one address, or one callback and topic,
+    cannot make the hub start them without bound."""
+    topic = topic_url(push_settings, "/feeds/headlines/atom")
+    statuses = [(await hub_request(push, "http://127.0.0.1:9/same", topic)).status for _ in range(8)]
+    assert statuses[:6] == [202] * 6 and set(statuses[6:]) == {429}
+    many = [await hub_request(push, f"http://127.0.0.1:9/cb-{n}", topic) for n in range(60)]
+    assert many[-1].status == 429 and many[-1].headers["Retry-After"].isdigit()
+    await hub_idle(push)

@@ -16,6 +16,7 @@ from server.core.settings import Settings
 from server.http import dashboard
 from server.http.api import articles, feeds, health, hub, partners
 from server.http.api import ops as ops_api
+from server.http.api.hub import HUB_LIMITS, HubLimits
 from server.http.metrics import metrics_endpoint
 from server.http.middleware import add_get, add_route, add_unmatched_route
 from server.http.poll import FEED_POLLS, FeedPolls
@@ -114,6 +115,7 @@ def _expose(app: web.Application, services: Services) -> None:
     app[PARTNERS], app[LEDGER], app[ACCESS] = services.partners, services.ledger, services.access
     app[DESTINATIONS], app[PUSH_QUEUE], app[PUSH_WORKER] = services.destinations, services.queue, services.worker
     app[HUB_TASKS] = set[asyncio.Task[bool]]()
+    app[HUB_LIMITS] = HubLimits()
     app[OPS] = services.ops
     app[FEED_POLLS] = FeedPolls(services.access, services.cache, services.feeds,
                                 services.settings.feed_max_age_seconds)

@@ -108,3 +108,28 @@ class RateLimiter:
                 raise
         for key, total in zip(watched, results[::2], strict=True):
             self._known_total[key] = int(total)
+
+
+class Windows:
+    """Fixed one-minute windows counted in this process's memory, per key (a client address, a topic):
+    for limits that protect this process (the WebSub hub) rather than meter a partner. Bounded: at most
+    ``max_keys`` keys are remembered in a window."""
+
+    def __init__(self, per_minute: int, max_keys: int = 100_000) -> None:
+        self.per_minute = per_minute
+        self.max_keys = max_keys
+        self._minute = 0
+        self._counts: dict[str, int] = {}
+
+    def take(self, key: str, now: float | None = None) -> int | None:
+        """Count one for ``key``; None when allowed, else the seconds until the window turns."""
+        moment = time.time() if now is None else now
+        minute = int(moment // WINDOW_SECONDS)
+        if minute != self._minute:
+            self._minute, self._counts = minute, {}
+        count = self._counts.get(key, 0)
+        if count >= self.per_minute:
+            return WINDOW_SECONDS - int(moment) % WINDOW_SECONDS
+        if len(self._counts) < self.max_keys or key in self._counts:
+            self._counts[key] = count + 1
+        return None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
@@ -25,6 +26,7 @@ from server.domain.ninjs import DocumentError, parse_json_object
 from server.domain.partners import check_name
 from server.http.auth import require_caller
 from server.http.state import ACCESS, DESTINATIONS, FEEDS, HUB_TASKS, PARTNERS, SETTINGS, TOKENS
+from server.partners.ratelimit import Windows
 from server.push.destinations import (
     WEBHOOK,
     WEBHOOK_FEED_FORMATS,
@@ -41,11 +43,38 @@ log = logging.getLogger(__name__)
 MAX_SECRET_BYTES = 199  # WebSub: hub.secret MUST be less than 200 bytes
 
 
+HUB_REQUESTS_PER_ADDRESS = 60
+HUB_REQUESTS_PER_SUBSCRIPTION = 6
+HUB_MAX_VERIFICATIONS = 64
+
+
+@dataclass(frozen=True, slots=True)
+class HubLimits:
+    """What one process's hub takes: requests per client address and per (callback, topic) a minute,
+    and verifications of intent running at once (each holds an outbound connection)."""
+
+    by_address: Windows = field(default_factory=lambda: Windows(HUB_REQUESTS_PER_ADDRESS))
+    by_subscription: Windows = field(default_factory=lambda: Windows(HUB_REQUESTS_PER_SUBSCRIPTION))
+    max_verifications: int = HUB_MAX_VERIFICATIONS
+
+
+HUB_LIMITS: web.AppKey[HubLimits] = web.AppKey("hub_limits", HubLimits)
+
+
+def _too_many(text: str, retry_after: int) -> web.Response:
+    return web.Response(status=429, text=text + "\n", content_type="text/plain",
+                        headers={"Retry-After": str(retry_after)})
+
+
 def _plain(status: int, text: str) -> web.Response:
     return web.Response(status=status, text=text + "\n", content_type="text/plain")
 
 
 async def hub(request: web.Request) -> web.Response:
+    limits = request.app[HUB_LIMITS]
+    wait = limits.by_address.take(request.remote or "unknown")
+    if wait is not None:
+        return _too_many(f"Too many hub requests from this address; try again in {wait} s.", wait)
     if request.content_type != "application/x-www-form-urlencoded":
         return _plain(415, "Send the request form-encoded (application/x-www-form-urlencoded).")
     form = await request.post()
@@ -91,6 +120,12 @@ async def hub(request: web.Request) -> web.Response:
     subscription = Destination(
         id=subscription_id(callback, topic), kind=WEBSUB, url=callback, format=fmt, secret=secret or None,
         partner=partner_name, key_id=key_id, feed=feed.name, topic=topic)
+    wait = limits.by_subscription.take(subscription.id)
+    if wait is not None:
+        return _too_many("Too many requests for this callback and topic; try again later.", wait)
+    if len(request.app[HUB_TASKS]) >= limits.max_verifications:
+        return web.Response(status=503, text="The hub is verifying too many subscriptions; try again shortly.\n",
+                            content_type="text/plain", headers={"Retry-After": "5"})
     task = asyncio.get_running_loop().create_task(_verify(request.app, mode, subscription, lease))
     request.app[HUB_TASKS].add(task)
     task.add_done_callback(request.app[HUB_TASKS].discard)
