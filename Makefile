@@ -4,13 +4,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install system run test lint bench fuzz clean
+.PHONY: install system run test lint bench fuzz lock clean
 
-$(STAMP): pyproject.toml scripts/ensure-system.sh
+$(STAMP): pyproject.toml requirements.lock scripts/ensure-system.sh
 	@scripts/ensure-system.sh python
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[test]'
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -45,6 +45,13 @@ fuzz: install system
 
 bench: install system
 	$(BIN)/python scripts/bench.py
+
+# Write requirements.lock again from a fresh resolution of pyproject.toml's dependencies.
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv && .lock-venv/bin/python -m pip install --quiet -e '.[test]'
+	{ echo "# The exact versions make run and make test install (pip constraints); make lock writes this file again."; \
+	  .lock-venv/bin/pip freeze --exclude-editable | grep -v '^syndicate'; } > requirements.lock
+	rm -rf .lock-venv
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
