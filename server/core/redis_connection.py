@@ -17,7 +17,8 @@ import asyncio
 import logging
 from typing import Any
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
+from redis.asyncio.connection import AbstractConnection, Connection
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
@@ -34,7 +35,20 @@ SENTINEL_TIMEOUT_SECONDS = 0.5  # one sentinel's answer; an unreachable one cost
 
 class BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
     """redis-py's Sentinel pool (discovery, failover) with the blocking pool's wait for a free
-    connection; closing it also closes the connections to the sentinels."""
+    connection; closing it also closes the connections to the sentinels.
+
+    A connection released while it still points at a primary that has since been replaced is
+    disconnected (it reconnects to the current one when next used): redis-py's asyncio pool does not
+    check ``owns_connection`` on release, and its own ``owns_connection`` fails on this base class."""
+
+    def owns_connection(self, connection: Connection) -> bool:
+        return (not self.is_master or self.master_address is None
+                or self.master_address == (connection.host, connection.port))
+
+    async def release(self, connection: AbstractConnection) -> None:
+        if isinstance(connection, Connection) and not self.owns_connection(connection):
+            await connection.disconnect()
+        await super().release(connection)
 
     async def aclose(self) -> None:
         await super().aclose()
@@ -74,6 +88,23 @@ async def connect(address: RedisAddress | str, *, decode_responses: bool = True,
                 await client.aclose()
                 raise
             await asyncio.sleep(0.05)
+
+
+async def follow_primary(pool: ConnectionPool) -> None:
+    """With Sentinel, ask who the primary is now; if it moved, the pool drops its connections to the
+    old one (idle ones at once, busy ones when released). A connection to a primary being demoted gets
+    no error until the demotion (Sentinel can take 10 s to reconfigure a live old primary); this moves
+    the pool within a second, called by the replication watch and after a write's wait fell short."""
+    if isinstance(pool, SentinelConnectionPool):
+        await pool.get_master_address()  # type: ignore[no-untyped-call]
+
+
+def on_current_primary(pool: ConnectionPool, connection: AbstractConnection) -> bool:
+    """False when ``connection`` points at a primary the sentinels have replaced (always True
+    without Sentinel): a long-lived connection (pub/sub) should then be made again."""
+    if isinstance(pool, BlockingSentinelPool) and isinstance(connection, Connection):
+        return pool.owns_connection(connection)
+    return True
 
 
 def _sentinel_pool(address: SentinelRedis, options: dict[str, Any]) -> BlockingSentinelPool:

@@ -10,23 +10,34 @@ the write, since both count that connection's own writes. Fewer replicas within 
 answers ``unchanged``.
 
 ``n`` is ``SYNDICATE_MIN_REPLICAS_ACKED``, or by default 1 when the primary has replicas and 0 for a
-single Redis (no wait at all). The default is read from ``INFO`` at start-up, every second (the
-replication watch) and after a wait fell short. For one primary it only rises: a primary whose replica
-dropped away (or that is being demoted) keeps asking for one, so nothing it takes alone is
-acknowledged; a new primary (a new replication id, after a failover) starts from its own replicas.
+single Redis (no wait at all), read at start-up, every second (the replication watch) and after a wait
+fell short:
+
+- with Sentinel, from the sentinels: the replicas of the current primary that they see replicating
+  (up, reporting the role of a replica). While a failover is in progress the count stays as it was;
+  a primary that was just replaced (alive, still a primary, not yet reconfigured as a replica) does
+  not count, so writes go on on its successor; a replica whose link broke still counts, so writes
+  wait (and fail) rather than be acknowledged alone until the sentinels mark it down. Before the
+  count is read, every pool of the process follows the primary the sentinels name
+  (``follow_primary``), so a write that needs no wait cannot reach a primary being demoted;
+- with one URL, from the primary's ``INFO``; for one primary (one replication id) the count only rises,
+  so a replica that dropped away makes writes wait (and fail) rather than be acknowledged alone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.client import Pipeline
+from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.exceptions import RedisError
 
 from server.core.errors import Problem
+from server.core.redis_connection import follow_primary
 
 log = logging.getLogger(__name__)
 WAITAOF_SINCE = (7, 2)
@@ -58,11 +69,26 @@ def read_state(info: dict[str, Any]) -> ReplicationState | None:
                             waitaof=version >= WAITAOF_SINCE, local_aof=str(info.get("aof_enabled", "0")) == "1")
 
 
+async def _replicating(pool: SentinelConnectionPool) -> int | None:
+    """The replicas the sentinels see replicating from the primary; None during a failover."""
+    sentinel = pool.sentinel_manager.sentinels[0]  # the one that last named the primary
+    master = await sentinel.sentinel_master(pool.service_name)
+    if "failover_in_progress" in str(master.get("flags", "")):
+        return None
+    replicas = await sentinel.sentinel_slaves(pool.service_name)
+    if any("promoted" in str(r.get("flags", "")) for r in replicas):
+        return None
+    return sum(1 for r in replicas if not (r.get("is_sdown") or r.get("is_odown"))
+               and r.get("role-reported") == "slave")
+
+
 class ReplicaAcks:
     """Waits, on the connection of each durable write, for the replicas it needs (see the module)."""
 
-    def __init__(self, redis: Redis, min_replicas: int | None, timeout_seconds: float) -> None:
+    def __init__(self, redis: Redis, min_replicas: int | None, timeout_seconds: float,
+                 pools: list[ConnectionPool] | None = None) -> None:
         self.redis = redis
+        self.pools = pools if pools is not None else [redis.connection_pool]
         self.setting = min_replicas
         self.timeout_ms = max(1, round(timeout_seconds * 1000))
         self.state: ReplicationState | None = None
@@ -73,7 +99,11 @@ class ReplicaAcks:
         return self._auto if self.setting is None else self.setting
 
     async def refresh(self) -> None:
-        """Read the primary's replication state again (cheap: one ``INFO``)."""
+        """Follow a primary that moved, and read its replication state again (one ``INFO``, and with
+        Sentinel one ``SENTINEL MASTER`` and ``SENTINEL REPLICAS``)."""
+        for pool in self.pools:
+            with contextlib.suppress(RedisError):  # no sentinel answers: new connections fail alike
+                await follow_primary(pool)
         try:
             info: dict[str, Any] = {}
             for section in ("server", "replication", "persistence"):
@@ -85,7 +115,16 @@ class ReplicaAcks:
         if state is None:
             return  # a demoted primary, still answering until the pool moves on: keep what we had
         before = self.required
-        if self.state is None or state.replid != self.state.replid:
+        pool = self.redis.connection_pool
+        if isinstance(pool, SentinelConnectionPool):
+            try:
+                replicating = await _replicating(pool)
+            except RedisError as exc:
+                log.debug("replicas not counted: %s", exc)
+                return
+            if replicating is not None:
+                self._auto = min(1, replicating)
+        elif self.state is None or state.replid != self.state.replid:
             self._auto = min(1, state.replicas)
         else:
             self._auto = max(self._auto, min(1, state.replicas))

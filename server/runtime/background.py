@@ -156,8 +156,8 @@ class EpochWatch(PeriodicJob):
 
 
 class ReplicationWatch(PeriodicJob):
-    """Re-read the primary's replication state every second (how many replicas a durable write waits
-    for: ``server.core.replication``), so a failover or a replica joining is noticed by itself."""
+    """Every second: with Sentinel, make each pool follow a primary that moved (``follow_primary``),
+    then re-read how many replicas a durable write waits for (``server.core.replication``)."""
 
     name = where = "replication"
     interval = 1.0

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from enum import StrEnum
 
-from redis.asyncio import Redis
+from redis.asyncio import ConnectionPool, Redis
 
 from server.articles.store import ArticleStore
 from server.core import keys
@@ -119,6 +119,10 @@ class RedisClients:
             raise
         return cls(*opened)
 
+    def pools(self) -> list[ConnectionPool]:
+        return list({id(c.connection_pool): c.connection_pool for c in
+                     (self.store, self.flush, self.pubsub, self.push, self.cache)}.values())
+
     async def close(self) -> None:
         for client in {id(c): c for c in (self.store, self.flush, self.pubsub, self.push, self.cache)}.values():
             with contextlib.suppress(Exception):
@@ -155,7 +159,8 @@ def _build(settings: Settings, role: Role, metrics: Metrics, embedded: EmbeddedR
            clients: RedisClients) -> Services:
     feeds = load_feed_definitions(settings.feeds_dir)
     tokens = TokenTable(settings)
-    acks = ReplicaAcks(clients.store, settings.min_replicas_acked, settings.replica_ack_timeout_seconds)
+    acks = ReplicaAcks(clients.store, settings.min_replicas_acked, settings.replica_ack_timeout_seconds,
+                       clients.pools())
     store = ArticleStore(clients.store, feeds, acks=acks)
     builder = FeedBuilder(store, settings)
     cache = FeedCache(clients.store, clients.cache, builder, feeds, settings.feed_cache_ttl_seconds,
