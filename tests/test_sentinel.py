@@ -260,3 +260,18 @@ async def test_slow_no_acknowledged_write_is_lost_in_a_failover(cluster, tmp_pat
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+async def test_a_write_no_replica_confirms_is_a_503_and_its_retry_says_unchanged(aiohttp_client, settings, seed_v1):
+    """SYNDICATE_MIN_REPLICAS_ACKED=1 on a Redis without replicas: the commit is made but not confirmed."""
+    import dataclasses
+
+    from server.http.app import create_app
+
+    client = await aiohttp_client(create_app(dataclasses.replace(settings, min_replicas_acked=1,
+                                                                 replica_ack_timeout_seconds=0.05)))
+    response = await client.post("/api/articles", data=orjson.dumps(seed_v1), headers=JSON_HEADERS)
+    assert response.status == 503 and response.headers["Retry-After"] == "1"
+    assert (await response.json())["type"].endswith("/write-not-confirmed")
+    retry = await client.post("/api/articles", data=orjson.dumps(seed_v1), headers=JSON_HEADERS)
+    assert retry.status == 200, await retry.text()  # stored by the first attempt: unchanged
