@@ -18,6 +18,7 @@ import pytest
 import redis as redis_sync
 from aiohttp.test_utils import TestServer
 
+from server.core.redis_address import DirectRedis
 from server.core.settings import PublisherToken, Settings
 from server.http.app import create_app
 from server.http.fast_path import FastPathRunner
@@ -95,7 +96,7 @@ def sync_redis(redis_url: str) -> Iterator[redis_sync.Redis]:
 @pytest.fixture
 def settings(redis_url: str, tmp_path: Path) -> Settings:
     return Settings(
-        redis_url=redis_url,
+        redis_address=DirectRedis(redis_url),
         data_dir=tmp_path / "var",
         publisher_tokens=(PublisherToken("newsroom", PUBLISHER_TOKEN),),
         admin_token=ADMIN_TOKEN,

@@ -8,6 +8,7 @@ import orjson
 import pytest
 from conftest import SEED_V1, SEED_V2, cli_env, free_port, run_cli
 
+from server.core.redis_address import DirectRedis, SentinelRedis
 from server.core.settings import Settings, SettingsError
 from server.domain.articles import article_id_for_uri
 
@@ -91,7 +92,7 @@ def test_cli_errors_are_one_line_and_non_zero(redis_url, tmp_path, args, env_ext
 
 def test_settings_defaults():
     settings = Settings.from_env({})
-    assert settings.redis_url is None
+    assert settings.redis_address is None
     assert (settings.host, settings.port) == ("127.0.0.1", 8080)
     assert settings.base_url == "http://127.0.0.1:8080"
     assert settings.max_body_bytes == 2 * 1024 * 1024
@@ -103,6 +104,28 @@ def test_the_fast_path_is_on_unless_turned_off():
     assert Settings.from_env({"SYNDICATE_FAST_PATH": "on"}).fast_path is True
     assert Settings.from_env({"SYNDICATE_FAST_PATH": "off"}).fast_path is False
     assert Settings.from_env({"SYNDICATE_FAST_PATH": "OFF"}).fast_path is False
+
+
+def test_settings_parse_a_sentinel_url():
+    settings = Settings.from_env({
+        "REDIS_URL": "rediss+sentinel://app:s%40cret@10.0.0.1:26380,[::1],sentinel-c/news/2?sentinel_password=sp",
+        "SYNDICATE_CACHE_REDIS_URL": "redis+sentinel://h1,h2/cache",
+        "SYNDICATE_MIN_REPLICAS_ACKED": "2", "SYNDICATE_REPLICA_ACK_TIMEOUT_MS": "250",
+    })
+    assert settings.redis_address == SentinelRedis(
+        sentinels=(("10.0.0.1", 26380), ("::1", 26379), ("sentinel-c", 26379)), service="news", db=2, tls=True,
+        username="app", password="s@cret", sentinel_password="sp")
+    assert "s@cret" not in repr(settings) and "sp" not in repr(settings.redis_address)
+    assert settings.cache_redis_address == SentinelRedis(sentinels=(("h1", 26379), ("h2", 26379)), service="cache")
+    assert (settings.min_replicas_acked, settings.replica_ack_timeout_seconds) == (2, 0.25)
+    assert Settings.from_env({"REDIS_URL": "redis://r:6379/1"}).redis_address == DirectRedis("redis://r:6379/1")
+    assert Settings.from_env({}).min_replicas_acked is None  # auto: 1 with replicas, 0 for a single Redis
+
+
+def test_a_bad_sentinel_url_never_shows_its_password():
+    with pytest.raises(SettingsError) as error:
+        Settings.from_env({"REDIS_URL": "redis+sentinel://:hunter2@a:1,b:x/svc"})
+    assert "hunter2" not in str(error.value)
 
 
 def test_settings_parse_tokens():
@@ -121,6 +144,13 @@ def test_settings_parse_tokens():
     ("SYNDICATE_MAX_BODY_BYTES", "-1"),
     ("SYNDICATE_RETENTION_DAYS", "nan"),
     ("REDIS_URL", "http://localhost:6379"),
+    ("REDIS_URL", "redis+sentinel://a:26379,b:26379"),
+    ("REDIS_URL", "redis+sentinel://a:99999/mymaster"),
+    ("REDIS_URL", "redis+sentinel://a:1,b:2/mymaster/zero"),
+    ("REDIS_URL", "redis+sentinel://a:1/mymaster?sentinel_pasword=x"),
+    ("SYNDICATE_CACHE_REDIS_URL", "redis+sentinel://:secret@/mymaster"),
+    ("SYNDICATE_MIN_REPLICAS_ACKED", "-1"),
+    ("SYNDICATE_REPLICA_ACK_TIMEOUT_MS", "5000"),
     ("SYNDICATE_BASE_URL", "feeds.example.com"),
     ("SYNDICATE_PUBLISHER_TOKENS", "desk:short"),
     ("SYNDICATE_PUBLISHER_TOKENS", "a:aaaaaaaaaaaaaaaaaa,a:bbbbbbbbbbbbbbbbbbb"),

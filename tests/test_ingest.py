@@ -149,7 +149,7 @@ async def test_purge_leaves_a_tombstone(client, settings, seed_v1, seed_v2, sync
 
     article_id = (await (await post(client, seed_v1)).json())["id"]
     await post(client, seed_v2, "?signal=correction")
-    redis = await connect(settings.redis_url)
+    redis = await connect(settings.redis_address)
     try:
         store = ArticleStore(redis)
         article = await store.purge(article_id, "Court order 2024/17", "test")
@@ -175,7 +175,7 @@ async def test_retention_drops_old_bodies_of_superseded_revisions(settings, clie
 
     article_id = (await (await post(client, seed_v1)).json())["id"]
     await post(client, seed_v2, "?signal=correction")
-    redis = await connect(settings.redis_url)
+    redis = await connect(settings.redis_address)
     try:
         store = ArticleStore(redis)
         assert await store.drop_old_bodies(timedelta(days=90)) == 0

@@ -10,6 +10,7 @@ import orjson
 import redis as redis_sync
 from conftest import AUTH, make_partner, start_redis
 
+from server.core.redis_address import DirectRedis
 from server.http.app import create_app
 
 JSON_HEADERS = {**AUTH, "Content-Type": "application/json"}
@@ -20,7 +21,7 @@ async def test_a_paused_redis_is_a_503_with_retry_after_and_cached_polls_still_a
     process, port = start_redis(tmp_path / "redis")
     try:
         url = f"redis://127.0.0.1:{port}/0"
-        client = await aiohttp_client(create_app(dataclasses.replace(settings, redis_url=url)))
+        client = await aiohttp_client(create_app(dataclasses.replace(settings, redis_address=DirectRedis(url))))
         key = await make_partner(url)
         await asyncio.sleep(1.2)  # the new partner reaches the key table (pub/sub, or the 1 s resync)
         assert (await client.post("/api/articles", data=orjson.dumps(seed_v1), headers=JSON_HEADERS)).status == 201

@@ -20,6 +20,7 @@ from redis.exceptions import WatchError
 
 from server.core import keys
 from server.core.errors import Conflict, NotFound, PreconditionFailed, Problem
+from server.core.replication import ReplicaAcks
 from server.core.values import iso, parse_iso, to_micros, utc_now
 from server.domain.articles import (
     CANCELED,
@@ -127,8 +128,9 @@ class ArticleStore:
     """
 
     def __init__(self, redis: Redis, feeds: Mapping[str, FeedDefinition] | None = None,
-                 on_change: Callable[[str], None] | None = None) -> None:
+                 on_change: Callable[[str], None] | None = None, acks: ReplicaAcks | None = None) -> None:
         self.redis = redis
+        self.acks = acks or ReplicaAcks(redis, 0, 1.0)  # default: a single Redis, nothing to wait for
         self.feeds = dict(feeds) if feeds is not None else {LATEST: BUILT_IN_LATEST}
         self.on_change = on_change
         self._commit = redis.register_script(_COMMIT_LUA)
@@ -481,18 +483,21 @@ class ArticleStore:
         embargo = ""
         if revision.embargoed_until is not None and revision.embargoed_until > revision.ingested_at:
             embargo = to_micros(revision.embargoed_until)
-        result = await self._commit(
-            keys=[keys.article(article_id), keys.revisions(article_id), keys.content_hashes(article_id),
-                  keys.article_ids_by_uri(), keys.articles_by_change(),
-                  *(keys.articles_by_status(s) for s in keys.STATUSES),
-                  keys.revisions_with_bodies(), keys.changelog_seq(), keys.changelog(), keys.embargoes(),
-                  *(keys.feed_generation(f) for f in touched)],
-            args=[current.version if current else 0, revision.version, revision.to_json(),
-                  revision.content_hash, article_id, revision.uri, revision.pub_status,
-                  to_micros(revision.ingested_at), revision.kind, iso(revision.ingested_at),
-                  to_micros(current.latest.ingested_at) if current else "",
-                  len(field_items), *field_items, embargo, *touched, keys.CHANGES_CHANNEL],
-        )
+        async with self.redis.pipeline(transaction=False) as pipe:
+            await self._commit(
+                keys=[keys.article(article_id), keys.revisions(article_id), keys.content_hashes(article_id),
+                      keys.article_ids_by_uri(), keys.articles_by_change(),
+                      *(keys.articles_by_status(s) for s in keys.STATUSES),
+                      keys.revisions_with_bodies(), keys.changelog_seq(), keys.changelog(), keys.embargoes(),
+                      *(keys.feed_generation(f) for f in touched)],
+                args=[current.version if current else 0, revision.version, revision.to_json(),
+                      revision.content_hash, article_id, revision.uri, revision.pub_status,
+                      to_micros(revision.ingested_at), revision.kind, iso(revision.ingested_at),
+                      to_micros(current.latest.ingested_at) if current else "",
+                      len(field_items), *field_items, embargo, *touched, keys.CHANGES_CHANNEL],
+                client=pipe)
+            # Acknowledged only once on enough replicas (server.core.replication): same connection.
+            [result] = await self.acks.execute(pipe)
         seq = int(result[0])
         if seq == 0:
             return None

@@ -1,5 +1,11 @@
 """Connecting to Redis: the embedded one or ``REDIS_URL``, and checking it can keep our promises.
 
+``REDIS_URL`` is one Redis, or a Sentinel service (:mod:`server.core.redis_address`). A Sentinel
+client's pool is redis-py's :class:`~redis.asyncio.sentinel.SentinelConnectionPool`, made blocking
+like the direct one: each new connection asks the sentinels for the current primary, and a connection
+that fails or meets ``READONLY`` (a primary demoted under it) is dropped, so the next command (and
+the one retry) goes to the primary the sentinels name now. Every client follows a failover by itself.
+
 With an external Redis the server reads its configuration at start-up and warns when an acknowledged
 write might not be on disk (AOF off, or ``appendfsync`` other than ``always``) or when durable keys
 could be evicted (a ``maxmemory-policy`` other than ``noeviction`` or ``volatile-*``).
@@ -9,31 +15,67 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
+from redis.asyncio.connection import AbstractConnection, Connection
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+
+from server.core.redis_address import DirectRedis, RedisAddress, SentinelRedis
 
 log = logging.getLogger(__name__)
 
 
 MAX_CONNECTIONS = 256
 POOL_WAIT_SECONDS = 20.0
+SENTINEL_TIMEOUT_SECONDS = 0.5  # one sentinel's answer; an unreachable one costs at most this per lookup
 
 
-async def connect(url: str, *, decode_responses: bool = True, timeout: float = 10.0,
+class BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+    """redis-py's Sentinel pool (discovery, failover) with the blocking pool's wait for a free
+    connection; closing it also closes the connections to the sentinels.
+
+    A connection released while it still points at a primary that has since been replaced is
+    disconnected (it reconnects to the current one when next used): redis-py's asyncio pool does not
+    check ``owns_connection`` on release, and its own ``owns_connection`` fails on this base class."""
+
+    def owns_connection(self, connection: Connection) -> bool:
+        return (not self.is_master or self.master_address is None
+                or self.master_address == (connection.host, connection.port))
+
+    async def release(self, connection: AbstractConnection) -> None:
+        if isinstance(connection, Connection) and not self.owns_connection(connection):
+            await connection.disconnect()
+        await super().release(connection)
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        for sentinel in self.sentinel_manager.sentinels:
+            await sentinel.aclose()
+
+
+async def connect(address: RedisAddress | str, *, decode_responses: bool = True, timeout: float = 10.0,
                   max_connections: int = MAX_CONNECTIONS, pool_wait_seconds: float = POOL_WAIT_SECONDS,
                   socket_timeout: float | None = 5.0) -> Redis:
     """A client on its own pool. A blocking pool: under a burst callers wait (up to
     ``pool_wait_seconds``) for a connection instead of failing with "too many connections". A command
     that gets no answer within ``socket_timeout`` fails (a paused or overloaded Redis must not hold a
     request), and one that meets a connection the server closed (a stale pooled one, after a Redis
-    restart) is retried once on a fresh connection."""
-    pool = BlockingConnectionPool.from_url(url, decode_responses=decode_responses, health_check_interval=30,
-                                           max_connections=max_connections, timeout=pool_wait_seconds,
-                                           socket_timeout=socket_timeout,
-                                           socket_connect_timeout=min(socket_timeout or 5.0, 5.0),
-                                           retry_on_error=[RedisConnectionError])
+    restart, or one to a primary that was demoted) is retried once on a fresh connection."""
+    if isinstance(address, str):
+        address = DirectRedis(address)
+    options: dict[str, Any] = dict(decode_responses=decode_responses, health_check_interval=30,
+                                   max_connections=max_connections, timeout=pool_wait_seconds,
+                                   socket_timeout=socket_timeout,
+                                   socket_connect_timeout=min(socket_timeout or 5.0, 5.0),
+                                   retry_on_error=[RedisConnectionError])
+    pool: BlockingConnectionPool
+    if isinstance(address, SentinelRedis):
+        pool = _sentinel_pool(address, options)
+    else:
+        pool = BlockingConnectionPool.from_url(address.url, **options)
     client = Redis(connection_pool=pool)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -46,6 +88,35 @@ async def connect(url: str, *, decode_responses: bool = True, timeout: float = 1
                 await client.aclose()
                 raise
             await asyncio.sleep(0.05)
+
+
+async def follow_primary(pool: ConnectionPool) -> None:
+    """With Sentinel, ask who the primary is now; if it moved, the pool drops its connections to the
+    old one (idle ones at once, busy ones when released). A connection to a primary being demoted gets
+    no error until the demotion (Sentinel can take 10 s to reconfigure a live old primary); this moves
+    the pool within a second, called by the replication watch and after a write's wait fell short."""
+    if isinstance(pool, SentinelConnectionPool):
+        await pool.get_master_address()  # type: ignore[no-untyped-call]
+
+
+def on_current_primary(pool: ConnectionPool, connection: AbstractConnection) -> bool:
+    """False when ``connection`` points at a primary the sentinels have replaced (always True
+    without Sentinel): a long-lived connection (pub/sub) should then be made again."""
+    if isinstance(pool, BlockingSentinelPool) and isinstance(connection, Connection):
+        return pool.owns_connection(connection)
+    return True
+
+
+def _sentinel_pool(address: SentinelRedis, options: dict[str, Any]) -> BlockingSentinelPool:
+    tls: dict[str, Any] = {"ssl": True} if address.tls else {}
+    sentinel_timeout = min(SENTINEL_TIMEOUT_SECONDS, options["socket_connect_timeout"])
+    sentinel_options: dict[str, Any] = dict(socket_timeout=sentinel_timeout, socket_connect_timeout=sentinel_timeout,
+                                            decode_responses=True, **tls)
+    if address.sentinel_password is not None:
+        sentinel_options.update(username=address.sentinel_username, password=address.sentinel_password)
+    manager = Sentinel(list(address.sentinels), sentinel_kwargs=sentinel_options)  # type: ignore[no-untyped-call]
+    return BlockingSentinelPool(address.service, manager, db=address.db, username=address.username,  # type: ignore[no-untyped-call]
+                                password=address.password, **tls, **options)
 
 
 async def durability_warnings(client: Redis) -> list[str]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from server.core.networks import Network, parse_networks
+from server.core.redis_address import RedisAddress, parse_redis_address
 
 
 class SettingsError(ValueError):
@@ -30,8 +31,8 @@ class PublisherToken:
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    redis_url: str | None = None
-    cache_redis_url: str | None = None
+    redis_address: RedisAddress | None = None  # REDIS_URL; None: the embedded redis-server
+    cache_redis_address: RedisAddress | None = None
     data_dir: Path = Path("var")
     host: str = "127.0.0.1"
     port: int = 8080
@@ -60,6 +61,8 @@ class Settings:
     push_max_in_flight: int = 200
     redis_pool_size: int = 64
     redis_timeout_seconds: float = 1.0
+    min_replicas_acked: int | None = None  # None: 1 when the primary has replicas, else 0
+    replica_ack_timeout_seconds: float = 0.5
     websub_lease_default: int = 10 * 24 * 3600
     websub_lease_min: int = 60
     websub_lease_max: int = 30 * 24 * 3600
@@ -88,8 +91,8 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
         settings = cls(
-            redis_url=_redis_url(env, "REDIS_URL"),
-            cache_redis_url=_redis_url(env, "SYNDICATE_CACHE_REDIS_URL"),
+            redis_address=_redis_address(env, "REDIS_URL"),
+            cache_redis_address=_redis_address(env, "SYNDICATE_CACHE_REDIS_URL"),
             data_dir=Path(env.get("SYNDICATE_DATA_DIR") or "var"),
             host=env.get("SYNDICATE_HOST") or "127.0.0.1",
             port=_int(env, "SYNDICATE_PORT", 8080, low=1, high=65535),
@@ -118,6 +121,9 @@ class Settings:
             push_max_in_flight=_int(env, "SYNDICATE_PUSH_MAX_IN_FLIGHT", 200, low=1, high=5000),
             redis_pool_size=_int(env, "SYNDICATE_REDIS_POOL_SIZE", 64, low=4, high=10000),
             redis_timeout_seconds=_int(env, "SYNDICATE_REDIS_TIMEOUT_MS", 1000, low=50, high=60000) / 1000,
+            min_replicas_acked=_min_replicas(env),
+            replica_ack_timeout_seconds=_int(env, "SYNDICATE_REPLICA_ACK_TIMEOUT_MS", 500, low=10,
+                                             high=60000) / 1000,
             websub_lease_default=_int(env, "SYNDICATE_WEBSUB_LEASE_DEFAULT", 10 * 24 * 3600, low=1),
             websub_lease_min=_int(env, "SYNDICATE_WEBSUB_LEASE_MIN", 60, low=1),
             websub_lease_max=_int(env, "SYNDICATE_WEBSUB_LEASE_MAX", 30 * 24 * 3600, low=1),
@@ -129,6 +135,9 @@ class Settings:
         )
         if settings.websub_lease_min > settings.websub_lease_max:
             raise SettingsError("SYNDICATE_WEBSUB_LEASE_MIN: it is larger than SYNDICATE_WEBSUB_LEASE_MAX")
+        if settings.replica_ack_timeout_seconds >= settings.redis_timeout_seconds:
+            raise SettingsError("SYNDICATE_REPLICA_ACK_TIMEOUT_MS: it must be shorter than SYNDICATE_REDIS_TIMEOUT_MS "
+                                "(a commit and its wait share one answer)")
         return settings
 
 
@@ -173,13 +182,21 @@ def _networks(env: Mapping[str, str]) -> tuple[Network, ...]:
         raise SettingsError(str(exc)) from None
 
 
-def _redis_url(env: Mapping[str, str], name: str) -> str | None:
+def _redis_address(env: Mapping[str, str], name: str) -> RedisAddress | None:
     raw = (env.get(name) or "").strip()
     if not raw:
         return None
-    if urlsplit(raw).scheme not in ("redis", "rediss", "unix"):
-        raise SettingsError(f"{name}: expected a redis://, rediss:// or unix:// URL, got scheme of {raw[:20]!r}")
-    return raw
+    try:
+        return parse_redis_address(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name}: {exc}") from None
+
+
+def _min_replicas(env: Mapping[str, str]) -> int | None:
+    raw = (env.get("SYNDICATE_MIN_REPLICAS_ACKED") or "").strip()
+    if raw.lower() in ("", "auto"):
+        return None
+    return _int(env, "SYNDICATE_MIN_REPLICAS_ACKED", 0, low=0, high=16)
 
 
 def _base_url(env: Mapping[str, str]) -> str | None:

@@ -16,10 +16,10 @@ from typing import Any
 
 import orjson
 from redis.asyncio import Redis
-from redis.exceptions import WatchError
 
 from server.core import keys
 from server.core.errors import Conflict, NotFound, Problem
+from server.core.replication import ReplicaAcks
 from server.core.values import utc_now
 from server.domain.feeds import FORMATS
 from server.domain.partners import ALL, AccessKey, IssuedKey, Partner, check_name, new_key
@@ -31,13 +31,24 @@ redis.call('SADD', KEYS[2], ARGV[2])
 return redis.call('INCR', KEYS[3])
 """
 
+# KEYS: record, generation. ARGV: the record JSON read, the new one. The new generation, or 0 if the
+# record changed since it was read (compare and set: the write and its wait share a pipeline, no MULTI).
+_REPLACE_LUA = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+return redis.call('INCR', KEYS[2])
+"""
+
 
 class PartnerStore:
     """Partners in Redis: one JSON record per partner, a set of names, and a generation counter."""
 
-    def __init__(self, redis: Redis, feed_names: Iterable[str]) -> None:
+    def __init__(self, redis: Redis, feed_names: Iterable[str], acks: ReplicaAcks | None = None) -> None:
         self.redis = redis
         self.feed_names = set(feed_names)
+        self.acks = acks or ReplicaAcks(redis, 0, 1.0)  # default: a single Redis, nothing to wait for
+        self._create = redis.register_script(_CREATE_LUA)
+        self._replace = redis.register_script(_REPLACE_LUA)
 
     async def load_all(self) -> tuple[list[Partner], int]:
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -61,8 +72,10 @@ class PartnerStore:
         partner = Partner(name=name, feeds=self._feeds(feeds), formats=_formats(formats), media=media,
                           contact=contact, notes=notes, rate_limit=_rate_limit(rate_limit),
                           keys=(AccessKey(key_id, digest, utc_now(), _future(expires_at)),))
-        generation = await self.redis.eval(_CREATE_LUA, 3, keys.partner(name), keys.partner_names(),
-                                           keys.partners_generation(), orjson.dumps(partner.to_record()), name)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            await self._create(keys=[keys.partner(name), keys.partner_names(), keys.partners_generation()],
+                               args=[orjson.dumps(partner.to_record()), name], client=pipe)
+            [generation] = await self.acks.execute(pipe)
         if not generation:
             raise Conflict(f"A partner named {name!r} exists already.", slug="partner-exists")
         await self.redis.publish(keys.PARTNERS_CHANNEL, str(generation))
@@ -100,22 +113,18 @@ class PartnerStore:
 
     async def _modify(self, name: str, change: Any) -> Partner:
         record_key = keys.partner(check_name(name))
-        async with self.redis.pipeline(transaction=True) as pipe:
-            for _attempt in range(20):
-                try:
-                    await pipe.watch(record_key)
-                    raw = await pipe.get(record_key)
-                    if raw is None:
-                        raise NotFound(f"No partner {name!r}.")
-                    partner = change(Partner.from_record(orjson.loads(raw)))
-                    pipe.multi()
-                    pipe.set(record_key, orjson.dumps(partner.to_record()))
-                    pipe.incr(keys.partners_generation())
-                    results = await pipe.execute()
-                    await self.redis.publish(keys.PARTNERS_CHANNEL, str(results[-1]))
-                    return partner
-                except WatchError:
-                    continue
+        for _attempt in range(20):
+            raw = await self.redis.get(record_key)
+            if raw is None:
+                raise NotFound(f"No partner {name!r}.")
+            partner = change(Partner.from_record(orjson.loads(raw)))
+            async with self.redis.pipeline(transaction=False) as pipe:
+                await self._replace(keys=[record_key, keys.partners_generation()],
+                                    args=[raw, orjson.dumps(partner.to_record())], client=pipe)
+                [generation] = await self.acks.execute(pipe)
+            if generation:
+                await self.redis.publish(keys.PARTNERS_CHANNEL, str(generation))
+                return partner
         raise Conflict(f"Partner {name!r} is being changed by someone else; try again.")
 
     def _feeds(self, feeds: Any) -> tuple[str, ...]:

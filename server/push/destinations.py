@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 
 from server.core import keys
 from server.core.errors import NotFound
+from server.core.replication import ReplicaAcks
 from server.core.values import iso, parse_iso, utc_now
 from server.domain.delivery import DestinationKind
 
@@ -69,16 +70,26 @@ def new_webhook(partner: str, url: str, fmt: str, secret: str) -> Destination:
                        partner=partner, created_at=utc_now())
 
 
+# KEYS: record, ids. ARGV: record JSON, id. Both at once, without MULTI (its wait follows in the pipeline).
+_SAVE_LUA = """
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('SADD', KEYS[2], ARGV[2])
+return 1
+"""
+
+
 class DestinationStore:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, acks: ReplicaAcks | None = None) -> None:
         self.redis = redis
+        self.acks = acks or ReplicaAcks(redis, 0, 1.0)  # default: a single Redis, nothing to wait for
+        self._save = redis.register_script(_SAVE_LUA)
 
     async def save(self, destination: Destination) -> Destination:
         destination = destination if destination.created_at else replace(destination, created_at=utc_now())
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(keys.destination(destination.id), orjson.dumps(destination.to_record()))
-            pipe.sadd(keys.destination_ids(), destination.id)
-            await pipe.execute()
+        async with self.redis.pipeline(transaction=False) as pipe:  # the write and its wait: one connection
+            await self._save(keys=[keys.destination(destination.id), keys.destination_ids()],
+                             args=[orjson.dumps(destination.to_record()), destination.id], client=pipe)
+            await self.acks.execute(pipe)
         return destination
 
     async def get(self, destination_id: str) -> Destination | None:

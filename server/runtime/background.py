@@ -11,6 +11,7 @@ from datetime import timedelta
 from server.articles.store import ArticleStore
 from server.core import keys
 from server.core.embedded_redis import EmbeddedRedis
+from server.core.replication import ReplicaAcks
 from server.core.settings import Settings
 from server.core.values import utc_now
 from server.observability.logs import ACCESS_LINES
@@ -152,3 +153,18 @@ class EpochWatch(PeriodicJob):
         redis = self.store.redis
         await redis.set(keys.store_epoch(), secrets.token_hex(8), nx=True)
         return str(await redis.get(keys.store_epoch()))
+
+
+class ReplicationWatch(PeriodicJob):
+    """Every second: with Sentinel, make each pool follow a primary that moved (``follow_primary``),
+    then re-read how many replicas a durable write waits for (``server.core.replication``)."""
+
+    name = where = "replication"
+    interval = 1.0
+
+    def __init__(self, metrics: Metrics, acks: ReplicaAcks) -> None:
+        super().__init__(metrics)
+        self.acks = acks
+
+    async def tick(self) -> None:
+        await self.acks.refresh()

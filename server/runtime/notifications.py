@@ -1,6 +1,7 @@
 """One pub/sub subscription per process, shared by everything that must hear of changes elsewhere.
 
-Handlers are registered per channel; ``on_connect`` callbacks run after every (re)subscription, so
+Handlers are registered per channel; ``on_connect`` callbacks run after every (re)subscription (after
+a lost connection, or a Sentinel failover: the pool moved to the new primary), so
 whatever was announced while the connection was down is caught up by re-reading state (generation
 numbers), and every ``resync_seconds`` without a message as a cheap safety net.
 """
@@ -13,6 +14,9 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from server.core.redis_connection import on_current_primary
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +63,11 @@ class Subscriber:
                 while not self._stopping:
                     message = await pubsub.get_message(timeout=self.resync_seconds)
                     if message is None:
+                        if pubsub.connection is not None and not on_current_primary(self.redis.connection_pool,
+                                                                                    pubsub.connection):
+                            # With Sentinel: the primary moved (the pool no longer owns a connection
+                            # to the old one); subscribe again on the new one, and resync.
+                            raise RedisConnectionError("the primary moved")
                         await self._resync()
                     elif message.get("type") == "message":
                         handler = self._handlers.get(message["channel"])

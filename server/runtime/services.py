@@ -21,12 +21,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from enum import StrEnum
 
-from redis.asyncio import Redis
+from redis.asyncio import ConnectionPool, Redis
 
 from server.articles.store import ArticleStore
 from server.core import keys
 from server.core.embedded_redis import EmbeddedRedis, start_embedded_redis
+from server.core.redis_address import DirectRedis, RedisAddress
 from server.core.redis_connection import connect, durability_warnings
+from server.core.replication import ReplicaAcks
 from server.core.settings import Settings
 from server.domain.callers import TokenTable
 from server.domain.feeds import FeedDefinition, load_feed_definitions
@@ -42,7 +44,14 @@ from server.push.destinations import DestinationStore
 from server.push.dispatcher import ensure_dispatch_group
 from server.push.queue import PushQueue
 from server.push.worker import PushWorker
-from server.runtime.background import EmbargoJob, EmbeddedRedisJob, EpochWatch, FlushJob, RetentionJob
+from server.runtime.background import (
+    EmbargoJob,
+    EmbeddedRedisJob,
+    EpochWatch,
+    FlushJob,
+    ReplicationWatch,
+    RetentionJob,
+)
 from server.runtime.heartbeat import Heartbeat
 from server.runtime.jobs import JobGroup
 from server.runtime.notifications import Subscriber
@@ -72,6 +81,9 @@ class RedisClients:
     ``push``: the dispatcher and the deliveries, sized above the deliveries a worker makes at once
     (``SYNDICATE_PUSH_MAX_IN_FLIGHT``), with a pool wait shorter than a delivery's lease. ``cache``:
     rendered feeds, as bytes, on the cache Redis when there is one.
+
+    Each is on ``REDIS_URL``'s address: with Sentinel, each pool finds the primary by itself and
+    follows a failover (``server.core.redis_connection``).
     """
 
     store: Redis
@@ -81,8 +93,8 @@ class RedisClients:
     cache: Redis
 
     @classmethod
-    async def open(cls, url: str, settings: Settings, role: Role) -> RedisClients:
-        cache_url = settings.cache_redis_url or url
+    async def open(cls, url: RedisAddress, settings: Settings, role: Role) -> RedisClients:
+        cache_url = settings.cache_redis_address or url
         if role is Role.COMMAND:
             store = await connect(url, max_connections=COMMAND_POOL, pool_wait_seconds=POOL_WAIT_SECONDS)
             cache = await connect(cache_url, decode_responses=False, max_connections=COMMAND_POOL)
@@ -107,6 +119,10 @@ class RedisClients:
             raise
         return cls(*opened)
 
+    def pools(self) -> list[ConnectionPool]:
+        return list({id(c.connection_pool): c.connection_pool for c in
+                     (self.store, self.flush, self.pubsub, self.push, self.cache)}.values())
+
     async def close(self) -> None:
         for client in {id(c): c for c in (self.store, self.flush, self.pubsub, self.push, self.cache)}.values():
             with contextlib.suppress(Exception):
@@ -122,6 +138,7 @@ class Services:
     tokens: TokenTable
     embedded: EmbeddedRedis | None
     redis: RedisClients
+    acks: ReplicaAcks  # how many replicas a durable write waits for, for every store of the process
     store: ArticleStore
     builder: FeedBuilder
     cache: FeedCache
@@ -142,27 +159,29 @@ def _build(settings: Settings, role: Role, metrics: Metrics, embedded: EmbeddedR
            clients: RedisClients) -> Services:
     feeds = load_feed_definitions(settings.feeds_dir)
     tokens = TokenTable(settings)
-    store = ArticleStore(clients.store, feeds)
+    acks = ReplicaAcks(clients.store, settings.min_replicas_acked, settings.replica_ack_timeout_seconds,
+                       clients.pools())
+    store = ArticleStore(clients.store, feeds, acks=acks)
     builder = FeedBuilder(store, settings)
     cache = FeedCache(clients.store, clients.cache, builder, feeds, settings.feed_cache_ttl_seconds,
                       settings.memory_cache_bytes, metrics)
     store.on_change = cache.apply_notice  # read-your-writes on the process that took the write
-    partners = PartnerStore(clients.store, feeds)
+    partners = PartnerStore(clients.store, feeds, acks)
     ledger = PollLedger(clients.flush)
     limiter = RateLimiter(clients.flush)
     access = AccessControl(partners, tokens, ledger, limiter, settings.default_rate_limit)
-    destinations, queue = DestinationStore(clients.store), PushQueue(clients.store)
+    destinations, queue = DestinationStore(clients.store, acks), PushQueue(clients.store)
     worker = None
     if role is Role.WORKER or (role is Role.SERVER and settings.run_workers):
-        push_store = ArticleStore(clients.push, feeds)
-        worker = PushWorker(clients.push, push_store, DestinationStore(clients.push), PushQueue(clients.push),
+        push_store = ArticleStore(clients.push, feeds, acks=acks)
+        worker = PushWorker(clients.push, push_store, DestinationStore(clients.push, acks), PushQueue(clients.push),
                             FeedBuilder(push_store, settings), feeds, ledger, lambda: access.table, settings,
                             consumer=f"{role}-{os.getpid()}", metrics=metrics)
     ops = OpsContext(store, partners, ledger, destinations, queue, feeds)
     jobs, push_jobs = JobGroup(metrics), JobGroup(metrics)
     heartbeat = Heartbeat(metrics, clients.store, settings.heartbeat_seconds,
                           pushing=lambda: worker is not None and push_jobs.all_alive())
-    return Services(settings, role, metrics, feeds, tokens, embedded, clients, store, builder, cache, partners,
+    return Services(settings, role, metrics, feeds, tokens, embedded, clients, acks, store, builder, cache, partners,
                     ledger, limiter, access, destinations, queue, ops, worker, jobs, push_jobs, heartbeat)
 
 
@@ -172,15 +191,16 @@ async def open_services(settings: Settings, role: Role, metrics: Metrics | None 
     a last flush, the subscription), then Redis closed and the embedded Redis, if any, stopped."""
     metrics = metrics or Metrics()
     embedded = None
-    url = settings.redis_url
+    url = settings.redis_address
     if url is None:
         embedded = start_embedded_redis(settings.data_dir, settings.redis_server_bin)
-        url = embedded.url
+        url = DirectRedis(embedded.url)
     try:
         clients = await RedisClients.open(url, settings, role)
         try:
             services = _build(settings, role, metrics, embedded, clients)
             await ensure_dispatch_group(clients.store)
+            await services.acks.refresh()
             if role is Role.COMMAND:
                 yield services
                 return
@@ -222,6 +242,7 @@ async def _running(services: Services, clients: RedisClients) -> AsyncIterator[N
             jobs.start(EmbargoJob(services.metrics, services.store))
             jobs.start(RetentionJob(services.metrics, services.store, services.settings))
             jobs.start(epoch_watch)
+            jobs.start(ReplicationWatch(services.metrics, services.acks))
             if services.embedded is not None and services.embedded.owner:
                 jobs.start(EmbeddedRedisJob(services.metrics, services.embedded, services.settings.redis_server_bin))
             if worker is not None:
