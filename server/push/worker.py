@@ -21,6 +21,7 @@ from server.domain.partners import KeyTable
 from server.feeds.builder import FeedBuilder
 from server.observability.metrics import Metrics
 from server.partners.ledger import PollLedger
+from server.partners.propagation import Requirements
 from server.push.deliverer import Deliverer
 from server.push.destinations import DestinationStore
 from server.push.dispatcher import Dispatcher, ensure_dispatch_group
@@ -39,9 +40,9 @@ class PushWorker:
         self._session: aiohttp.ClientSession | None = None
         self.keeper = LeaseKeeper(destinations, feeds, key_table, self.session, settings.push_allow_networks)
         self.dispatcher = Dispatcher(redis, store, destinations, queue, feeds, key_table, self.keeper, consumer,
-                                     metrics)
+                                     metrics, Requirements(redis))
         self.deliverer = Deliverer(redis, store, destinations, queue,
-                                   Payloads(builder, feeds, f"{settings.base_url}/hub"), ledger, key_table,
+                                   Payloads(builder, feeds, f"{settings.base_url}/hub", key_table), ledger, key_table,
                                    settings, self.session, metrics)
 
     def session(self) -> aiohttp.ClientSession:

@@ -36,6 +36,7 @@ from server.observability.metrics import Metrics, new_process_id, release_proces
 from server.ops.views import OpsContext
 from server.partners.access import AccessControl
 from server.partners.ledger import PollLedger
+from server.partners.propagation import Requirements
 from server.partners.ratelimit import RateLimiter
 from server.partners.store import PartnerStore
 from server.push.destinations import DestinationStore
@@ -152,7 +153,7 @@ def _build(settings: Settings, role: Role, metrics: Metrics, embedded: EmbeddedR
         worker = PushWorker(clients.push, push_store, DestinationStore(clients.push), PushQueue(clients.push),
                             FeedBuilder(push_store, settings), feeds, ledger, lambda: access.table, settings,
                             consumer=f"{role}-{os.getpid()}", metrics=metrics)
-    ops = OpsContext(store, partners, ledger, destinations, queue, feeds)
+    ops = OpsContext(store, partners, ledger, destinations, queue, feeds, Requirements(clients.store))
     jobs, push_jobs = JobGroup(metrics), JobGroup(metrics)
     heartbeat = Heartbeat(metrics, clients.store, settings.heartbeat_seconds,
                           pushing=lambda: worker is not None and push_jobs.all_alive())
@@ -206,7 +207,7 @@ async def _running(services: Services, clients: RedisClients) -> AsyncIterator[N
             jobs.start(FlushJob(services.metrics, services.limiter, services.ledger,
                                 services.settings.flush_interval_seconds))
             jobs.start(EmbargoJob(services.metrics, services.store))
-            jobs.start(RetentionJob(services.metrics, services.store, services.settings))
+            jobs.start(RetentionJob(services.metrics, services.store, services.settings, services.ops.requirements))
             if worker is not None:
                 await worker.start()
                 for job in worker.jobs:
