@@ -67,6 +67,7 @@ class OpsContext:
     queue: PushQueue
     feeds: dict[str, FeedDefinition]
     requirements: Requirements
+    settle: timedelta = timedelta(milliseconds=250)  # how old a change must be to be judged (see catch_up)
 
     @property
     def redis(self) -> Redis:
@@ -79,7 +80,7 @@ async def overview(ctx: OpsContext, now: datetime | None = None) -> StatusOvervi
     now = now or utc_now()
     await ctx.ledger.flush()
     partners, _generation = await ctx.partners.load_all()
-    await ctx.requirements.catch_up(ctx.store, partners, ctx.feeds.values())
+    await ctx.requirements.catch_up(ctx.store, partners, ctx.feeds.values(), ctx.settle)
     names = [p.name for p in partners]
     summaries = await ctx.requirements.summaries(names)
     seen = await ctx.ledger.last_seen(names)
@@ -150,7 +151,7 @@ def _partner_row(partner: Partner, summary: Summary, seen: tuple[datetime | None
 
 async def catch_up(ctx: OpsContext) -> None:
     """Record the requirements of changes no dispatcher has taken yet (see ``Requirements.catch_up``)."""
-    await ctx.requirements.catch_up(ctx.store, (await ctx.partners.load_all())[0], ctx.feeds.values())
+    await ctx.requirements.catch_up(ctx.store, (await ctx.partners.load_all())[0], ctx.feeds.values(), ctx.settle)
 
 
 async def partner_status(ctx: OpsContext, partner: Partner, now: datetime | None = None) -> PartnerStatus:
@@ -199,7 +200,7 @@ async def outstanding_gauges(ctx: OpsContext, now: datetime | None = None) -> li
     now = now or utc_now()
     await ctx.ledger.flush()
     everyone = (await ctx.partners.load_all())[0]
-    await ctx.requirements.catch_up(ctx.store, everyone, ctx.feeds.values())
+    await ctx.requirements.catch_up(ctx.store, everyone, ctx.feeds.values(), ctx.settle)
     partners = [p.name for p in everyone if p.active]
     counts = {(p, k): 0 for p in partners for k in (CORRECTION, KILL)}
     ages = dict.fromkeys(counts, 0.0)

@@ -15,6 +15,7 @@ items) instead of rescanning the change log: :meth:`summaries`, :meth:`outstandi
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -24,7 +25,7 @@ from redis.exceptions import ResponseError
 
 from server.articles.store import ArticleStore
 from server.core import keys
-from server.core.values import utc_now
+from server.core.values import parse_iso, utc_now
 from server.domain.articles import EMBARGO_LIFT, KILL, Article, ChangeKind, PubStatus
 from server.domain.delivery import ArticleReceipt, PartnerStatus, PollSummary
 from server.domain.feeds import FeedDefinition, in_feed
@@ -206,7 +207,7 @@ class Requirements:
         return await self.require(article, partners, feeds, main_headline(document))
 
     async def catch_up(self, store: ArticleStore, partners: Iterable[Partner], feeds: Iterable[FeedDefinition],
-                       limit: int = CATCH_UP_LIMIT) -> int:
+                       settle: timedelta = timedelta(0), limit: int = CATCH_UP_LIMIT) -> int:
         """Record the requirements of the changes no dispatcher has taken yet (no worker is running, or
         they are behind), so the summaries the ops views read never lag the change log by more than what
         is being dispatched. Recording is idempotent, so a dispatcher doing the same later is harmless."""
@@ -222,10 +223,14 @@ class Requirements:
         entries = await self.redis.xrange(keys.changelog(), f"({start}-0", "+", count=limit)
         if not entries:
             return 0
+        # Judged only once every receipt of what was served before them is in Redis.
+        wait = (settle - (utc_now() - parse_iso(entries[-1][1]["at"]))).total_seconds()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        now = utc_now()
         partners, feeds = tuple(partners), tuple(feeds)
         ids = list(dict.fromkeys(fields["id"] for _e, fields in entries if fields.get("kind") in TRACKED_KINDS
                                  or fields.get("kind") == EMBARGO_LIFT))
-        now = utc_now()
         for article in await store.get_many(ids):
             if in_feed(article, now, None):
                 await self.record(store, article, partners, feeds)

@@ -122,7 +122,7 @@ class Dispatcher:
 
     def __init__(self, redis: Redis, store: ArticleStore, destinations: DestinationStore, queue: PushQueue,
                  feeds: dict[str, FeedDefinition], key_table: Callable[[], KeyTable], keeper: Keeper,
-                 consumer: str, metrics: Metrics, requirements: Requirements) -> None:
+                 consumer: str, metrics: Metrics, requirements: Requirements, settle_seconds: float = 0.0) -> None:
         self.redis = redis
         self.store = store
         self.destinations = destinations
@@ -133,6 +133,9 @@ class Dispatcher:
         self.consumer = consumer
         self.metrics = metrics
         self.requirements = requirements
+        # Receipts are buffered up to a flush interval in every process: a change is judged only once
+        # the receipts of everything served before it are in Redis ("had the story" reads them).
+        self.settle_seconds = settle_seconds
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Fan out changes until ``stopping`` is set; every ``SWEEP_SECONDS`` also sweep (in this same
@@ -169,6 +172,9 @@ class Dispatcher:
         article = await self.store.get(article_id)
         if article is None or not in_feed(article, utc_now(), None):
             return []  # under embargo or withheld: its release or next revision will come through here
+        wait = self.settle_seconds - (utc_now() - article.latest.ingested_at).total_seconds()
+        if wait > 0:
+            await asyncio.sleep(wait)
         now = utc_now()
         table = self.key_table()
         required = await self.requirements.record(self.store, article, table.partners.values(), self.feeds.values())

@@ -31,6 +31,12 @@ from server.push.safety import SafeResolver
 from server.push.websub import LeaseKeeper
 
 
+def settle_seconds(settings: Settings) -> float:
+    """How old a change must be before it is judged: two flush intervals (every process writes the
+    receipts it buffered within one) and a little more."""
+    return 2 * settings.flush_interval_seconds + 0.05
+
+
 class PushWorker:
     def __init__(self, redis: Redis, store: ArticleStore, destinations: DestinationStore, queue: PushQueue,
                  builder: FeedBuilder, feeds: dict[str, FeedDefinition], ledger: PollLedger,
@@ -40,7 +46,7 @@ class PushWorker:
         self._session: aiohttp.ClientSession | None = None
         self.keeper = LeaseKeeper(destinations, feeds, key_table, self.session, settings.push_allow_networks)
         self.dispatcher = Dispatcher(redis, store, destinations, queue, feeds, key_table, self.keeper, consumer,
-                                     metrics, Requirements(redis))
+                                     metrics, Requirements(redis), settle_seconds(settings))
         self.deliverer = Deliverer(redis, store, destinations, queue,
                                    Payloads(builder, feeds, f"{settings.base_url}/hub", key_table), ledger, key_table,
                                    settings, self.session, metrics)

@@ -19,6 +19,7 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import timedelta
 from enum import StrEnum
 
 from redis.asyncio import Redis
@@ -42,7 +43,7 @@ from server.partners.store import PartnerStore
 from server.push.destinations import DestinationStore
 from server.push.dispatcher import ensure_dispatch_group
 from server.push.queue import PushQueue
-from server.push.worker import PushWorker
+from server.push.worker import PushWorker, settle_seconds
 from server.runtime.background import EmbargoJob, FlushJob, RetentionJob
 from server.runtime.heartbeat import Heartbeat
 from server.runtime.jobs import JobGroup
@@ -153,7 +154,8 @@ def _build(settings: Settings, role: Role, metrics: Metrics, embedded: EmbeddedR
         worker = PushWorker(clients.push, push_store, DestinationStore(clients.push), PushQueue(clients.push),
                             FeedBuilder(push_store, settings), feeds, ledger, lambda: access.table, settings,
                             consumer=f"{role}-{os.getpid()}", metrics=metrics)
-    ops = OpsContext(store, partners, ledger, destinations, queue, feeds, Requirements(clients.store))
+    ops = OpsContext(store, partners, ledger, destinations, queue, feeds, Requirements(clients.store),
+                     timedelta(seconds=settle_seconds(settings)))
     jobs, push_jobs = JobGroup(metrics), JobGroup(metrics)
     heartbeat = Heartbeat(metrics, clients.store, settings.heartbeat_seconds,
                           pushing=lambda: worker is not None and push_jobs.all_alive())
