@@ -7,7 +7,7 @@ call these functions, so they always agree. They answer the typed read models of
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -80,7 +80,7 @@ async def overview(ctx: OpsContext, now: datetime | None = None) -> StatusOvervi
     now = now or utc_now()
     await ctx.ledger.flush()
     partners, _generation = await ctx.partners.load_all()
-    await ctx.requirements.catch_up(ctx.store, partners, ctx.feeds.values(), ctx.settle)
+    await ctx.requirements.catch_up(ctx.store, _loaded(partners), ctx.feeds.values(), ctx.settle)
     names = [p.name for p in partners]
     summaries = await ctx.requirements.summaries(names)
     seen = await ctx.ledger.last_seen(names)
@@ -151,7 +151,17 @@ def _partner_row(partner: Partner, summary: Summary, seen: tuple[datetime | None
 
 async def catch_up(ctx: OpsContext) -> None:
     """Record the requirements of changes no dispatcher has taken yet (see ``Requirements.catch_up``)."""
-    await ctx.requirements.catch_up(ctx.store, (await ctx.partners.load_all())[0], ctx.feeds.values(), ctx.settle)
+    await ctx.requirements.catch_up(ctx.store, lambda: _all_partners(ctx), ctx.feeds.values(), ctx.settle)
+
+
+async def _all_partners(ctx: OpsContext) -> list[Partner]:
+    return (await ctx.partners.load_all())[0]
+
+
+def _loaded(partners: list[Partner]) -> Callable[[], Awaitable[list[Partner]]]:
+    async def given() -> list[Partner]:
+        return partners
+    return given
 
 
 async def partner_status(ctx: OpsContext, partner: Partner, now: datetime | None = None) -> PartnerStatus:
@@ -200,7 +210,7 @@ async def outstanding_gauges(ctx: OpsContext, now: datetime | None = None) -> li
     now = now or utc_now()
     await ctx.ledger.flush()
     everyone = (await ctx.partners.load_all())[0]
-    await ctx.requirements.catch_up(ctx.store, everyone, ctx.feeds.values(), ctx.settle)
+    await ctx.requirements.catch_up(ctx.store, _loaded(everyone), ctx.feeds.values(), ctx.settle)
     partners = [p.name for p in everyone if p.active]
     counts = {(p, k): 0 for p in partners for k in (CORRECTION, KILL)}
     ages = dict.fromkeys(counts, 0.0)

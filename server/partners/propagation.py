@@ -16,7 +16,8 @@ items) instead of rescanning the change log: :meth:`summaries`, :meth:`outstandi
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+import dataclasses
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -42,7 +43,7 @@ from server.partners.ledger import PUSH_PREFIX, PollLedger
 
 CATCH_UP_LIMIT = 2000  # change-log entries a view records at most before answering
 STATUS_ARTICLES = 500  # a partner's status lists at most this many articles
-SUMMARY_LAG_SCAN = 200  # lag revisions are summed over this many oldest outstanding articles (1 each beyond)
+SUMMARY_LAG_SCAN = 3  # lag revisions are summed over this many oldest outstanding articles (1 each beyond)
 
 # KEYS 1 items, 2 item hash, 3 item partners, 4 item pending; then per partner: received, required,
 # outstanding. ARGV 1 article, 2 version, 3 ingest ms, 4 "1" for a correction or kill, 5 kind, 6 uri,
@@ -104,21 +105,28 @@ end
 return result
 """
 
-# KEYS 1 outstanding, 2 required, 3 received. ARGV 1: how many oldest to sum the lag over.
-# Returns {count, oldest ms or false, lag revisions}.
+# KEYS: per partner its outstanding set, required hash, received hash. ARGV 1: how many oldest to sum
+# the lag over. Returns per partner {count, oldest ms or false, lag revisions}: one step for them all.
 _SUMMARY_LUA = """
-local count = redis.call('ZCARD', KEYS[1])
-if count == 0 then return {0, false, 0} end
-local oldest = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1, 'WITHSCORES')
-local lag = 0
-for i = 1, #oldest, 2 do
-  local required = tonumber(redis.call('HGET', KEYS[2], oldest[i]) or '0')
-  local got = redis.call('HGET', KEYS[3], oldest[i])
-  local have = got and tonumber(string.match(got, '^(%d+)')) or 0
-  lag = lag + math.max(required - have, 1)
+local result = {}
+for i = 0, #KEYS / 3 - 1 do
+  local outstanding, required, received = KEYS[3 * i + 1], KEYS[3 * i + 2], KEYS[3 * i + 3]
+  local count = redis.call('ZCARD', outstanding)
+  if count == 0 then
+    result[i + 1] = {0, false, 0}
+  else
+    local oldest = redis.call('ZRANGE', outstanding, 0, tonumber(ARGV[1]) - 1, 'WITHSCORES')
+    local lag = 0
+    for j = 1, #oldest, 2 do
+      local owed = tonumber(redis.call('HGET', required, oldest[j]) or '0')
+      local got = redis.call('HGET', received, oldest[j])
+      local have = got and tonumber(string.match(got, '^(%d+)')) or 0
+      lag = lag + math.max(owed - have, 1)
+    end
+    result[i + 1] = {count, oldest[2], lag + (count - #oldest / 2)}
+  end
 end
-lag = lag + (count - #oldest / 2)
-return {count, oldest[2], lag}
+return result
 """
 
 
@@ -206,8 +214,9 @@ class Requirements:
             document = (await store.revision(article.id, article.version - 1)).document
         return await self.require(article, partners, feeds, main_headline(document))
 
-    async def catch_up(self, store: ArticleStore, partners: Iterable[Partner], feeds: Iterable[FeedDefinition],
-                       settle: timedelta = timedelta(0), limit: int = CATCH_UP_LIMIT) -> int:
+    async def catch_up(self, store: ArticleStore, partners: Callable[[], Awaitable[Iterable[Partner]]],
+                       feeds: Iterable[FeedDefinition], settle: timedelta = timedelta(0),
+                       limit: int = CATCH_UP_LIMIT) -> int:
         """Record the requirements of the changes no dispatcher has taken yet (no worker is running, or
         they are behind), so the summaries the ops views read never lag the change log by more than what
         is being dispatched. Recording is idempotent, so a dispatcher doing the same later is harmless."""
@@ -218,8 +227,14 @@ class Requirements:
                 groups, caught_up = await pipe.execute()
             except ResponseError:
                 return 0  # no change log yet
-        delivered = next((g.get("last-delivered-id") for g in groups if g.get("name") == keys.DISPATCH_GROUP), "0-0")
-        start = max(int(str(delivered).partition("-")[0] or 0), int(caught_up or 0))
+        group = next((g for g in groups if g.get("name") == keys.DISPATCH_GROUP), None)
+        done = 0  # every change up to here has been recorded by a dispatcher
+        if group is not None:
+            done = int(str(group.get("last-delivered-id") or "0-0").partition("-")[0] or 0)
+            if group.get("pending"):  # taken but not yet acknowledged (being judged): not done yet
+                pending = await self.redis.xpending(keys.changelog(), keys.DISPATCH_GROUP)
+                done = min(done, int(str(pending["min"]).partition("-")[0]) - 1)
+        start = max(done, int(caught_up or 0))
         entries = await self.redis.xrange(keys.changelog(), f"({start}-0", "+", count=limit)
         if not entries:
             return 0
@@ -228,12 +243,17 @@ class Requirements:
         if wait > 0:
             await asyncio.sleep(wait)
         now = utc_now()
-        partners, feeds = tuple(partners), tuple(feeds)
-        ids = list(dict.fromkeys(fields["id"] for _e, fields in entries if fields.get("kind") in TRACKED_KINDS
-                                 or fields.get("kind") == EMBARGO_LIFT))
-        for article in await store.get_many(ids):
-            if in_feed(article, now, None):
-                await self.record(store, article, partners, feeds)
+        everyone, feeds = tuple(await partners()), tuple(feeds)  # read only when there is something to record
+        judged = [(fields["id"], int(fields["version"])) for _e, fields in entries
+                  if fields.get("kind") in TRACKED_KINDS or fields.get("kind") == EMBARGO_LIFT]
+        articles = {a.id: a for a in await store.get_many(list(dict.fromkeys(a for a, _v in judged)))}
+        for article_id, version in judged:  # each change at its own revision, as the dispatcher does
+            article = articles.get(article_id)
+            if article is None or not in_feed(article, now, None):
+                continue
+            if version < article.version:
+                article = dataclasses.replace(article, latest=await store.revision(article_id, version))
+            await self.record(store, article, everyone, feeds)
         await self._advance(keys=[keys.propagation_caught_up()], args=[entries[-1][0].partition("-")[0]])
         return len(entries)
 
@@ -269,12 +289,12 @@ class Requirements:
     # ----- reading: partners --------------------------------------------------------------------
 
     async def summaries(self, names: Sequence[str]) -> dict[str, Summary]:
-        """Each partner's outstanding count, oldest outstanding time and lag: one Lua step each, pipelined."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for name in names:
-                await self._summary(keys=[keys.partner_outstanding(name), keys.partner_required(name),
-                                          keys.partner_received(name)], args=[SUMMARY_LAG_SCAN], client=pipe)
-            answers = await pipe.execute()
+        """Each partner's outstanding count, oldest outstanding time and lag: one Lua step for them all."""
+        if not names:
+            return {}
+        answers = await self._summary(keys=[k for name in names for k in (
+            keys.partner_outstanding(name), keys.partner_required(name), keys.partner_received(name))],
+            args=[SUMMARY_LAG_SCAN])
         return {name: Summary(int(count), _ms(oldest) if oldest else None, int(lag))
                 for name, (count, oldest, lag) in zip(names, answers, strict=True)}
 

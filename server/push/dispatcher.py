@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -162,13 +163,13 @@ class Dispatcher:
         entries = list(stale) + [e for _stream, batch in fresh for e in batch]
         for entry_id, fields in entries:
             if fields and fields.get("kind") != PURGE:
-                await self.fan_out(fields["id"])
+                await self.fan_out(fields["id"], int(fields.get("version") or 0) or None)
             await self.redis.xack(keys.changelog(), keys.DISPATCH_GROUP, entry_id)
         return len(entries)
 
-    async def fan_out(self, article_id: str) -> list[str]:
-        """Record who must receive the article's newest revision, and queue it for every destination
-        that should get it."""
+    async def fan_out(self, article_id: str, version: int | None = None) -> list[str]:
+        """Record who must receive the change's revision (``version``; default the newest), and queue the
+        article's newest revision for every destination that should get it."""
         article = await self.store.get(article_id)
         if article is None or not in_feed(article, utc_now(), None):
             return []  # under embargo or withheld: its release or next revision will come through here
@@ -177,7 +178,15 @@ class Dispatcher:
             await asyncio.sleep(wait)
         now = utc_now()
         table = self.key_table()
-        required = await self.requirements.record(self.store, article, table.partners.values(), self.feeds.values())
+        if version is not None and version < article.version:
+            # A later change follows (it will be fanned out with its notices): record who must receive
+            # this revision, as of this revision.
+            older = dataclasses.replace(article, latest=await self.store.revision(article.id, version))
+            await self.requirements.record(self.store, older, table.partners.values(), self.feeds.values())
+            required = {}
+        else:
+            required = await self.requirements.record(self.store, article, table.partners.values(),
+                                                      self.feeds.values())
         picked = []
         for destination in await self.destinations.all():
             if not await self.keeper.keep(destination, now, table):
