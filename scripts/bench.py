@@ -985,7 +985,156 @@ def write_between(path: Path, start: str, end: str, content: str) -> None:
 
 # ----- main -----------------------------------------------------------------------------------------
 
-PARTS = ("render", "throughput", "staleness", "memory", "push", "storm")
+# ----- f. ops views at 1,000 partners -------------------------------------------------------------
+
+OPS_DESKS = 10  # bench feeds, one per desk (slugline prefix); each partner reads one
+OPS_STATUS_TARGET_MS = 100.0
+OPS_DASHBOARD_TARGET_MS = 300.0
+OPS_DASHBOARD_TARGET_KB = 300.0
+OPS_METRICS_TARGET_MS = 100.0
+
+
+def ops_feeds_dir(workdir: Path) -> Path:
+    folder = workdir / "ops-feeds"
+    folder.mkdir()
+    for desk in range(OPS_DESKS):
+        (folder / f"desk-{desk}.toml").write_text(
+            f'title = "Desk {desk}"\ndescription = "Desk {desk}"\n\n[filters]\nslugline_prefix = "desk-{desk}-"\n')
+    return folder
+
+
+async def seed_ops(redis_port: int, feeds_dir: Path, partners: int, changes: int, correction_share: float,
+                   received_share: float) -> dict[str, Any]:
+    """Partners, articles, corrections, receipts and requirements written straight through the stores
+    (as the server would have, without HTTP): ``changes`` change-log entries in the window, of which
+    ``correction_share`` corrections; each partner has received v1 of every article of its desk and
+    ``received_share`` of the corrections."""
+    from server.partners.ledger import PollLedger
+    from server.partners.propagation import Requirements
+    from server.partners.store import PartnerStore
+    from server.push.destinations import DestinationStore, new_webhook
+    from server.push.payloads import delivery_id
+    from server.push.queue import Claim, PushQueue
+
+    redis = await connect(f"redis://127.0.0.1:{redis_port}/0")
+    feeds = load_feed_definitions(feeds_dir)
+    store = ArticleStore(redis, feeds)
+    partner_store = PartnerStore(redis, feeds)
+    rng = random.Random(11)
+    started = time.monotonic()
+    for n in range(partners):
+        await partner_store.create(f"p{n:04d}", [f"desk-{n % OPS_DESKS}"], ["atom", "json"])
+    everyone = (await partner_store.load_all())[0]
+    seed = load_seed(SEED_V1)
+    corrections = int(changes * correction_share)
+    new = changes - corrections
+    ids = []
+    for index in range(new):
+        document = make_document(seed, index)
+        document["slugline"] = f"desk-{index % OPS_DESKS}-{index}"
+        await store.ingest(read_document(document), "bench")
+        ids.append((article_id_for_uri(document["uri"]), index % OPS_DESKS))
+    ledger = PollLedger(redis)
+    for partner in everyone:  # v1 of every article of its desk, by poll
+        desk = int(partner.feeds[0].split("-")[1])
+        manifest = tuple((a, 1) for a, d in ids if d == desk)
+        ledger.record(partner.name, None, partner.feeds[0], "atom", 200, 1000, f"bench-v1-{desk}", manifest)
+    await ledger.flush()
+    requirements = Requirements(redis)
+    corrected = rng.sample(range(new), corrections)
+    for index in corrected:
+        document = make_document(seed, index)
+        document["slugline"] = f"desk-{index % OPS_DESKS}-{index}"
+        document["headlines"] = [{"role": "main", "value": f"Corrected {index}"}]
+        document["versionCreated"] = "2031-01-01T00:00:00Z"
+        result = await store.ingest(read_document(document), "bench", signal="correction")
+        await requirements.record(store, result.article, everyone, feeds.values())
+    for partner in everyone:  # most corrections have been received since
+        desk = int(partner.feeds[0].split("-")[1])
+        got = tuple((ids[i][0], 2) for i in corrected if ids[i][1] == desk and rng.random() < received_share)
+        ledger.record(partner.name, None, partner.feeds[0], "atom", 200, 1000, f"bench-v2-{partner.name}", got)
+    await ledger.flush()
+    await redis.set("syn:propagation:caught-up", await redis.get("syn:changelog:seq") or 0)
+    # One dead endpoint with 600 deliveries given up on (the dashboard groups them into one row).
+    hook = await DestinationStore(redis).save(new_webhook(everyone[0].name, "https://dead.example/in", "ninjs",
+                                                          "s" * 32))
+    queue = PushQueue(redis)
+    for article_id, _desk in ids[:600]:
+        await queue.enqueue([hook.id], article_id, 1)
+        await queue.give_up(Claim(hook.id, article_id), 1, {
+            "delivery": delivery_id(hook.id, article_id, 1), "kind": "webhook", "destination": hook.id,
+            "partner": everyone[0].name, "url": hook.url, "article": article_id, "version": 1, "attempts": 9,
+            "firstAttemptAt": "2026-01-01T00:00:00Z", "lastAttemptAt": "2026-01-01T01:00:00Z",
+            "lastStatus": 503, "lastError": "HTTP 503"})
+    pairs = sum([await redis.zcard(f"syn:partner:{p.name}:outstanding") for p in everyone])
+    memory = (await redis.info("memory"))["used_memory"]
+    await redis.aclose()
+    return {"partners": partners, "changes": changes, "corrections": corrections, "outstanding_pairs": pairs,
+            "seed_seconds": time.monotonic() - started, "redis_mb": memory / 1e6}
+
+
+def bench_ops(children: Children, workdir: Path, partners: int, changes: int, runs: int) -> dict[str, Any]:
+    redis_port = start_redis(children, workdir, "redis-ops")
+    feeds_dir = ops_feeds_dir(workdir)
+    seeded = asyncio.run(seed_ops(redis_port, feeds_dir, partners, changes, 0.3, 0.9))
+    port, _proc = start_server(children, workdir, "server-ops", redis_port,
+                               {"SYNDICATE_FEEDS_DIR": str(feeds_dir)})
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    client = Client(port)
+    status, headers, _body = client.request("POST", "/ops/login", {"Content-Type": "application/x-www-form-urlencoded"},
+                                            urllib.parse.urlencode({"token": ADMIN_TOKEN}).encode())
+    cookie = headers.get("set-cookie", "").split(";")[0]
+    if status != 303 or not cookie:
+        raise SystemExit(f"bench: /ops/login answered {status}")
+
+    def timed(path: str, headers: dict[str, str], n: int) -> tuple[list[float], int]:
+        client.request("GET", path, headers)  # warm: the first read settles the pending sets
+        times, size = [], 0
+        for _ in range(n):
+            t0 = time.perf_counter()
+            code, _h, body = client.request("GET", path, headers)
+            times.append((time.perf_counter() - t0) * 1000)
+            if code != 200:
+                raise SystemExit(f"bench: GET {path} answered {code}")
+            size = len(body)
+        return times, size
+
+    status_ms, status_size = timed("/api/status", admin, runs)
+    dashboard_ms, dashboard_size = timed("/ops", {"Cookie": cookie}, max(5, runs // 3))
+    metrics_ms, _ = timed("/metrics", admin, runs)
+    propagation_ms, _ = timed("/api/propagation", admin, max(5, runs // 3))
+    client.close()
+    return {**seeded, "status_p95": percentile(sorted(status_ms), 95), "status_p50": statistics.median(status_ms),
+            "status_kb": status_size / 1000, "dashboard_p95": percentile(sorted(dashboard_ms), 95),
+            "dashboard_kb": dashboard_size / 1000, "metrics_p95": percentile(sorted(metrics_ms), 95),
+            "propagation_p95": percentile(sorted(propagation_ms), 95), "runs": runs}
+
+
+def ops_report(result: dict[str, Any], load: str) -> str:
+    def mark(ok: bool) -> str:
+        return "✓" if ok else "✗"
+
+    rows = [
+        ("`GET /api/status` p95", f"{result['status_p95']:.0f} ms (p50 {result['status_p50']:.0f} ms, "
+         f"{result['status_kb']:.0f} KB)", f"< {OPS_STATUS_TARGET_MS:.0f} ms",
+         mark(result["status_p95"] < OPS_STATUS_TARGET_MS)),
+        ("`GET /ops` (dashboard) p95", f"{result['dashboard_p95']:.0f} ms, {result['dashboard_kb']:.0f} KB",
+         f"< {OPS_DASHBOARD_TARGET_MS:.0f} ms and < {OPS_DASHBOARD_TARGET_KB:.0f} KB",
+         mark(result["dashboard_p95"] < OPS_DASHBOARD_TARGET_MS and result["dashboard_kb"] < OPS_DASHBOARD_TARGET_KB)),
+        ("`GET /metrics` p95", f"{result['metrics_p95']:.0f} ms", f"< {OPS_METRICS_TARGET_MS:.0f} ms",
+         mark(result["metrics_p95"] < OPS_METRICS_TARGET_MS)),
+        ("`GET /api/propagation` p95 (first page)", f"{result['propagation_p95']:.0f} ms", "", ""),
+    ]
+    lines = [f"**Ops views** ({result['partners']:,} partners, {result['changes']:,} changes in the window of "
+             f"which {result['corrections']:,} corrections, {result['outstanding_pairs']:,} (partner, article) "
+             f"pairs outstanding, 600 failed deliveries to one endpoint; {result['runs']} runs after one warm-up; "
+             f"seeded through the stores in {result['seed_seconds']:.0f} s, Redis {result['redis_mb']:.0f} MB; "
+             f"load {load}):", "", "| View | Measured | Target | |", "| --- | --- | --- | --- |"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    return "\n".join(lines)
+
+
+PARTS = ("render", "throughput", "staleness", "memory", "push", "storm", "ops")
 
 
 def main() -> int:
@@ -1007,6 +1156,9 @@ def main() -> int:
     parser.add_argument("--storm-partners", type=int, default=100, help="partners in the storm (default 100)")
     parser.add_argument("--storm-articles", type=int, default=1000, help="stories in the storm (default 1,000)")
     parser.add_argument("--storm-seed", type=int, default=11, help="the storm's random seed")
+    parser.add_argument("--ops-partners", type=int, default=1000, help="partners for the ops views (default 1000)")
+    parser.add_argument("--ops-changes", type=int, default=10_000, help="changes in the window for the ops views")
+    parser.add_argument("--ops-runs", type=int, default=30, help="requests per ops view (p95)")
     parser.add_argument("--skip", action="append", default=[], choices=PARTS[1:],
                         help="leave out a part (repeatable)")
     parser.add_argument("--only", action="append", default=[], choices=PARTS,
@@ -1032,7 +1184,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     workdir = Path(tempfile.mkdtemp(prefix="syndicate-bench-"))
-    render = throughput = staleness = memory = push = storm = None
+    render = throughput = staleness = memory = push = storm = ops_views = None
     atom, credentials_note = b"", ""
     try:
         if "render" in parts:
@@ -1073,6 +1225,10 @@ def main() -> int:
         if "storm" in parts:
             print("f. the storm ...", file=sys.stderr)
             storm = bench_storm(workdir, args.storm_partners, args.storm_articles, args.storm_seed)
+        if "ops" in parts:
+            children.stop_all()
+            print("g. ops views at 1,000 partners ...", file=sys.stderr)
+            ops_views = bench_ops(children, workdir, args.ops_partners, args.ops_changes, args.ops_runs)
     finally:
         children.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -1087,6 +1243,8 @@ def main() -> int:
         outputs.append(("<!-- push:start -->", "<!-- push:end -->", push_report(push, load)))
     if storm is not None:
         outputs.append(("<!-- storm:start -->", "<!-- storm:end -->", storm_report(storm, load)))
+    if ops_views is not None:
+        outputs.append(("<!-- ops:start -->", "<!-- ops:end -->", ops_report(ops_views, load)))
     print("\n\n".join(text for _start, _end, text in outputs))
     if args.write_readme:
         for start_marker, end_marker, text in outputs:

@@ -397,6 +397,7 @@ class Sighting:
     version: int | None
     marker: tuple[str, int] | None
     canceled: bool
+    moment: str | None = None  # a ninjs notice's versionCreated: a withdrawal carries no marker
 
 
 @dataclass
@@ -457,7 +458,8 @@ def atom_sightings(body: bytes) -> list[Sighting]:
 def ninjs_sightings(body: bytes) -> list[Sighting]:
     document = orjson.loads(body)
     headline = next((h.get("value") for h in document.get("headlines") or [] if h.get("role") == "main"), None)
-    return [Sighting(document.get("uri", ""), None, marker_of(headline), document.get("pubStatus") == "canceled")]
+    return [Sighting(document.get("uri", ""), None, marker_of(headline), document.get("pubStatus") == "canceled",
+                     document.get("versionCreated"))]
 
 
 def marker_of(text: str | None) -> tuple[str, int] | None:
@@ -671,7 +673,9 @@ class Storm:
                 await self.final_polls()
                 await asyncio.sleep(2.0)  # every process's ledger flush (100 ms) with slack
                 truth = await self.read_store()
-                report = await self.admin_get("/api/propagation")
+                report = await self.admin_get("/api/propagation?limit=500")  # every item, on one page
+                if report is not None and len(report.get("items", [])) < report.get("totalItems", 0):
+                    raise AssertionError(f"the report has {report['totalItems']} items; raise the page limit")
                 self.analyse(truth, report)
         finally:
             self.stopping.set()
@@ -932,6 +936,27 @@ class Storm:
     async def final_polls(self) -> None:
         pollers = [p for p in self.partners.values() if p.kind in ("poller", "cursor")]
         await asyncio.gather(*(self.poll(p, feed) for p in pollers for feed in p.feeds))
+        await asyncio.gather(*(self.catch_up(p) for p in pollers))
+
+    async def catch_up(self, partner: Partner) -> None:
+        """What a poller does as the README says: ask ``/api/me/status`` what it has missed (a story
+        re-filed out of its feeds leaves the feed, so only this tells it of the withdrawal) and fetch
+        each item it lists."""
+        try:
+            status, _headers, body = await self.http("GET", partner.server, "/api/me/status",
+                                                     {"X-API-Key": partner.key})
+            if status != 200:
+                partner.errors += 1
+                self.result.client_errors += 1
+                return
+            for missed in orjson.loads(body).get("missed", []):
+                path = urlsplit(missed["links"]["item"]).path
+                status, _headers, item = await self.http("GET", partner.server, path, {"X-API-Key": partner.key})
+                if status == 200:
+                    self.saw(partner, ninjs_sightings(item))
+        except (TimeoutError, aiohttp.ClientError, ValueError, KeyError):
+            partner.errors += 1
+            self.result.client_errors += 1
 
     # quiescence
 
@@ -1064,6 +1089,7 @@ class Storm:
             stored[name] = {}
             for record in records:
                 version = int(record["version"])
+                MOMENTS[(story.uri, record.get("versionCreated"))] = version
                 doc = record.get("document") or {}
                 if record.get("pubStatus") == "canceled" or doc.get("pubStatus") == "canceled":
                     marker: tuple[str, int] | None = (name, 0)
@@ -1110,7 +1136,11 @@ class Storm:
                 row = listed.get(partner.name)
                 where = f"{item.get('kind')} {story.name} v{item['version']}"
                 if row is None:
-                    if saw_it:
+                    # Not listed: it was not owed this revision (it could not read it and had not had an
+                    # earlier one). Only a partner that saw this very revision, or had the story before
+                    # it, must be listed.
+                    version = int(item["version"])
+                    if version in had or any(v < version for v in had):
                         result.mismatches.append(f"{partner.name} saw {where} (saw {sorted(had)}), the report does not list it")
                 elif row.get("received") and not saw_it:
                     result.mismatches.append(f"{partner.name}: the report says it received {where} "
@@ -1159,8 +1189,13 @@ def resolve(item: Sighting, versions: dict[tuple[str, int], int], kills: dict[st
         return versions[item.marker]
     story = by_uri.get(item.uri)
     if item.canceled and story is not None:
-        return kills.get(story.name)
+        # a kill, or a withdrawal (a notice to a partner that had the story and may no longer read it)
+        return kills.get(story.name) or MOMENTS.get((item.uri, item.moment))
     return None
+
+
+# (uri, versionCreated) -> version, from the store's records: how a withdrawal notice is told apart.
+MOMENTS: dict[tuple[str, str | None], int] = {}
 
 
 def feed_limits() -> dict[str, tuple[bool, int]]:

@@ -173,7 +173,10 @@ async def test_retry_button_requeues_a_failed_delivery(aiohttp_client, settings,
 
         csrf = await login(client)
         page = await (await client.get("/ops")).text()
-        assert f'action="/ops/deliveries/{delivery}/retry"' in page and "Retry" in page
+        # Failed deliveries are grouped by destination, with one "Retry all" each (issue 11); the single
+        # delivery's retry stays as a route.
+        assert f'action="/ops/destinations/{hook.id}/retry"' in page and "Retry all" in page
+        assert f'data-destination="{hook.id}" data-count="1"' in page
         assert "<script>alert(1)" not in page and "&lt;script&gt;alert(1)&lt;/script&gt; &amp; &lt;b&gt;" in page
         assert "<i>bad request</i>" not in page and "&lt;i&gt;bad request&lt;/i&gt;" in page
         assert 'data-partner="acme" data-state="outstanding"' in page

@@ -17,12 +17,15 @@ from referencing.jsonschema import DRAFT202012
 
 from server.domain.articles import CORRECTION, KILL, ChangeKind, PubStatus
 from server.domain.delivery import ArticleReceipt, DestinationKind, PartnerStatus, PollSummary, ReceiptState
+from server.domain.propagation import Delivery
 from server.ops.models import (
     DeliveryAttempt,
     DeliveryFilter,
     DeliveryReport,
     FailedDelivery,
+    FailedDestination,
     Lag,
+    Page,
     PartnerHealth,
     PartnerRow,
     PropagationItem,
@@ -103,7 +106,7 @@ def test_article_receipt_to_json():
     assert receipt(received=False).to_json() == {
         "id": ARTICLE, "uri": "urn:example:1", "version": 3, "kind": "correction", "pubStatus": "usable",
         "received": False, "receivedVersion": 2, "receivedAt": None, "outstandingSince": "2024-05-01T10:00:00Z",
-        "outstandingSeconds": 330.25}
+        "outstandingSeconds": 330.25, "delivery": "content"}  # what it is sent (the propagation rule)
     done = receipt(received=True).to_json()
     assert done["receivedAt"] == "2024-05-01T10:05:30.250000Z" and done["outstandingSince"] is None
     assert receipt(True).state == ReceiptState.RECEIVED and receipt(False).state == ReceiptState.OUTSTANDING
@@ -161,10 +164,10 @@ def test_status_overview_to_json(spec):
 def test_propagation_receipt_to_json():
     assert PropagationReceipt("acme", True, LATER, 4, None).to_json() == {
         "partner": "acme", "received": True, "receivedAt": "2024-05-01T10:05:30.250000Z", "receivedVersion": 4,
-        "outstandingSeconds": None}
-    outstanding = PropagationReceipt("beta", False, None, None, 60.0)
+        "outstandingSeconds": None, "delivery": "content"}
+    outstanding = PropagationReceipt("beta", False, None, None, 60.0, Delivery.WITHDRAWAL)
     assert outstanding.to_json() == {"partner": "beta", "received": False, "receivedAt": None,
-                                     "receivedVersion": None, "outstandingSeconds": 60.0}
+                                     "receivedVersion": None, "outstandingSeconds": 60.0, "delivery": "withdrawal"}
     assert outstanding.state == ReceiptState.OUTSTANDING
 
 
@@ -173,7 +176,7 @@ def test_propagation_item_to_json(spec):
     body = item.to_json()
     assert body == {"id": ARTICLE, "uri": "urn:example:1", "kind": "kill", "version": 4,
                     "ingestedAt": "2024-05-01T10:00:00Z", "headline": "Headline",
-                    "partners": [row.to_json() for row in item.partners], "outstanding": 1}
+                    "partners": [row.to_json() for row in item.partners], "outstanding": 1, "required": 0}
     check(spec, "PropagationItem", body)
 
 
@@ -181,7 +184,8 @@ def test_propagation_report_to_json(spec):
     report = PropagationReport(since=AT, generated_at=LATER, items=(propagation_item(),), outstanding=1)
     body = report.to_json()
     assert body == {"from": "2024-05-01T10:00:00Z", "generatedAt": "2024-05-01T10:05:30.250000Z",
-                    "items": [propagation_item().to_json()], "outstanding": 1}
+                    "items": [propagation_item().to_json()], "outstanding": 1, "totalItems": 0,
+                    "outstandingItems": 0}
     check(spec, "Propagation", body)
     empty = PropagationReport(since=AT, generated_at=AT, items=(), outstanding=0).to_json()
     assert empty["items"] == [] and empty["outstanding"] == 0
@@ -264,12 +268,15 @@ def test_the_dashboard_template_reads_only_attributes_the_models_have():
     overview = StatusOverview(now, (partner_row(),), QueueSummary(1, 1, 0, 3.0, 1, 0, 1))
     html = env.get_template("ops_dashboard.html").render(
         now=now, refresh=15, csrf="token", flash=None,
-        propagation=PropagationReport(AT, now, (propagation_item(),), 1), overview=overview,
+        propagation=PropagationReport(AT, now, (propagation_item(),), 1, 1, 1), overview=overview,
         partners=overview.partners, counts={state.value: overview.count(state) for state in PartnerHealth},
-        failed=(FailedDelivery.from_record(failure_record()),),
+        items_page=Page(0, 20, 1), partners_page=Page(0, 50, 60), groups_page=Page(20, 20, 41),
+        pages={"items": 0, "partners": 0, "failed": 1}, failed_total=1,
+        groups=tuple(FailedDestination.group([FailedDelivery.from_record(failure_record())])),
         attempts=(DeliveryAttempt.from_fields(attempt_fields()),),
         chart=dashboard.activity_chart([{"start": now, "polls": 1, "pushes": 0}], now), behind_after=600.0)
     for shown in ('data-partner="beta" data-state="outstanding"', 'data-partner="acme" data-state="received"',
                   'data-state="behind"', "KILL", "webhook wh-1", "(public)", "TimeoutError: timed out", "HTTP 503",
-                  "50%", "received v4 at 2024-05-01 10:05:30 UTC", "oldest 3 s"):
+                  "50%", "received v4 at 2024-05-01 10:05:30 UTC", "oldest 3 s", "Retry all",
+                  "?partners=1#partners", "?failed=0#failed", "?failed=2#failed"):
         assert shown in html, shown

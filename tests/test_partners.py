@@ -248,13 +248,22 @@ async def test_seed_correction_outstanding_then_received(client, seed_v1, seed_v
     await create_partner(client, name="partner-b", feeds=["headlines"], formats=["atom"])
     await client.patch("/api/partners/partner-b", data=orjson.dumps({"feeds": ["world"]}), headers=ADMIN_JSON)
     status_b = await (await client.get("/api/partners/partner-b/status", headers=ADMIN)).json()
-    assert [a["received"] for a in status_b["articles"]] == [False]  # world holds it; b never polled
+    # Who must receive a revision is decided when it is dispatched (issue 11): b was granted world after
+    # the correction, so it owes world's later revisions, not that one.
+    assert status_b["articles"] == []
+    later = {**seed_v2, "versionCreated": "2030-01-01T00:00:00Z",
+             "headlines": [{"role": "main", "value": "A later correction"}]}
+    await publish(client, later, "?signal=correction")
+    status_b = await (await client.get("/api/partners/partner-b/status", headers=ADMIN)).json()
+    assert [(a["version"], a["received"]) for a in status_b["articles"]] == [(3, False)]  # world holds it
 
 
 async def test_item_fetch_counts_as_received(client, seed_v1, seed_v2):
+    # The partner exists before the correction: who must receive a revision is decided when it is
+    # dispatched (issue 11), so a partner made later owes only later revisions.
+    key = (await create_partner(client, name="items", feeds=["*"], formats=["newsml"]))["key"]
     await publish(client, seed_v1)
     await publish(client, seed_v2, "?signal=correction")
-    key = (await create_partner(client, name="items", feeds=["*"], formats=["newsml"]))["key"]
     article_id = article_id_for_uri(seed_v1["uri"])
     assert (await client.get(f"/items/{article_id}/newsml", headers={"X-API-Key": key})).status == 200
     status = await (await client.get("/api/partners/items/status", headers=ADMIN)).json()

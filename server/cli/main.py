@@ -144,8 +144,10 @@ def _parser() -> argparse.ArgumentParser:
     deliveries.add_argument("--failed", action="store_true", help="only failed attempts and given-up deliveries")
     deliveries.add_argument("--partner")
     deliveries.set_defaults(run=_deliveries)
-    retry = commands.add_parser("retry", help="send a failed delivery again (its article's newest revision)")
-    retry.add_argument("delivery_id", metavar="DELIVERY_ID")
+    retry = commands.add_parser("retry", help="send a failed delivery again (its article's newest revision), "
+                                              "or with --destination every failed delivery of one destination")
+    retry.add_argument("delivery_id", metavar="DELIVERY_ID", nargs="?")
+    retry.add_argument("--destination", metavar="ID", help="retry every failed delivery of this destination")
     retry.set_defaults(run=_retry)
 
     purge = commands.add_parser("purge", help="legal takedown: remove the bodies of every revision")
@@ -596,7 +598,16 @@ def _deliveries(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _retry(args: argparse.Namespace, settings: Settings) -> int:
+    if (args.delivery_id is None) == (args.destination is None):
+        raise CommandError("give either a DELIVERY_ID or --destination ID")
+
     async def action(context: OpsContext) -> None:
+        if args.destination is not None:
+            every = await ops.retry_destination(context, args.destination)
+            for result in every.requeued:
+                print(f"queued {result.article} v{result.version} for {result.destination} again")
+            print(f"{len(every.requeued)} failed deliveries to {every.destination} queued again")
+            return
         result = await ops.retry(context, args.delivery_id)
         print(f"queued {result.article} v{result.version} for {result.destination} again")
     return _ops_command(settings, action)

@@ -127,7 +127,8 @@ def partners_generation() -> str:
 
 
 def partner_last_used(name: str) -> str:
-    """Hash: key id -> when it was last used (written in the background, at most every flush)."""
+    """Hash: key id -> when it was last used (written in the background, at most every flush); the field
+    ``push`` holds the last acknowledged push."""
     return f"{PREFIX}:partner:{name}:last-used"
 
 
@@ -143,15 +144,57 @@ def partner_received(name: str) -> str:
     return f"{PREFIX}:partner:{name}:received"
 
 
+# The same key for a Lua script that names partners itself (it joins prefix, name and suffix).
+PARTNER_RECEIVED_PARTS = (f"{PREFIX}:partner:", ":received")
+
+
 def partner_required(name: str) -> str:
-    """Hash: article id -> the version the partner must receive (the requirement side of propagation)."""
+    """Hash: article id -> the newest version the partner must receive (a whole number), by the
+    propagation rule (:mod:`server.domain.propagation`): it may read that revision now, or it had an
+    earlier one. Written by the push dispatcher as it consumes each change (a Lua script that reads
+    :func:`partner_received` in the same step); entries of articles unchanged for the status window
+    are dropped by the retention job."""
     return f"{PREFIX}:partner:{name}:required"
 
 
 def partner_outstanding(name: str) -> str:
-    """Sorted set: article id scored by since when (epoch ms) the partner has owed its required version;
-    a receipt of that version or a later one removes it (``server.partners.receipts``)."""
+    """Sorted set: article id scored by since when (epoch ms: the ingest time of the first required
+    revision not yet received) the partner has owed it, for every article whose
+    :func:`partner_required` version is above its :func:`partner_received` version. Added by the
+    dispatcher's requirement script when received < required; removed by every receipt (poll flush,
+    acknowledged push) in the same Lua step that raises received to ``>= required``. Members older than
+    the status window are dropped by the retention job. ``ZCARD`` is the partner's outstanding count."""
     return f"{PREFIX}:partner:{name}:outstanding"
+
+
+def propagation_caught_up() -> str:
+    """Counter: the last change number whose requirements an ops view recorded itself because no
+    dispatcher had taken it yet (see ``Requirements.catch_up``)."""
+    return f"{PREFIX}:propagation:caught-up"
+
+
+def propagation_items() -> str:
+    """Sorted set: ``<article id>|<version>`` of every correction and kill, scored by its ingest time
+    (epoch ms); trimmed to the status window by the retention job."""
+    return f"{PREFIX}:propagation:items"
+
+
+def propagation_item(article_id: str, version: int) -> str:
+    """Hash: one correction or kill: ``kind``, ``uri``, ``headline``, ``ingestedAt`` (epoch ms)."""
+    return f"{PREFIX}:propagation:item:{article_id}:{version}"
+
+
+def propagation_partners(article_id: str, version: int) -> str:
+    """Hash: partner -> what it must be sent (``content``, ``kill``, ``withdrawal``) for that correction
+    or kill: every partner that must receive it (HLEN: how many)."""
+    return f"{PREFIX}:propagation:item:{article_id}:{version}:partners"
+
+
+def propagation_pending(article_id: str, version: int) -> str:
+    """Set: the partners of :func:`propagation_partners` not yet known to have received it. A read
+    settles it (removes, in a Lua step, every partner whose receipt reached the version), so it only
+    shrinks as receipts arrive; SCARD after settling is the item's outstanding count."""
+    return f"{PREFIX}:propagation:item:{article_id}:{version}:pending"
 
 
 def manifest(render_id: str) -> str:

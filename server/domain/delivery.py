@@ -14,6 +14,7 @@ from typing import Any
 
 from server.core.values import iso
 from server.domain.articles import ChangeKind, PubStatus
+from server.domain.propagation import Delivery
 
 
 class DestinationKind(StrEnum):
@@ -44,18 +45,20 @@ class PollSummary:
 
 @dataclass(frozen=True, slots=True)
 class ArticleReceipt:
-    """One article changed in the status window: has the partner received its latest version?"""
+    """One article the partner must receive (by the propagation rule) from the status window: has it
+    received the required version?"""
 
     id: str
     uri: str
-    version: int  # the article's latest version
-    kind: ChangeKind  # of the latest revision
+    version: int  # the version it must receive (the latest it is due)
+    kind: ChangeKind  # of that revision
     pub_status: PubStatus
     received: bool
     received_version: int | None
     received_at: datetime | None  # None unless received
     outstanding_since: datetime | None  # None when received
     outstanding_seconds: float | None
+    delivery: Delivery = Delivery.CONTENT  # what it is sent: the revision, or the kill or withdrawal notice
 
     @property
     def state(self) -> ReceiptState:
@@ -73,6 +76,7 @@ class ArticleReceipt:
             "receivedAt": iso(self.received_at),
             "outstandingSince": iso(self.outstanding_since),
             "outstandingSeconds": self.outstanding_seconds,
+            "delivery": self.delivery.value,
         }
 
 

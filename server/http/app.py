@@ -14,7 +14,7 @@ from aiohttp import web
 
 from server.core.settings import Settings
 from server.http import dashboard
-from server.http.api import articles, feeds, health, hub, partners
+from server.http.api import articles, feeds, health, hub, me, partners
 from server.http.api import ops as ops_api
 from server.http.api.hub import HUB_LIMITS, HubLimits
 from server.http.metrics import metrics_endpoint
@@ -94,6 +94,8 @@ def _add_routes(app: web.Application) -> None:
     add_get(app, "/api/propagation", ops_api.get_propagation)
     add_get(app, "/api/deliveries", ops_api.get_deliveries)
     add_route(app, "POST", "/api/deliveries/{delivery_id}/retry", ops_api.retry_delivery)
+    add_route(app, "POST", "/api/destinations/{destination_id}/retry", ops_api.retry_destination)
+    add_get(app, "/api/me/status", me.get_my_status)
 
 
 async def _services_context(app: web.Application) -> AsyncIterator[None]:

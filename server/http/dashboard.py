@@ -21,7 +21,7 @@ import hmac
 import secrets
 import time
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -34,11 +34,11 @@ from aiohttp import web
 from server.core import keys
 from server.core.errors import NotFound
 from server.core.values import parse_iso, utc_now, whole_number
-from server.domain.articles import ChangeKind
+from server.http.api.ops import DESTINATION_ID
 from server.http.middleware import add_get, add_route
 from server.http.state import OPS, REDIS, SETTINGS, TOKENS
 from server.ops import views as ops
-from server.ops.models import PartnerHealth
+from server.ops.models import Page, PartnerHealth
 from server.partners.ledger import PUSH_PREFIX
 
 COOKIE = "syn_ops"
@@ -49,6 +49,11 @@ REFRESH_SECONDS = 15
 LOGIN_MAX_FAILURES = 5  # per client address within LOGIN_WINDOW; then 429 until the window passes
 LOGIN_WINDOW = 300.0
 CHART_HOURS = 24
+CHART_REFRESH_SECONDS = 60.0
+ITEMS_PER_PAGE = 20  # corrections and kills (outstanding first)
+CHIPS_PER_ITEM = 12  # partners shown per correction or kill (not received first); the counts cover all
+PARTNERS_PER_PAGE = 50  # failing, then behind, then healthy
+GROUPS_PER_PAGE = 20  # failed destinations
 
 CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; "
        "frame-ancestors 'none'; base-uri 'none'")
@@ -132,6 +137,14 @@ class Dashboard:
         self.secure_cookie = secure_cookie
         self.allowed_origins = allowed_origins
         self.throttle = LoginThrottle()
+        self._activity: tuple[float, list[dict[str, Any]]] | None = None
+
+    async def activity(self, ctx: ops.OpsContext, now: datetime) -> list[dict[str, Any]]:
+        """The hourly chart's buckets, read at most every ``CHART_REFRESH_SECONDS`` by this process (it
+        reads every partner's last 24 hours of ledger lines; its resolution is an hour)."""
+        if self._activity is None or time.monotonic() - self._activity[0] > CHART_REFRESH_SECONDS:
+            self._activity = (time.monotonic(), await hourly_activity(ctx, now))
+        return self._activity[1]
 
     def _sign(self, purpose: str, value: str) -> str:
         assert self.secret is not None
@@ -324,6 +337,30 @@ async def retry_delivery(request: web.Request) -> web.Response:
     return response
 
 
+def _page_number(request: web.Request, name: str) -> int:
+    """``?<name>=N``: which page (from 0) of a long list to show; anything else is the first."""
+    return min(whole_number(request.query.get(name)) or 0, 10_000)
+
+
+async def retry_destination(request: web.Request) -> web.Response:
+    _session, _form, refusal = await _checked_post(request)
+    if refusal is not None:
+        return refusal
+    dashboard = request.app[DASHBOARD]
+    destination = request.match_info["destination_id"]
+    if not DESTINATION_ID.fullmatch(destination):
+        kind, message = "error", "That is not a destination id."
+    else:
+        try:
+            result = await ops.retry_destination(request.app[OPS], destination)
+            kind, message = "ok", f"{len(result.requeued)} failed deliveries to {destination} queued again."
+        except NotFound as exc:
+            kind, message = "error", exc.detail
+    response = _redirect("/ops#failed")
+    _set_cookie(response, dashboard, FLASH_COOKIE, dashboard.flash_cookie(kind, message), 60)
+    return response
+
+
 async def dashboard_page(request: web.Request) -> web.Response:
     session = await _current_session(request)
     if session is None:
@@ -331,22 +368,31 @@ async def dashboard_page(request: web.Request) -> web.Response:
     dashboard = request.app[DASHBOARD]
     ctx = request.app[OPS]
     now = utc_now()
-    propagation = await ops.propagation(ctx, now=now)
+    item_page, partner_page, failed_page = (_page_number(request, name) for name in ("items", "partners", "failed"))
+    propagation = await ops.propagation(ctx, now=now, offset=item_page * ITEMS_PER_PAGE, limit=ITEMS_PER_PAGE,
+                                        partner_limit=CHIPS_PER_ITEM, outstanding_first=True)
     overview = await ops.overview(ctx, now=now)
+    groups = await ops.failed_destinations(ctx)
     recent = await ops.deliveries(ctx, failed_only=True, limit=10)
-    chart = activity_chart(await hourly_activity(ctx, now), now)
+    chart = activity_chart(await dashboard.activity(ctx, now), now)
     flash = dashboard.read_flash(request.cookies.get(FLASH_COOKIE))
-    items = sorted(propagation.items, key=lambda i: (i.outstanding == 0, i.kind != ChangeKind.KILL))
+    order = {PartnerHealth.FAILING: 0, PartnerHealth.BEHIND: 1, PartnerHealth.HEALTHY: 2}
+    partners = sorted(overview.partners, key=lambda r: (order[r.state], -r.outstanding, r.partner))
     context = {
         "now": now,
         "refresh": REFRESH_SECONDS,
         "csrf": dashboard.csrf_token(session),
         "flash": flash,
-        "propagation": replace(propagation, items=tuple(items)),
+        "propagation": propagation,
+        "items_page": Page(item_page * ITEMS_PER_PAGE, ITEMS_PER_PAGE, propagation.total_items),
         "overview": overview,
-        "partners": overview.partners,
+        "partners": partners[partner_page * PARTNERS_PER_PAGE:(partner_page + 1) * PARTNERS_PER_PAGE],
+        "partners_page": Page(partner_page * PARTNERS_PER_PAGE, PARTNERS_PER_PAGE, len(partners)),
         "counts": {state.value: overview.count(state) for state in PartnerHealth},
-        "failed": recent.failed,
+        "failed_total": overview.queue.failed,
+        "groups": groups[failed_page * GROUPS_PER_PAGE:(failed_page + 1) * GROUPS_PER_PAGE],
+        "groups_page": Page(failed_page * GROUPS_PER_PAGE, GROUPS_PER_PAGE, len(groups)),
+        "pages": {"items": item_page, "partners": partner_page, "failed": failed_page},
         "attempts": recent.attempts,
         "chart": chart,
         "behind_after": ops.BEHIND_AFTER.total_seconds(),
@@ -468,3 +514,4 @@ def setup(app: web.Application) -> None:
     add_route(app, "POST", "/ops/login", login)
     add_route(app, "POST", "/ops/logout", logout)
     add_route(app, "POST", "/ops/deliveries/{delivery_id}/retry", retry_delivery)
+    add_route(app, "POST", "/ops/destinations/{destination_id}/retry", retry_destination)

@@ -70,10 +70,9 @@ class _Merged:
 
 async def cluster_gauges(app: web.Application) -> list[Metric]:
     """The gauges every process computes alike from Redis, at scrape time."""
-    from server.domain.articles import CORRECTION, KILL
     from server.domain.delivery import DestinationKind
     from server.http.state import DESTINATIONS, OPS, PUSH_QUEUE, REDIS
-    from server.ops.views import propagation
+    from server.ops.views import outstanding_gauges
 
     redis, queue = app[REDIS], app[PUSH_QUEUE]
     now = utc_now()
@@ -89,25 +88,16 @@ async def cluster_gauges(app: web.Application) -> list[Metric]:
     depth.add_metric(("in_flight",), in_flight)
     oldest_age = max(0.0, now.timestamp() - oldest[0][1] / 1000) if oldest else 0.0
     destinations = [d for d in await app[DESTINATIONS].all() if not d.expired(now)]
-    flow = await propagation(app[OPS], now=now)
-    partners = [p.name for p in (await app[OPS].partners.load_all())[0] if p.active]
-    counts = {(p, k): 0 for p in partners for k in (CORRECTION, KILL)}
-    ages = dict.fromkeys(counts, 0.0)
-    for item in flow.items:
-        for row in item.partners:
-            if not row.received:
-                slot = (row.partner, item.kind.value)
-                counts[slot] = counts.get(slot, 0) + 1
-                ages[slot] = max(ages.get(slot, 0.0), row.outstanding_seconds or 0.0)
+    gauges = await outstanding_gauges(app[OPS], now)
     outstanding = GaugeMetricFamily("syndicate_outstanding_revisions", "Corrections and kills (of the last 7 "
                                     "days) an entitled partner has not received, by poll or push.",
                                     labels=("partner", "kind"))
     outstanding_age = GaugeMetricFamily("syndicate_outstanding_oldest_seconds", "How long the oldest "
                                         "correction or kill a partner has not received has been outstanding "
                                         "(0: none).", labels=("partner", "kind"))
-    for (partner, kind), count in sorted(counts.items()):
-        outstanding.add_metric((partner, kind), count)
-        outstanding_age.add_metric((partner, kind), round(ages[(partner, kind)], 3))
+    for gauge in gauges:
+        outstanding.add_metric((gauge.partner, gauge.kind.value), gauge.count)
+        outstanding_age.add_metric((gauge.partner, gauge.kind.value), gauge.oldest_seconds)
     return [
         depth,
         GaugeMetricFamily("syndicate_push_pending_deliveries", "Deliveries not yet acknowledged (due, retrying "

@@ -15,7 +15,8 @@ from typing import Any
 
 from server.core.values import iso
 from server.domain.articles import ChangeKind
-from server.domain.delivery import DestinationKind, ReceiptState
+from server.domain.delivery import ArticleReceipt, DestinationKind, ReceiptState
+from server.domain.propagation import Delivery
 
 
 class PartnerHealth(StrEnum):
@@ -136,6 +137,7 @@ class PropagationReceipt:
     received_at: datetime | None  # None unless received
     received_version: int | None
     outstanding_seconds: float | None  # None when received
+    delivery: Delivery = Delivery.CONTENT  # what it is sent: the revision, or the kill or withdrawal notice
 
     @property
     def state(self) -> ReceiptState:
@@ -148,6 +150,7 @@ class PropagationReceipt:
             "receivedAt": iso(self.received_at),
             "receivedVersion": self.received_version,
             "outstandingSeconds": self.outstanding_seconds,
+            "delivery": self.delivery.value,
         }
 
 
@@ -161,8 +164,9 @@ class PropagationItem:
     version: int  # the version the change made
     ingested_at: datetime
     headline: str | None
-    partners: tuple[PropagationReceipt, ...]  # not received first, then by name
+    partners: tuple[PropagationReceipt, ...]  # not received first, then by name; one page of them
     outstanding: int
+    required: int = 0  # partners that must receive it (all of them, however many are listed)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -174,6 +178,7 @@ class PropagationItem:
             "headline": self.headline,
             "partners": [row.to_json() for row in self.partners],
             "outstanding": self.outstanding,
+            "required": self.required,
         }
 
 
@@ -183,8 +188,10 @@ class PropagationReport:
 
     since: datetime  # "from" in JSON
     generated_at: datetime
-    items: tuple[PropagationItem, ...]
-    outstanding: int  # (partner, change) pairs not received
+    items: tuple[PropagationItem, ...]  # one page
+    outstanding: int  # (partner, change) pairs not received, over the whole window
+    total_items: int = 0  # corrections and kills in the window, however many are listed
+    outstanding_items: int = 0  # of which not yet received by every partner that must receive them
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -192,6 +199,8 @@ class PropagationReport:
             "generatedAt": iso(self.generated_at),
             "items": [item.to_json() for item in self.items],
             "outstanding": self.outstanding,
+            "totalItems": self.total_items,
+            "outstandingItems": self.outstanding_items,
         }
 
 
@@ -326,3 +335,138 @@ class RetryResult:
     def to_json(self) -> dict[str, Any]:
         return {"delivery": self.delivery, "destination": self.destination, "article": self.article,
                 "version": self.version, "requeued": self.requeued}
+
+
+@dataclass(frozen=True, slots=True)
+class FailedDestination:
+    """The failed deliveries of one destination, grouped (the dashboard's rows, one "retry all" each)."""
+
+    destination: str
+    kind: DestinationKind
+    partner: str | None
+    url: str
+    count: int
+    first_failure_at: str  # as stored: the earliest first attempt of the group
+    last_failure_at: str  # the latest last attempt
+    last_status: int | None  # of the most recent failure
+    last_error: str | None
+
+    @classmethod
+    def group(cls, failures: list[FailedDelivery]) -> list[FailedDestination]:
+        """One row per destination, the most recently failing first."""
+        by_destination: dict[str, list[FailedDelivery]] = {}
+        for failure in failures:
+            by_destination.setdefault(failure.destination, []).append(failure)
+        rows = []
+        for destination, group in by_destination.items():
+            latest = max(group, key=lambda f: f.last_attempt_at or "")
+            rows.append(cls(destination=destination, kind=latest.kind, partner=latest.partner, url=latest.url,
+                            count=len(group), first_failure_at=min(f.first_attempt_at or "" for f in group),
+                            last_failure_at=latest.last_attempt_at, last_status=latest.last_status,
+                            last_error=latest.last_error))
+        return sorted(rows, key=lambda r: r.last_failure_at or "", reverse=True)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"destination": self.destination, "kind": self.kind.value, "partner": self.partner, "url": self.url,
+                "count": self.count, "firstFailureAt": self.first_failure_at, "lastFailureAt": self.last_failure_at,
+                "lastStatus": self.last_status, "lastError": self.last_error}
+
+
+@dataclass(frozen=True, slots=True)
+class RetryAllResult:
+    """``POST /api/destinations/{id}/retry``: every failed delivery of the destination queued again."""
+
+    destination: str
+    requeued: tuple[RetryResult, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"destination": self.destination, "requeued": len(self.requeued),
+                "deliveries": [r.to_json() for r in self.requeued]}
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """Which slice of a long list is shown."""
+
+    offset: int
+    limit: int
+    total: int
+
+    @property
+    def has_next(self) -> bool:
+        return self.offset + self.limit < self.total
+
+    @property
+    def has_previous(self) -> bool:
+        return self.offset > 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"offset": self.offset, "limit": self.limit, "total": self.total}
+
+
+# --- GET /api/me/status ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Missed:
+    """One revision a partner must receive and has not: what it is sent, and where to fetch it."""
+
+    receipt: ArticleReceipt
+    item_url: str
+    newsml_url: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.receipt.to_json(), "links": {"item": self.item_url, "newsml": self.newsml_url}}
+
+
+@dataclass(frozen=True, slots=True)
+class Contact:
+    """One of a partner's recent polls or pushes, from its ledger."""
+
+    at: datetime
+    channel: str  # a feed name, "item:<id>" or "push:<destination>"
+    format: str
+    status: int
+    count: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"at": iso(self.at), "channel": self.channel, "format": self.format, "status": self.status,
+                "count": self.count}
+
+
+@dataclass(frozen=True, slots=True)
+class MyStatus:
+    """``GET /api/me/status``: what the calling partner has missed, oldest first, and its last contacts."""
+
+    partner: str
+    generated_at: datetime
+    outstanding: int  # all of them; ``missed`` is one page
+    missed: tuple[Missed, ...]
+    page: Page
+    last_poll: datetime | None
+    last_push: datetime | None
+    polls: tuple[Contact, ...]  # newest first
+    pushes: tuple[Contact, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "partner": self.partner,
+            "generatedAt": iso(self.generated_at),
+            "outstanding": self.outstanding,
+            "missed": [m.to_json() for m in self.missed],
+            "page": self.page.to_json(),
+            "lastPoll": iso(self.last_poll),
+            "lastPush": iso(self.last_push),
+            "polls": [c.to_json() for c in self.polls],
+            "pushes": [c.to_json() for c in self.pushes],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class OutstandingGauge:
+    """``/metrics``: one active partner's corrections or kills of the window not yet received."""
+
+    partner: str
+    kind: ChangeKind
+    count: int
+    oldest_seconds: float  # 0: none

@@ -24,10 +24,11 @@ from multidict import CIMultiDictProxy
 from server.core import keys
 from server.core.errors import NotFound, Problem, Unauthorised
 from server.domain.access import Refusal, feed_refusal, item_refusal
-from server.domain.articles import Revision
+from server.domain.articles import Article, Revision
 from server.domain.callers import TokenTable
 from server.domain.feeds import FeedDefinition
 from server.domain.partners import AccessKey, KeyTable, Partner
+from server.domain.propagation import Delivery, requirement
 from server.observability.logs import note_partner
 from server.partners.ledger import PollLedger
 from server.partners.ratelimit import FULL, NOT_MODIFIED, Quota, RateLimiter
@@ -152,6 +153,47 @@ class AccessControl:
         if refusal is not None:
             raise _refused(refusal, partner, "a feed that holds this item", fmt)
         return self._within_quota(partner, key)
+
+    async def authorise_latest_item(self, reader: Reader, article: Article, feeds: Iterable[FeedDefinition],
+                                    fmt: str) -> tuple[Grant, Delivery]:
+        """Let an item request for the article's latest revision in, and say what it is sent: the
+        revision, or (the propagation rule) for a partner that had the story but may no longer read it,
+        the kill or withdrawal notice instead of the refusal. Only a refusal asks Redis anything."""
+        feeds = tuple(feeds)
+        try:
+            grant = self.authorise_item(reader, article.latest, feeds, fmt)
+        except Problem as refused:
+            if reader is ADMIN_READER or refused.status not in (403, 404):
+                raise
+            partner, key = reader
+            if partner is None or key is None:
+                raise
+            sent = requirement(partner, article.latest, feeds,
+                               await self.ledger.has_received(partner.name, article.id))
+            if sent is None or sent is Delivery.CONTENT:
+                raise  # never had it, or may read it in another format: the refusal stands
+            return self._within_quota(partner, key), sent
+        return grant, Delivery.KILL if article.killed else Delivery.CONTENT
+
+    def authorise_self(self, request: web.Request) -> Grant:
+        """Let a partner's request about itself in (``/api/me/...``): its own key only (the admin token
+        is not a partner: 403), the same key checks and throttle as feeds, and its rate limit (429)."""
+        reader = self.identify(request, open_to_anonymous=False)
+        if reader is ADMIN_READER:
+            raise Problem("This is a partner's own view: present the partner's key, not the admin token.",
+                          status=403, slug="not-a-partner")
+        partner, key = reader
+        if partner is None or key is None:  # unreachable: no key is 401 above
+            raise Unauthorised("A partner key is needed.", headers={"WWW-Authenticate": _CHALLENGE})
+        return self._within_quota(partner, key)
+
+    def charged(self, grant: Grant, response: web.StreamResponse) -> None:
+        """Count an answer about the partner itself against its quota, like a feed's (no ledger line:
+        it delivered no article)."""
+        if grant.quota is None:
+            return
+        self.limiter.charge(grant.quota, FULL)
+        response.headers["RateLimit-Policy"], response.headers["RateLimit"] = grant.quota.header_values()
 
     def identify(self, request: web.Request, open_to_anonymous: bool) -> Reader:
         """Who is reading: the admin, a partner and its key, or (when ``open_to_anonymous``) nobody.

@@ -29,16 +29,13 @@ from redis.asyncio import Redis
 from server.articles.store import ArticleStore
 from server.core import keys
 from server.core.values import iso, parse_iso, utc_now
-from server.domain.access import may_read_item
-from server.domain.articles import CORRECTION, KILL, UPDATE, Change, ChangeKind, PubStatus
-from server.domain.delivery import ArticleReceipt, PartnerStatus, PollSummary
-from server.domain.feeds import FeedDefinition, in_feed
-from server.domain.partners import Partner
+from server.domain.articles import CORRECTION, KILL, UPDATE, Change
 from server.partners.receipts import ReceiptWriter, drop_older_than
 from server.partners.receipts import read as read_receipts
 
 LEDGER_MAX_LINES = 20_000
 PUSH_PREFIX = "push:"  # ledger lines of acknowledged pushes: feed "push:<destination id>"
+LAST_PUSH = "push"  # the field of the last-used hash that holds the last acknowledged push (never a key id)
 STATUS_WINDOW = timedelta(days=7)
 MANIFEST_RETENTION = timedelta(days=8)
 
@@ -87,6 +84,8 @@ class PollLedger:
             pending[2] += 1
         if key_id is not None:
             self._last_used[(partner, key_id)] = at
+        elif feed.startswith(PUSH_PREFIX):
+            self._last_used[(partner, LAST_PUSH)] = at
         if manifest is None or (partner, render_id) in self._credited:
             return  # the usual case: this partner re-polled a render already credited here
         if render_id not in self._manifests_written:
@@ -148,9 +147,33 @@ class PollLedger:
             raise
         return len(lines)
 
+    async def has_received(self, partner: str, article_id: str) -> bool:
+        """Whether the partner received any revision of the article (buffered here, or in Redis)."""
+        if article_id in self._receipts.get(partner, {}):
+            return True
+        return bool(await self.redis.hexists(keys.partner_received(partner), article_id))
+
+    async def last_seen(self, partners: list[str]) -> dict[str, tuple[datetime | None, datetime | None]]:
+        """Per partner: its last poll (any key's last use) and its last acknowledged push, from the
+        last-used hash (one small read each, pipelined)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in partners:
+                pipe.hgetall(keys.partner_last_used(name))
+            answers = await pipe.execute()
+        seen = {}
+        for name, used in zip(partners, answers, strict=True):
+            polls = [parse_iso(v) for k, v in used.items() if k != LAST_PUSH]
+            seen[name] = (max(polls) if polls else None, parse_iso(used[LAST_PUSH]) if LAST_PUSH in used else None)
+        return seen
+
     async def received(self, partner: str) -> dict[str, tuple[int, datetime]]:
         """Per article: the newest version the partner has received, and when it first got it."""
         return await read_receipts(self.redis, partner)
+
+    async def recent(self, partner: str, count: int) -> list[PollLine]:
+        """The partner's newest ledger lines, newest first (at most ``count``)."""
+        entries = await self.redis.xrevrange(keys.poll_ledger(partner), "+", "-", count=count)
+        return [_line(fields) for _entry_id, fields in entries]
 
     async def read(self, partner: str, since: datetime) -> list[PollLine]:
         start = f"{int(since.timestamp() * 1000)}-0"
@@ -183,59 +206,6 @@ async def drop_old_manifests(redis: Redis, now: datetime | None = None) -> int:
         pipe.zrem(keys.manifests_by_time(), *old)
         await pipe.execute()
     return len(old)
-
-
-async def partner_status(partner: Partner, ledger: PollLedger, store: ArticleStore,
-                         feeds: dict[str, FeedDefinition], now: datetime | None = None) -> PartnerStatus:
-    """Last poll, the last hour's polls and 304 ratio, and for every article revised or killed in the
-    last 7 days that the partner is entitled to: has it received the latest revision, and if not, since
-    when it has been outstanding."""
-    now = now or utc_now()
-    await ledger.flush()
-    lines = await ledger.read(partner.name, now - STATUS_WINDOW)
-    polled = [line for line in lines if not line.feed.startswith(PUSH_PREFIX)]
-    pushed = [line for line in lines if line.feed.startswith(PUSH_PREFIX)]
-    last_hour = [line for line in polled if line.at >= now - timedelta(hours=1)]
-    polls = sum(line.count for line in last_hour)
-    not_modified = sum(line.count for line in last_hour if line.status == 304)
-
-    received = await ledger.received(partner.name)
-    changes = await recent_changes(store, now - STATUS_WINDOW)
-    articles = await store.get_many(list(dict.fromkeys(c.article_id for c in changes)))
-    report: list[ArticleReceipt] = []
-    for article in articles:
-        if not in_feed(article, now, None) or not may_read_item(partner, article.latest, feeds.values()):
-            continue  # under embargo or withheld: no feed delivers it, so nobody can be behind on it
-        got_version, got_at = received.get(article.id, (0, None))
-        done = got_version >= article.version
-        first_missing = next((c for c in changes if c.article_id == article.id and c.version > got_version), None)
-        since = None if done else (first_missing.ingested_at if first_missing else article.latest.ingested_at)
-        report.append(ArticleReceipt(
-            id=article.id,
-            uri=article.uri,
-            version=article.version,
-            kind=ChangeKind(article.latest.kind),
-            pub_status=PubStatus(article.latest.pub_status),
-            received=done,
-            received_version=got_version or None,
-            received_at=got_at if done else None,
-            outstanding_since=since,
-            outstanding_seconds=round((now - since).total_seconds(), 3) if since else None,
-        ))
-    report.sort(key=lambda item: (item.received, iso(item.outstanding_since) or ""))
-    return PartnerStatus(
-        partner=partner.name,
-        active=partner.active,
-        last_poll=polled[-1].at if polled else None,
-        last_push=pushed[-1].at if pushed else None,
-        last_hour=PollSummary(
-            polls=polls,
-            not_modified=not_modified,
-            not_modified_ratio=round(not_modified / polls, 3) if polls else None,
-        ),
-        articles=tuple(report),
-        outstanding=sum(1 for item in report if not item.received),
-    )
 
 
 async def recent_changes(store: ArticleStore, since: datetime,

@@ -5,9 +5,12 @@ Each change-log entry (other than a purge) is read once by some worker through t
 version) put in the :class:`~server.push.queue.PushQueue`, then the entry is acknowledged. A worker that
 dies mid-fan-out leaves its entries pending; another takes them over after 30 s.
 
-Which destinations should get an article is decided here and only here, by two small functions:
-:func:`may_still_push` (is the destination still entitled to anything at all) and :func:`wants` (does it
-want this article). Lease expiry, and ending a subscription that is no longer entitled, belong to the
+Which destinations should get an article is decided here and only here: :func:`may_still_push` (is the
+destination still entitled to anything at all), :func:`wants` (may it carry the article's latest revision
+as content) and :func:`chosen` (the propagation rule, :mod:`server.domain.propagation`: a destination of a
+partner that must receive the revision but may not read it, because it had the story before a re-filing
+or a change of grants, gets the kill or withdrawal notice). The fan-out also records, per partner, what it
+must receive (:class:`~server.partners.propagation.Requirements`), which the ops views read. Lease expiry, and ending a subscription that is no longer entitled, belong to the
 :class:`Keeper` passed in (:class:`server.push.websub.LeaseKeeper`), which this module does not import.
 """
 
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -31,7 +35,9 @@ from server.domain.access import feed_refusal, may_read_item
 from server.domain.articles import PURGE, Article
 from server.domain.feeds import FeedDefinition, in_feed
 from server.domain.partners import KeyTable
+from server.domain.propagation import Delivery, may_read_now
 from server.observability.metrics import Metrics
+from server.partners.propagation import Requirements
 from server.push.destinations import WEBHOOK_FEED_FORMATS, WEBSUB, Destination, DestinationStore
 from server.push.queue import PushQueue
 
@@ -86,6 +92,21 @@ def wants(destination: Destination, article: Article, table: KeyTable, feeds: di
                                                  WEBHOOK_FEED_FORMATS[destination.format])
 
 
+def chosen(destination: Destination, article: Article, table: KeyTable, feeds: dict[str, FeedDefinition],
+           required: dict[str, Delivery]) -> bool:
+    """Whether the destination gets the article's latest revision: it may carry it (:func:`wants`), or
+    its partner must receive it as a notice (``required``: partner -> what it must be sent, by the
+    propagation rule), in which case every destination of that partner gets the notice."""
+    if wants(destination, article, table, feeds):
+        return True
+    if destination.partner is None or destination.partner not in required:
+        return False
+    # A partner that may read the revision in some feed gets it through the destinations that carry it;
+    # one that may not (it had the story) gets the notice at every destination.
+    partner = table.partners.get(destination.partner)
+    return partner is not None and not may_read_now(partner, article.latest, feeds.values())
+
+
 class Keeper(Protocol):
     """Decides whether a destination is kept (leases, revoked entitlements) and sweeps them all."""
 
@@ -102,7 +123,7 @@ class Dispatcher:
 
     def __init__(self, redis: Redis, store: ArticleStore, destinations: DestinationStore, queue: PushQueue,
                  feeds: dict[str, FeedDefinition], key_table: Callable[[], KeyTable], keeper: Keeper,
-                 consumer: str, metrics: Metrics) -> None:
+                 consumer: str, metrics: Metrics, requirements: Requirements, settle_seconds: float = 0.0) -> None:
         self.redis = redis
         self.store = store
         self.destinations = destinations
@@ -112,6 +133,10 @@ class Dispatcher:
         self.keeper = keeper
         self.consumer = consumer
         self.metrics = metrics
+        self.requirements = requirements
+        # Receipts are buffered up to a flush interval in every process: a change is judged only once
+        # the receipts of everything served before it are in Redis ("had the story" reads them).
+        self.settle_seconds = settle_seconds
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Fan out changes until ``stopping`` is set; every ``SWEEP_SECONDS`` also sweep (in this same
@@ -138,22 +163,35 @@ class Dispatcher:
         entries = list(stale) + [e for _stream, batch in fresh for e in batch]
         for entry_id, fields in entries:
             if fields and fields.get("kind") != PURGE:
-                await self.fan_out(fields["id"])
+                await self.fan_out(fields["id"], int(fields.get("version") or 0) or None)
             await self.redis.xack(keys.changelog(), keys.DISPATCH_GROUP, entry_id)
         return len(entries)
 
-    async def fan_out(self, article_id: str) -> list[str]:
-        """Queue the article's newest revision for every destination that should get it."""
+    async def fan_out(self, article_id: str, version: int | None = None) -> list[str]:
+        """Record who must receive the change's revision (``version``; default the newest), and queue the
+        article's newest revision for every destination that should get it."""
         article = await self.store.get(article_id)
         if article is None or not in_feed(article, utc_now(), None):
             return []  # under embargo or withheld: its release or next revision will come through here
+        wait = self.settle_seconds - (utc_now() - article.latest.ingested_at).total_seconds()
+        if wait > 0:
+            await asyncio.sleep(wait)
         now = utc_now()
         table = self.key_table()
-        chosen = []
+        if version is not None and version < article.version:
+            # A later change follows (it will be fanned out with its notices): record who must receive
+            # this revision, as of this revision.
+            older = dataclasses.replace(article, latest=await self.store.revision(article.id, version))
+            await self.requirements.record(self.store, older, table.partners.values(), self.feeds.values())
+            required = {}
+        else:
+            required = await self.requirements.record(self.store, article, table.partners.values(),
+                                                      self.feeds.values())
+        picked = []
         for destination in await self.destinations.all():
             if not await self.keeper.keep(destination, now, table):
                 continue
-            if wants(destination, article, table, self.feeds):
-                chosen.append(destination.id)
-        await self.queue.enqueue(chosen, article.id, article.version)
-        return chosen
+            if chosen(destination, article, table, self.feeds, required):
+                picked.append(destination.id)
+        await self.queue.enqueue(picked, article.id, article.version)
+        return picked

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -26,6 +27,7 @@ from server.domain.articles import Article, Revision
 from server.domain.feeds import FeedDefinition
 from server.domain.ninjs import document_without_pictures
 from server.domain.partners import KeyTable
+from server.domain.propagation import Delivery, as_delivered, notice
 from server.feeds.builder import RENDERERS, FeedBuilder
 from server.feeds.render import (
     NEWSML_ITEM_MEDIA_TYPE,
@@ -36,6 +38,7 @@ from server.feeds.render import (
     render_newsml_news_item,
 )
 from server.push.destinations import WEBHOOK, WEBSUB, Destination
+from server.push.dispatcher import wants
 
 NINJS_MEDIA_TYPE = "application/json"
 # A NewsML-G2 webhook gets the article as a bare newsItem (what the issue asks for; its pictures are
@@ -145,24 +148,37 @@ def push_headers(destination: Destination, article_id: str, version: int, payloa
 # ----- the memo -------------------------------------------------------------------------------------
 
 
+def sent_as(destination: Destination, article: Article, table: KeyTable, feeds: dict[str, FeedDefinition]) -> Delivery:
+    """What a destination queued for the article is sent: the latest revision when it may carry it
+    (:func:`server.push.dispatcher.wants`), else (its partner had the story, and may no longer read it)
+    the kill or withdrawal notice; never the content of a feed it cannot read."""
+    if wants(destination, article, table, feeds):
+        return Delivery.CONTENT
+    return notice(article.latest)
+
+
 class Payloads:
-    """Push bodies, made once per revision, kind, format, feed and photo rights (the last ``size``)."""
+    """Push bodies, made once per revision, kind, format, feed, photo rights and what is sent (content,
+    or a notice) (the last ``size``)."""
 
     def __init__(self, builder: FeedBuilder, feeds: dict[str, FeedDefinition], hub_url: str,
-                 size: int = MEMO_SIZE) -> None:
+                 key_table: Callable[[], KeyTable], size: int = MEMO_SIZE) -> None:
         self.builder = builder
         self.feeds = feeds
         self.hub_url = hub_url
+        self.key_table = key_table  # () -> KeyTable: the current one
         self.size = size
-        self._made: OrderedDict[tuple[str, int, str, str, str | None, bool], Payload] = OrderedDict()
+        self._made: OrderedDict[tuple[str, int, str, str, str | None, bool, Delivery], Payload] = OrderedDict()
 
     def for_destination(self, destination: Destination, article: Article, include_photos: bool,
                         now: datetime) -> Payload:
+        sent = sent_as(destination, article, self.key_table(), self.feeds)
         memo_key = (article.id, article.version, destination.kind, destination.format, destination.feed,
-                    include_photos)
+                    include_photos, sent)
         made = self._made.get(memo_key)
         if made is not None:
             return made
+        article = as_delivered(article, sent)
         if destination.kind == WEBSUB:
             made = websub_payload(self.builder, self.feeds[destination.feed or ""], destination.format, article,
                                   include_photos, now)

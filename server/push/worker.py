@@ -21,6 +21,7 @@ from server.domain.partners import KeyTable
 from server.feeds.builder import FeedBuilder
 from server.observability.metrics import Metrics
 from server.partners.ledger import PollLedger
+from server.partners.propagation import Requirements
 from server.push.deliverer import Deliverer
 from server.push.destinations import DestinationStore
 from server.push.dispatcher import Dispatcher, ensure_dispatch_group
@@ -28,6 +29,15 @@ from server.push.payloads import Payloads
 from server.push.queue import PushQueue
 from server.push.safety import SafeResolver
 from server.push.websub import LeaseKeeper
+
+MAX_SETTLE_SECONDS = 1.0
+
+
+def settle_seconds(settings: Settings) -> float:
+    """How old a change must be before it is judged: two flush intervals (every process writes the
+    receipts it buffered within one) and a little more; never more than a second (the setting allows at
+    most 100 ms; a process built with a longer interval must not hold push back for as long)."""
+    return min(2 * settings.flush_interval_seconds + 0.05, MAX_SETTLE_SECONDS)
 
 
 class PushWorker:
@@ -39,9 +49,9 @@ class PushWorker:
         self._session: aiohttp.ClientSession | None = None
         self.keeper = LeaseKeeper(destinations, feeds, key_table, self.session, settings.push_allow_networks)
         self.dispatcher = Dispatcher(redis, store, destinations, queue, feeds, key_table, self.keeper, consumer,
-                                     metrics)
+                                     metrics, Requirements(redis), settle_seconds(settings))
         self.deliverer = Deliverer(redis, store, destinations, queue,
-                                   Payloads(builder, feeds, f"{settings.base_url}/hub"), ledger, key_table,
+                                   Payloads(builder, feeds, f"{settings.base_url}/hub", key_table), ledger, key_table,
                                    settings, self.session, metrics)
 
     def session(self) -> aiohttp.ClientSession:

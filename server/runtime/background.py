@@ -16,7 +16,8 @@ from server.core.settings import Settings
 from server.core.values import utc_now
 from server.observability.logs import ACCESS_LINES
 from server.observability.metrics import Metrics
-from server.partners.ledger import PollLedger, drop_old_manifests, drop_old_receipts
+from server.partners.ledger import STATUS_WINDOW, PollLedger, drop_old_manifests, drop_old_receipts
+from server.partners.propagation import Requirements
 from server.partners.ratelimit import RateLimiter
 from server.runtime.jobs import PeriodicJob
 
@@ -73,9 +74,9 @@ class RetentionJob(PeriodicJob):
     name = where = "maintenance"
     tick_at_start = True
 
-    def __init__(self, metrics: Metrics, store: ArticleStore, settings: Settings) -> None:
+    def __init__(self, metrics: Metrics, store: ArticleStore, settings: Settings, requirements: Requirements) -> None:
         super().__init__(metrics)
-        self.store, self.settings = store, settings
+        self.store, self.settings, self.requirements = store, settings, requirements
         self.interval = settings.maintenance_interval_seconds
 
     async def tick(self) -> None:
@@ -85,7 +86,9 @@ class RetentionJob(PeriodicJob):
         dropped = await self.store.drop_old_bodies(timedelta(days=self.settings.retention_days))
         trimmed = await self.store.trim_changelog(timedelta(days=self.settings.changelog_retention_days))
         await drop_old_manifests(redis)
-        await drop_old_receipts(redis, [str(name) for name in await redis.smembers(keys.partner_names())])
+        names = [str(name) for name in await redis.smembers(keys.partner_names())]
+        await drop_old_receipts(redis, names)
+        await self.requirements.trim(names, STATUS_WINDOW, utc_now())
         if dropped or trimmed:
             log.info("retention: dropped %d old revision bodies, trimmed %d change-log entries", dropped, trimmed)
         if await redis.get(lock) == token:

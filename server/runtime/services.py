@@ -19,6 +19,7 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import timedelta
 from enum import StrEnum
 
 from redis.asyncio import ConnectionPool, Redis
@@ -38,12 +39,13 @@ from server.observability.metrics import Metrics, new_process_id, release_proces
 from server.ops.views import OpsContext
 from server.partners.access import AccessControl
 from server.partners.ledger import PollLedger
+from server.partners.propagation import Requirements
 from server.partners.ratelimit import RateLimiter
 from server.partners.store import PartnerStore
 from server.push.destinations import DestinationStore
 from server.push.dispatcher import ensure_dispatch_group
 from server.push.queue import PushQueue
-from server.push.worker import PushWorker
+from server.push.worker import PushWorker, settle_seconds
 from server.runtime.background import (
     EmbargoJob,
     EmbeddedRedisJob,
@@ -177,7 +179,8 @@ def _build(settings: Settings, role: Role, metrics: Metrics, embedded: EmbeddedR
         worker = PushWorker(clients.push, push_store, DestinationStore(clients.push, acks), PushQueue(clients.push),
                             FeedBuilder(push_store, settings), feeds, ledger, lambda: access.table, settings,
                             consumer=f"{role}-{os.getpid()}", metrics=metrics)
-    ops = OpsContext(store, partners, ledger, destinations, queue, feeds)
+    ops = OpsContext(store, partners, ledger, destinations, queue, feeds, Requirements(clients.store),
+                     timedelta(seconds=settle_seconds(settings)))
     jobs, push_jobs = JobGroup(metrics), JobGroup(metrics)
     heartbeat = Heartbeat(metrics, clients.store, settings.heartbeat_seconds,
                           pushing=lambda: worker is not None and push_jobs.all_alive())
@@ -240,7 +243,7 @@ async def _running(services: Services, clients: RedisClients) -> AsyncIterator[N
             jobs.start(FlushJob(services.metrics, services.limiter, services.ledger,
                                 services.settings.flush_interval_seconds))
             jobs.start(EmbargoJob(services.metrics, services.store))
-            jobs.start(RetentionJob(services.metrics, services.store, services.settings))
+            jobs.start(RetentionJob(services.metrics, services.store, services.settings, services.ops.requirements))
             jobs.start(epoch_watch)
             jobs.start(ReplicationWatch(services.metrics, services.acks))
             if services.embedded is not None and services.embedded.owner:

@@ -14,6 +14,7 @@ from server.core.errors import NotFound, Problem
 from server.core.values import utc_now, whole_number
 from server.domain.articles import Article, is_article_id
 from server.domain.feeds import in_feed
+from server.domain.propagation import as_delivered
 from server.feeds.builder import Representation
 from server.feeds.render import NEWSML_MESSAGE_MEDIA_TYPE
 from server.http.caching import respond
@@ -34,9 +35,12 @@ async def get_feed(request: web.Request) -> web.Response:
 
 
 async def get_item(request: web.Request) -> web.Response:
-    """The stored ninjs of the latest revision; a killed (or purged) article gives its tombstone."""
+    """The stored ninjs of the latest revision; a killed (or purged) article gives its tombstone, and a
+    partner that had the story but may no longer read it gets the withdrawal (propagation rule)."""
     article, reader = await _visible_article(request)
-    grant = request.app[ACCESS].authorise_item(reader, article.latest, request.app[FEEDS].values(), "json")
+    grant, sent = await request.app[ACCESS].authorise_latest_item(reader, article, request.app[FEEDS].values(),
+                                                                  "json")
+    article = as_delivered(article, sent)
     representation = Representation.encode(NINJS_MEDIA_TYPE, ninjs_body(article, grant.include_photos),
                                            article.latest.ingested_at)
     response = respond(request, representation, _item_cache_control(request),
@@ -53,10 +57,14 @@ async def get_item_newsml(request: web.Request) -> web.Response:
     revision = article.latest
     if version is not None and version > article.version:
         raise Problem(f"version must be a whole number from 1 to {article.version}.", parameter="version")
-    if version is not None and not article.killed:
+    if version is not None and version != article.version and not article.killed:
         revision = await request.app[STORE].revision(article.id, version)
-    # The version asked for, not only the latest, must be one the caller may read (never withheld).
-    grant = request.app[ACCESS].authorise_item(reader, revision, request.app[FEEDS].values(), "newsml")
+        # The version asked for, not only the latest, must be one the caller may read (never withheld).
+        grant = request.app[ACCESS].authorise_item(reader, revision, request.app[FEEDS].values(), "newsml")
+    else:  # the latest: the revision, or (had the story, may no longer read it) the kill or withdrawal
+        grant, sent = await request.app[ACCESS].authorise_latest_item(reader, article, request.app[FEEDS].values(),
+                                                                      "newsml")
+        revision = as_delivered(article, sent).latest
     if revision.document is None and not article.killed:
         raise Problem(f"Version {version} is no longer kept (only its metadata is); "
                       f"the latest is version {article.version}.", status=410, slug="version-gone")

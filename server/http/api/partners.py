@@ -17,8 +17,8 @@ from server.core.values import parse_iso
 from server.domain.ninjs import DocumentError, parse_json_object
 from server.domain.partners import IssuedKey, check_name
 from server.http.auth import require_caller
-from server.http.state import ACCESS, FEEDS, LEDGER, PARTNERS, STORE, TOKENS
-from server.partners.ledger import partner_status
+from server.http.state import ACCESS, OPS, PARTNERS, TOKENS
+from server.ops import views as ops
 
 CREATE_FIELDS = {"name", "feeds", "formats", "media", "contact", "notes", "rate_limit", "expires_at"}
 UPDATE_FIELDS = {"feeds", "formats", "media", "active", "contact", "notes", "rate_limit"}
@@ -89,7 +89,7 @@ async def revoke_key(request: web.Request) -> web.Response:
 async def get_partner_status(request: web.Request) -> web.Response:
     _admin(request)
     partner = await request.app[PARTNERS].get(request.match_info["name"])
-    status = await partner_status(partner, request.app[LEDGER], request.app[STORE], request.app[FEEDS])
+    status = await ops.partner_status(request.app[OPS], partner)
     return _json(status.to_json())
 
 

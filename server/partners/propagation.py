@@ -1,0 +1,472 @@
+"""Who must receive what, kept incrementally in Redis: per partner the required versions and the
+outstanding articles, and per correction or kill who must receive it and who has not yet.
+
+The push dispatcher calls :meth:`Requirements.require` once per change it consumes (it already holds
+the partner table and the feeds): the rule (:mod:`server.domain.propagation`) is decided in Python,
+except "did the partner have the story", which the Lua script reads from the partner's receipts in the
+same atomic step as it writes the requirement. So a receipt (which removes the article from
+``partner_outstanding`` in its own Lua step when it reaches the required version) can never be
+overtaken by a requirement written from a stale read.
+
+The ops views read these summaries (``ZCARD``, ``ZRANGE`` with limits, one Lua step per page of
+items) instead of rescanning the change log: :meth:`summaries`, :meth:`outstanding_page`,
+:meth:`items`, :meth:`settle`. :meth:`trim` keeps them to the status window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from server.articles.store import ArticleStore
+from server.core import keys
+from server.core.values import parse_iso, utc_now
+from server.domain.articles import EMBARGO_LIFT, KILL, Article, ChangeKind, PubStatus
+from server.domain.delivery import ArticleReceipt, PartnerStatus, PollSummary
+from server.domain.feeds import FeedDefinition, in_feed
+from server.domain.partners import Partner
+from server.domain.propagation import (
+    ITEM_KINDS,
+    TRACKED_KINDS,
+    Delivery,
+    if_may_read_or_had,
+    main_headline,
+    requirement,
+)
+from server.partners.ledger import PUSH_PREFIX, PollLedger
+
+CATCH_UP_LIMIT = 2000  # change-log entries a view records at most before answering
+STATUS_ARTICLES = 500  # a partner's status lists at most this many articles
+SUMMARY_LAG_SCAN = 3  # lag revisions are summed over this many oldest outstanding articles (1 each beyond)
+
+# KEYS 1 items, 2 item hash, 3 item partners, 4 item pending; then per partner: received, required,
+# outstanding. ARGV 1 article, 2 version, 3 ingest ms, 4 "1" for a correction or kill, 5 kind, 6 uri,
+# 7 headline; then per partner: name, the delivery if it may read the revision now ("" if not), the
+# delivery if it only had the story. Returns name, delivery, ... of every partner that must receive it.
+_REQUIRE_LUA = """
+local article, version, since = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local item = ARGV[4] == '1'
+if item then
+  redis.call('ZADD', KEYS[1], since, article .. '|' .. ARGV[2])
+  redis.call('HSET', KEYS[2], 'kind', ARGV[5], 'uri', ARGV[6], 'headline', ARGV[7], 'ingestedAt', since)
+end
+local result = {}
+for i = 0, (#KEYS - 4) / 3 - 1 do
+  local name, sent = ARGV[8 + 3 * i], ARGV[9 + 3 * i]
+  local got = redis.call('HGET', KEYS[5 + 3 * i], article)
+  if sent == '' and got then sent = ARGV[10 + 3 * i] end
+  if sent ~= '' then
+    if tonumber(redis.call('HGET', KEYS[6 + 3 * i], article) or '0') < version then
+      redis.call('HSET', KEYS[6 + 3 * i], article, version)
+    end
+    if (got and tonumber(string.match(got, '^(%d+)')) or 0) < version then
+      redis.call('ZADD', KEYS[7 + 3 * i], 'NX', since, article)
+      if item then redis.call('SADD', KEYS[4], name) end
+    end
+    if item then redis.call('HSET', KEYS[3], name, sent) end
+    result[#result + 1] = name
+    result[#result + 1] = sent
+  end
+end
+return result
+"""
+
+# KEYS: per item its pending set and its hash. ARGV 1, 2: the received key's prefix and suffix, 3: "1"
+# to return the names still pending; then per item: article, version. Drops every pending partner
+# whose receipt reached the version; returns per item {count, kind, names...}.
+_SETTLE_LUA = """
+local result = {}
+for i = 1, #KEYS / 2 do
+  local article, version = ARGV[2 + 2 * i], tonumber(ARGV[3 + 2 * i])
+  local left = {}
+  for _, name in ipairs(redis.call('SMEMBERS', KEYS[2 * i - 1])) do
+    local got = redis.call('HGET', ARGV[1] .. name .. ARGV[2], article)
+    if got and tonumber(string.match(got, '^(%d+)')) >= version then
+      redis.call('SREM', KEYS[2 * i - 1], name)
+    elseif ARGV[3] == '1' then
+      left[#left + 1] = name
+    else
+      left[1] = (left[1] or 0) + 1
+    end
+  end
+  local count = ARGV[3] == '1' and #left or (left[1] or 0)
+  local answer = {count, redis.call('HGET', KEYS[2 * i], 'kind') or ''}
+  if ARGV[3] == '1' then
+    for _, name in ipairs(left) do answer[#answer + 1] = name end
+  end
+  result[i] = answer
+end
+return result
+"""
+
+# KEYS: per partner its outstanding set, required hash, received hash. ARGV 1: how many oldest to sum
+# the lag over. Returns per partner {count, oldest ms or false, lag revisions}: one step for them all.
+_SUMMARY_LUA = """
+local result = {}
+for i = 0, #KEYS / 3 - 1 do
+  local outstanding, required, received = KEYS[3 * i + 1], KEYS[3 * i + 2], KEYS[3 * i + 3]
+  local count = redis.call('ZCARD', outstanding)
+  if count == 0 then
+    result[i + 1] = {0, false, 0}
+  else
+    local oldest = redis.call('ZRANGE', outstanding, 0, tonumber(ARGV[1]) - 1, 'WITHSCORES')
+    local lag = 0
+    for j = 1, #oldest, 2 do
+      local owed = tonumber(redis.call('HGET', required, oldest[j]) or '0')
+      local got = redis.call('HGET', received, oldest[j])
+      local have = got and tonumber(string.match(got, '^(%d+)')) or 0
+      lag = lag + math.max(owed - have, 1)
+    end
+    result[i + 1] = {count, oldest[2], lag + (count - #oldest / 2)}
+  end
+end
+return result
+"""
+
+
+# KEYS 1: the catch-up cursor. ARGV 1: a change number. Raises the cursor to it (never lowers it).
+_ADVANCE_LUA = """
+if tonumber(redis.call('GET', KEYS[1]) or '0') < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """One partner's outstanding revisions, from the summaries."""
+
+    outstanding: int
+    oldest_since: datetime | None
+    lag_revisions: int
+
+
+@dataclass(frozen=True, slots=True)
+class Owed:
+    """One article a partner must receive (and perhaps has)."""
+
+    article_id: str
+    required: int
+    received: int  # 0: none
+    received_at: datetime | None
+    outstanding_since: datetime | None  # None: received
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """A correction or kill of the window and how many partners have not yet received it."""
+
+    article_id: str
+    version: int
+    kind: str
+    ingested_at: datetime
+    outstanding: int
+    pending: tuple[str, ...] = ()  # who, when asked for
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One correction or kill of the window, with its counts."""
+
+    article_id: str
+    version: int
+    kind: str
+    uri: str
+    headline: str | None
+    ingested_at: datetime
+    required: int
+    outstanding: int
+
+
+def _ms(value: float | str) -> datetime:
+    return datetime.fromtimestamp(float(value) / 1000, tz=UTC)
+
+
+def _receipt(raw: str | None) -> tuple[int, datetime | None]:
+    if not raw:
+        return 0, None
+    version, _, millis = raw.partition("|")
+    return int(version), _ms(millis) if millis else None
+
+
+class Requirements:
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._require = redis.register_script(_REQUIRE_LUA)
+        self._settle = redis.register_script(_SETTLE_LUA)
+        self._summary = redis.register_script(_SUMMARY_LUA)
+        self._advance = redis.register_script(_ADVANCE_LUA)
+
+    # ----- writing ------------------------------------------------------------------------------
+
+    async def record(self, store: ArticleStore, article: Article, partners: Iterable[Partner],
+                     feeds: Iterable[FeedDefinition]) -> dict[str, Delivery]:
+        """:meth:`require`, with the story's headline for ops (a kill keeps none: the revision's before it)."""
+        if article.latest.kind not in TRACKED_KINDS:
+            return {}
+        document = article.latest.document
+        if article.latest.kind == KILL and article.version > 1:
+            document = (await store.revision(article.id, article.version - 1)).document
+        return await self.require(article, partners, feeds, main_headline(document))
+
+    async def catch_up(self, store: ArticleStore, partners: Callable[[], Awaitable[Iterable[Partner]]],
+                       feeds: Iterable[FeedDefinition], settle: timedelta = timedelta(0),
+                       limit: int = CATCH_UP_LIMIT) -> int:
+        """Record the requirements of the changes no dispatcher has taken yet (no worker is running, or
+        they are behind), so the summaries the ops views read never lag the change log by more than what
+        is being dispatched. Recording is idempotent, so a dispatcher doing the same later is harmless."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xinfo_groups(keys.changelog())
+            pipe.get(keys.propagation_caught_up())
+            try:
+                groups, caught_up = await pipe.execute()
+            except ResponseError:
+                return 0  # no change log yet
+        group = next((g for g in groups if g.get("name") == keys.DISPATCH_GROUP), None)
+        done = 0  # every change up to here has been recorded by a dispatcher
+        if group is not None:
+            done = int(str(group.get("last-delivered-id") or "0-0").partition("-")[0] or 0)
+            if group.get("pending"):  # taken but not yet acknowledged (being judged): not done yet
+                pending = await self.redis.xpending(keys.changelog(), keys.DISPATCH_GROUP)
+                done = min(done, int(str(pending["min"]).partition("-")[0]) - 1)
+        start = max(done, int(caught_up or 0))
+        entries = await self.redis.xrange(keys.changelog(), f"({start}-0", "+", count=limit)
+        if not entries:
+            return 0
+        # Judged only once every receipt of what was served before them is in Redis.
+        wait = (settle - (utc_now() - parse_iso(entries[-1][1]["at"]))).total_seconds()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        now = utc_now()
+        everyone, feeds = tuple(await partners()), tuple(feeds)  # read only when there is something to record
+        judged = [(fields["id"], int(fields["version"])) for _e, fields in entries
+                  if fields.get("kind") in TRACKED_KINDS or fields.get("kind") == EMBARGO_LIFT]
+        articles = {a.id: a for a in await store.get_many(list(dict.fromkeys(a for a, _v in judged)))}
+        for article_id, version in judged:  # each change at its own revision, as the dispatcher does
+            article = articles.get(article_id)
+            if article is None or not in_feed(article, now, None):
+                continue
+            if version < article.version:
+                article = dataclasses.replace(article, latest=await store.revision(article_id, version))
+            await self.record(store, article, everyone, feeds)
+        await self._advance(keys=[keys.propagation_caught_up()], args=[entries[-1][0].partition("-")[0]])
+        return len(entries)
+
+    async def require(self, article: Article, partners: Iterable[Partner], feeds: Iterable[FeedDefinition],
+                      headline: str | None = None) -> dict[str, Delivery]:
+        """Record who must receive the article's latest revision (if it is tracked), and answer them with
+        what each is sent. Called with the article as a feed may show it now (not embargoed or withheld)."""
+        revision = article.latest
+        if revision.kind not in TRACKED_KINDS:
+            return {}
+        feeds = tuple(feeds)
+        names, ways = [], []
+        for partner in partners:
+            if_may, if_had = if_may_read_or_had(partner, revision, feeds)
+            if if_may is None and if_had is None:
+                continue
+            names.append(partner.name)
+            ways += [partner.name, if_may or "", if_had or ""]
+        if not names:
+            return {}
+        item = revision.kind in ITEM_KINDS
+        since = int(revision.ingested_at.timestamp() * 1000)
+        script_keys = [keys.propagation_items(), keys.propagation_item(article.id, revision.version),
+                       keys.propagation_partners(article.id, revision.version),
+                       keys.propagation_pending(article.id, revision.version)]
+        for name in names:
+            script_keys += [keys.partner_received(name), keys.partner_required(name), keys.partner_outstanding(name)]
+        flat = await self._require(keys=script_keys, args=[
+            article.id, revision.version, since, "1" if item else "0", revision.kind, article.uri, headline or "",
+            *ways])
+        return {flat[i]: Delivery(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+    # ----- reading: partners --------------------------------------------------------------------
+
+    async def summaries(self, names: Sequence[str]) -> dict[str, Summary]:
+        """Each partner's outstanding count, oldest outstanding time and lag: one Lua step for them all."""
+        if not names:
+            return {}
+        answers = await self._summary(keys=[k for name in names for k in (
+            keys.partner_outstanding(name), keys.partner_required(name), keys.partner_received(name))],
+            args=[SUMMARY_LAG_SCAN])
+        return {name: Summary(int(count), _ms(oldest) if oldest else None, int(lag))
+                for name, (count, oldest, lag) in zip(names, answers, strict=True)}
+
+    async def outstanding_page(self, name: str, offset: int = 0, limit: int = 100) -> tuple[int, list[Owed]]:
+        """The partner's outstanding articles, oldest first (one page), and how many there are."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(keys.partner_outstanding(name))
+            pipe.zrange(keys.partner_outstanding(name), offset, offset + limit - 1, withscores=True)
+            total, members = await pipe.execute()
+        return int(total), await self._owed(name, [(m, s) for m, s in members])
+
+    async def owed(self, name: str) -> list[Owed]:
+        """Every requirement of the window, met or not (for one partner's status)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(keys.partner_required(name))
+            pipe.zrange(keys.partner_outstanding(name), 0, -1, withscores=True)
+            required, outstanding = await pipe.execute()
+        since = dict(outstanding)
+        return await self._owed(name, [(a, since.get(a)) for a in required], required)
+
+    async def _owed(self, name: str, members: list[tuple[str, float | None]],
+                    required: dict[str, str] | None = None) -> list[Owed]:
+        if not members:
+            return []
+        ids = [m for m, _s in members]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hmget(keys.partner_received(name), ids)
+            if required is None:
+                pipe.hmget(keys.partner_required(name), ids)
+            answers = await pipe.execute()
+        got = answers[0]
+        versions = [required[i] for i in ids] if required is not None else answers[1]
+        result = []
+        for (article_id, since), raw, version in zip(members, got, versions, strict=True):
+            received, at = _receipt(raw)
+            result.append(Owed(article_id, int(version or 0), received, at,
+                               _ms(since) if since is not None else None))
+        return result
+
+    # ----- reading: corrections and kills -------------------------------------------------------
+
+    async def window(self, since: datetime, names: bool = False) -> list[Settled]:
+        """Every correction and kill since ``since``, newest first, with how many partners (and, with
+        ``names``, which) have not yet received it: one ``ZRANGE`` and one Lua step for the window."""
+        entries = await self.redis.zrange(keys.propagation_items(), "+inf", int(since.timestamp() * 1000),
+                                          desc=True, byscore=True, withscores=True)
+        members = [(m.partition("|")[0], int(m.partition("|")[2]), score) for m, score in entries]
+        if not members:
+            return []
+        prefix, suffix = keys.PARTNER_RECEIVED_PARTS
+        script_keys = [k for a, v, _s in members
+                       for k in (keys.propagation_pending(a, v), keys.propagation_item(a, v))]
+        answers = await self._settle(keys=script_keys, args=[prefix, suffix, "1" if names else "0",
+                                                             *(x for a, v, _s in members for x in (a, v))])
+        return [Settled(a, v, str(answer[1]), _ms(score), int(answer[0]), tuple(answer[2:]))
+                for (a, v, score), answer in zip(members, answers, strict=True)]
+
+    async def items(self, page: Sequence[Settled]) -> list[Item]:
+        """One page of settled items with their details and counts."""
+        if not page:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for item in page:
+                pipe.hgetall(keys.propagation_item(item.article_id, item.version))
+                pipe.hlen(keys.propagation_partners(item.article_id, item.version))
+            answers = await pipe.execute()
+        result = []
+        for n, item in enumerate(page):
+            meta, required = answers[2 * n], answers[2 * n + 1]
+            if not meta:
+                continue
+            result.append(Item(item.article_id, item.version, meta["kind"], meta["uri"], meta.get("headline") or None,
+                               item.ingested_at, int(required), item.outstanding))
+        return result
+
+    async def item_partners(self, article_id: str, version: int, offset: int = 0,
+                            limit: int = 100) -> list[tuple[str, Delivery, int, datetime | None]]:
+        """One page of an item's partners, not received first, then by name: (partner, what it is sent,
+        the version it has received (0: none), when)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(keys.propagation_partners(article_id, version))
+            pipe.smembers(keys.propagation_pending(article_id, version))
+            partners, pending = await pipe.execute()
+        ordered = sorted(partners, key=lambda p: (p not in pending, p))[offset:offset + limit]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in ordered:
+                pipe.hget(keys.partner_received(name), article_id)
+            got = await pipe.execute()
+        return [(name, Delivery(partners[name]), *_receipt(raw)) for name, raw in zip(ordered, got, strict=True)]
+
+    # ----- retention ----------------------------------------------------------------------------
+
+    async def trim(self, partner_names: Iterable[str], window: timedelta, now: datetime) -> int:
+        """Forget corrections and kills older than the window, and the requirements of articles unchanged
+        for the window (their receipts are dropped after it too)."""
+        cutoff = now - window
+        cutoff_ms = int(cutoff.timestamp() * 1000)
+        dropped = 0
+        old = await self.redis.zrange(keys.propagation_items(), "-inf", cutoff_ms, byscore=True)
+        if old:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for member in old:
+                    article_id, _, version = member.partition("|")
+                    pipe.delete(keys.propagation_item(article_id, int(version)),
+                                keys.propagation_partners(article_id, int(version)),
+                                keys.propagation_pending(article_id, int(version)))
+                pipe.zrem(keys.propagation_items(), *old)
+                await pipe.execute()
+            dropped += len(old)
+        cutoff_micros = int(cutoff.timestamp() * 1_000_000)
+        for name in partner_names:
+            articles = await self.redis.hkeys(keys.partner_required(name))
+            if not articles:
+                continue
+            scores = await self.redis.zmscore(keys.articles_by_change(), articles)
+            stale = [a for a, s in zip(articles, scores, strict=True) if s is None or s < cutoff_micros]
+            if stale:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    pipe.hdel(keys.partner_required(name), *stale)
+                    pipe.zrem(keys.partner_outstanding(name), *stale)
+                    await pipe.execute()
+                dropped += len(stale)
+        return dropped
+
+
+async def partner_status(partner: Partner, ledger: PollLedger, requirements: Requirements, store: ArticleStore,
+                         feeds: dict[str, FeedDefinition], now: datetime | None = None,
+                         limit: int = STATUS_ARTICLES) -> PartnerStatus:
+    """Last poll and push, the last hour's polls and 304 ratio, and what the partner must receive of the
+    status window (from its requirements, not a rescan): outstanding first (oldest first), then
+    received; at most ``limit`` articles listed, ``outstanding`` counts them all."""
+    now = now or utc_now()
+    await ledger.flush()
+    last_poll, last_push = (await ledger.last_seen([partner.name]))[partner.name]
+    lines = [line for line in await ledger.read(partner.name, now - timedelta(hours=1))
+             if not line.feed.startswith(PUSH_PREFIX)]
+    polls = sum(line.count for line in lines)
+    not_modified = sum(line.count for line in lines if line.status == 304)
+    owed = sorted(await requirements.owed(partner.name),
+                  key=lambda o: (o.outstanding_since is None, o.outstanding_since or o.received_at or now))
+    outstanding = sum(1 for o in owed if o.outstanding_since is not None)
+    report = await receipts(partner, owed[:limit], store, feeds, now)
+    return PartnerStatus(
+        partner=partner.name,
+        active=partner.active,
+        last_poll=last_poll,
+        last_push=last_push,
+        last_hour=PollSummary(polls=polls, not_modified=not_modified,
+                              not_modified_ratio=round(not_modified / polls, 3) if polls else None),
+        articles=tuple(report),
+        outstanding=outstanding,
+    )
+
+
+async def receipts(partner: Partner, owed: list[Owed], store: ArticleStore, feeds: dict[str, FeedDefinition],
+                   now: datetime) -> list[ArticleReceipt]:
+    """The listed requirements as the API shows them (one read of their articles)."""
+    articles = {a.id: a for a in await store.get_many([o.article_id for o in owed])}
+    result = []
+    for item in owed:
+        article = articles.get(item.article_id)
+        if article is None:
+            continue
+        revision = article.latest if article.version == item.required else \
+            await store.revision(article.id, item.required)
+        sent = requirement(partner, revision, feeds.values(), True) or Delivery.CONTENT
+        since = item.outstanding_since
+        result.append(ArticleReceipt(
+            id=article.id, uri=article.uri, version=item.required, kind=ChangeKind(revision.kind),
+            pub_status=PubStatus(revision.pub_status), received=since is None,
+            received_version=item.received or None, received_at=item.received_at if since is None else None,
+            outstanding_since=since,
+            outstanding_seconds=round(max(0.0, (now - since).total_seconds()), 3) if since else None,
+            delivery=sent))
+    return result
