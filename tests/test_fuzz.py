@@ -77,6 +77,8 @@ def documents(draw: st.DrawFn) -> dict:
         doc["embargoedUntil"] = draw(MOMENT)
     if draw(st.integers(0, 5)) == 0:
         doc[draw(st.sampled_from(["charCount", "wordCount", "priority", "urgency"]))] = draw(NUMBER)
+    if draw(st.integers(0, 5)) == 0 and doc.get("associations"):  # a number the schema leaves open
+        doc["associations"][0]["renditions"][0][draw(st.sampled_from(["width", "height"]))] = draw(NUMBER)
     return doc
 
 

@@ -114,3 +114,18 @@ async def test_extreme_date_times_in_queries_are_400s(client, moment):
     for path in (f"/api/propagation?from={quote(moment)}", f"/api/articles?since={quote(moment)}"):
         response = await client.get(path, headers=ADMIN)
         assert response.status == 400, (path, await response.text())
+
+
+@pytest.mark.parametrize("number", [10**30, 2**63, -(2**63) - 1])
+async def test_an_integer_outside_64_bits_is_a_400_not_a_500(client, seed_v1, redis_url, number):
+    import json
+
+    from conftest import snapshot
+
+    document = json.loads(json.dumps(seed_v1))
+    document["associations"][0]["renditions"][0]["width"] = number
+    before = snapshot(redis_url)
+    response = await client.post("/api/articles", data=json.dumps(document).encode(), headers=JSON_HEADERS)
+    assert response.status == 400, await response.text()
+    assert "64-bit" in (await response.json())["detail"]
+    assert snapshot(redis_url) == before

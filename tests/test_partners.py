@@ -368,3 +368,18 @@ async def test_without_photo_rights_no_picture_reaches_the_partner_in_any_form(c
         text = await (await client.get(path, headers={"X-API-Key": without})).text()
         assert "kherson-rally.jpg" not in text and caption not in text and "<img" not in text, path
         assert "Kherson" in text, path  # the story stays
+
+
+async def test_a_revision_under_its_own_embargo_is_not_served_by_version(client, seed_v1):
+    """v2 was embargoed to 2099; v3 lifted nothing about v2: ?version=2 stays unreadable."""
+    acme = await create_partner(client, name="acme", feeds=["latest"], formats=["newsml"])
+    ok = {"X-API-Key": acme["key"]}
+    french = {**seed_v1, "uri": seed_v1["uri"] + "-embargo", "language": "fr"}
+    await publish(client, french)
+    await publish(client, {**french, "versionCreated": "2030-01-01T00:00:00Z", "embargoedUntil": "2099-01-01T00:00:00Z",
+                           "headlines": [{"role": "main", "value": "SECRET v2"}]}, "?signal=update")
+    await publish(client, {**french, "versionCreated": "2030-01-02T00:00:00Z"}, "?signal=update")
+    article_id = article_id_for_uri(french["uri"])
+    assert (await client.get(f"/items/{article_id}/newsml?version=3", headers=ok)).status == 200
+    embargoed = await client.get(f"/items/{article_id}/newsml?version=2", headers=ok)
+    assert embargoed.status == 404 and "SECRET" not in await embargoed.text()

@@ -1191,3 +1191,9 @@ async def test_the_hub_limits_requests_per_address_and_per_subscription(push, pu
     many = [await hub_request(push, f"http://127.0.0.1:9/cb-{n}", topic) for n in range(60)]
     assert many[-1].status == 429 and many[-1].headers["Retry-After"].isdigit()
     await hub_idle(push)
+
+
+@pytest.mark.parametrize("path", ["/feeds/latest/atom/", "//feeds/latest/atom", "/feeds//latest/atom"])
+async def test_the_hub_refuses_a_topic_the_server_does_not_serve(push, push_settings, path):
+    response = await hub_request(push, "http://127.0.0.1:9/cb", topic_url(push_settings, path))
+    assert response.status == 400

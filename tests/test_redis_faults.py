@@ -79,3 +79,25 @@ async def test_a_store_that_came_back_empty_is_noticed_and_nothing_from_before_i
 
 async def _accepted(client, key: str) -> bool:
     return (await client.get("/feeds/latest/json", headers={"X-API-Key": key})).status == 200
+
+
+def test_a_transport_error_from_inside_the_redis_client_is_a_storage_fault():
+    """uvloop raises RuntimeError("... the handler is closed") when a connection drops mid-write; redis-py
+    lets it through unwrapped. It is a 503 like any Redis fault, not a 500."""
+    import redis.asyncio.connection as redis_connection
+
+    from server.http.problems import _raised_talking_to_redis
+
+    def inside_redis():
+        raise RuntimeError("unable to perform operation on <TCPTransport closed=True>; the handler is closed")
+
+    namespace = {"__name__": redis_connection.__name__, "inside_redis": inside_redis}
+    exec("def call():\n    inside_redis()\n", namespace)  # a frame whose module is the Redis client's
+    try:
+        namespace["call"]()
+    except RuntimeError as exc:
+        assert _raised_talking_to_redis(exc)
+    try:
+        raise RuntimeError("a bug of ours")
+    except RuntimeError as exc:
+        assert not _raised_talking_to_redis(exc)

@@ -19,7 +19,9 @@ from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection, Connection
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
@@ -63,14 +65,15 @@ async def connect(address: RedisAddress | str, *, decode_responses: bool = True,
     ``pool_wait_seconds``) for a connection instead of failing with "too many connections". A command
     that gets no answer within ``socket_timeout`` fails (a paused or overloaded Redis must not hold a
     request), and one that meets a connection the server closed (a stale pooled one, after a Redis
-    restart, or one to a primary that was demoted) is retried once on a fresh connection."""
+    restart, or one to a primary that was demoted) is retried once on a fresh connection. A timeout is
+    not retried: a paused Redis costs a request one ``socket_timeout``, not two."""
     if isinstance(address, str):
         address = DirectRedis(address)
     options: dict[str, Any] = dict(decode_responses=decode_responses, health_check_interval=30,
                                    max_connections=max_connections, timeout=pool_wait_seconds,
                                    socket_timeout=socket_timeout,
                                    socket_connect_timeout=min(socket_timeout or 5.0, 5.0),
-                                   retry_on_error=[RedisConnectionError])
+                                   retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)))
     pool: BlockingConnectionPool
     if isinstance(address, SentinelRedis):
         pool = _sentinel_pool(address, options)

@@ -11,7 +11,8 @@ propagation and the CLI.
   granted (or ``*``); a disabled partner reads nothing but public feeds, and only anonymously (its keys
   stop working).
 - An **item** at a revision is readable when some feed the reader may read, in the format asked for,
-  holds that revision, and the revision is not withheld. Whether the article may be shown at all now
+  holds that revision, and the revision is not withheld (nor, when ``now`` is given, under its own
+  embargo). Whether the article may be shown at all now
   (embargo, kill window) is :func:`server.domain.feeds.in_feed`; the caller asks that first.
 
 The admin is not a reader here: ops read everything, and that is decided where callers are told apart.
@@ -20,6 +21,7 @@ The admin is not a reader here: ops read everything, and that is decided where c
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 from enum import StrEnum
 
 from server.domain.articles import WITHHELD, Revision
@@ -65,7 +67,7 @@ def readable_feeds(partner: Partner | None, feeds: Iterable[FeedDefinition],
 
 
 def item_refusal(partner: Partner | None, revision: Revision | None, feeds: Iterable[FeedDefinition],
-                 fmt: str | None) -> Refusal | None:
+                 fmt: str | None, now: datetime | None = None) -> Refusal | None:
     """Whether ``partner`` may read an item at ``revision`` in ``fmt``: a feed it may read in that
     format holds that very revision, and the revision is not withheld. Not held at all (or withheld)
     is :attr:`Refusal.NOT_HELD`; else, of the refusals by the feeds that hold it, the nearest miss: no
@@ -73,6 +75,8 @@ def item_refusal(partner: Partner | None, revision: Revision | None, feeds: Iter
     holding = [feed for feed in feeds if feed.holds(revision)]
     if revision is None or revision.pub_status == WITHHELD or not holding:
         return Refusal.NOT_HELD
+    if now is not None and revision.embargoed_until is not None and revision.embargoed_until > now:
+        return Refusal.NOT_HELD  # that revision's own embargo, even when a later one has none
     refusals = [feed_refusal(partner, feed, fmt) for feed in holding]
     if None in refusals:
         return None

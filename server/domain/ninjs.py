@@ -84,7 +84,8 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     if text.startswith("\ufeff"):
         text = text[1:]
     try:
-        value = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants)
+        value = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants,
+                           parse_int=_int64)
     except json.JSONDecodeError as exc:
         raise DocumentError(f"Malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}.") from None
     except RecursionError:
@@ -293,6 +294,15 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
             raise ValueError(f"Malformed JSON: the key {key!r} appears twice in one object.")
         result[key] = value
     return result
+
+
+def _int64(text: str) -> int:
+    """JSON integers as the stores and the formats can hold them: signed 64-bit."""
+    value = int(text)
+    if not -(2**63) <= value < 2**63:
+        raise ValueError(f"The integer {text[:30]}{'...' if len(text) > 30 else ''} is outside the signed 64-bit "
+                         "range.")
+    return value
 
 
 def _no_constants(name: str) -> None:

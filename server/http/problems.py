@@ -25,6 +25,19 @@ def problem_response(problem: Problem, instance: str | None = None) -> web.Respo
     )
 
 
+def _raised_talking_to_redis(exc: BaseException) -> bool:
+    """An OS or transport error the Redis client let through unwrapped (uvloop's "handler is closed"
+    when a connection drops mid-write in a failover): a Redis fault like any other."""
+    if not isinstance(exc, (OSError, RuntimeError)):
+        return False
+    traceback = exc.__traceback__
+    while traceback is not None:
+        if str(traceback.tb_frame.f_globals.get("__name__", "")).startswith("redis."):
+            return True
+        traceback = traceback.tb_next
+    return False
+
+
 def problem_for(request: web.Request, exc: Exception) -> web.Response:
     """The problem+json answer for an exception a handler raised: a :class:`Problem` as it is, an
     aiohttp HTTP error (4xx/5xx) with its status, anything else a logged 500."""
@@ -38,7 +51,7 @@ def problem_for(request: web.Request, exc: Exception) -> web.Response:
         headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "www-authenticate", "retry-after")}
         return problem_response(Problem(detail, status=exc.status, slug=slug_for_status(exc.status), headers=headers),
                                 request.path)
-    if isinstance(exc, RedisError):
+    if isinstance(exc, RedisError) or _raised_talking_to_redis(exc):
         # Redis unreachable, timing out, loading, read-only after a failover, out of memory: the
         # request may be retried; nothing was acknowledged.
         log.warning("Redis failed on %s %s: %s: %s", request.method, request.path, type(exc).__name__, exc)

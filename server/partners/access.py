@@ -23,6 +23,7 @@ from multidict import CIMultiDictProxy
 
 from server.core import keys
 from server.core.errors import NotFound, Problem, Unauthorised
+from server.core.values import utc_now
 from server.domain.access import Refusal, feed_refusal, item_refusal
 from server.domain.articles import Article, Revision
 from server.domain.callers import TokenTable
@@ -149,7 +150,7 @@ class AccessControl:
         if reader is ADMIN_READER:
             return Grant(None, None, None)
         partner, key = reader
-        refusal = item_refusal(partner, revision, feeds, fmt)
+        refusal = item_refusal(partner, revision, feeds, fmt, utc_now())
         if refusal is not None:
             raise _refused(refusal, partner, "a feed that holds this item", fmt)
         return self._within_quota(partner, key)

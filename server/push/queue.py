@@ -73,7 +73,7 @@ local function newer_is_waiting()
   local acked = tonumber(redis.call('HGET', KEYS[6], ARGV[1]) or '0')
   if waiting > tonumber(ARGV[3]) and waiting > acked then
     redis.call('ZADD', KEYS[2], ARGV[4], ARGV[2])
-    redis.call('ZADD', KEYS[5], ARGV[4], ARGV[2])
+    redis.call('ZADD', KEYS[5], 'NX', ARGV[4], ARGV[2])  -- waiting since the enqueue, not since this attempt
     return true
   end
   return false

@@ -197,7 +197,7 @@ def _parse_topic(raw: str, base_url: str) -> tuple[str, str | None, str | None, 
     key = parse_qs(parts.query).get("key", [None])[0]
     prefix = base.path.rstrip("/")  # a base URL may have a path (behind a proxy)
     path = parts.path[len(prefix):] if parts.path.startswith(prefix + "/") else ""
-    segments = path.strip("/").split("/")
+    segments = path[1:].split("/") if path.startswith("/") else []  # exactly /feeds/<name>/<format>
     topic = f"{base_url}{path}"
     if (parts.scheme, parts.netloc) != (base.scheme, base.netloc) or len(segments) != 3 or segments[0] != "feeds":
         return topic, None, None, key
