@@ -228,6 +228,7 @@ async def _running(services: Services, clients: RedisClients) -> AsyncIterator[N
     if worker is not None:
         subscriber.on(keys.PUSH_WAKE_CHANNEL, worker.wake, _nothing)
     services.metrics.process_id = new_process_id()
+
     async def forget_the_old_store(epoch: str) -> None:
         cache.forget(epoch)
         await cache.resync()
@@ -254,14 +255,12 @@ async def _running(services: Services, clients: RedisClients) -> AsyncIterator[N
                     services.push_jobs.start(job)
             await services.heartbeat.beat()  # before the process takes requests: /readyz sees its worker
             jobs.start(services.heartbeat)
-            try:
-                yield
-            finally:
-                await services.push_jobs.stop()
-                if worker is not None:
-                    await worker.close()  # deliveries in flight finish, and their receipts are buffered
-                await jobs.stop()  # the heartbeat withdraws itself; the flush flushes one last time
-        finally:
+            yield
+        finally:  # also when the start-up above failed half-way: every job started is stopped
+            await services.push_jobs.stop()
+            if worker is not None:
+                await worker.close()  # deliveries in flight finish, and their receipts are buffered
+            await jobs.stop()  # the heartbeat withdraws itself; the flush flushes one last time
             await subscriber.stop()
     finally:
         release_process_id(services.metrics.process_id)
