@@ -388,3 +388,12 @@ async def test_only_head_pages_and_recent_cursor_pages_are_cached(partner_client
     assert (await partner_client.get("/feeds/latest/json")).status == 200
     heads = sync_redis.keys("syn:cache:feed:*:latest:*:head")
     assert len(heads) == 1  # the render at the previous generation went when the new one was stored
+
+
+async def test_a_public_answer_varies_on_the_key_headers(client, seed_v1):
+    """A shared cache may keep the public page; a partner without photo rights presenting its key gets
+    another representation, so the cache must not answer it with the stored one."""
+    await post(client, seed_v1)
+    public = await client.get("/feeds/headlines/rss")
+    assert public.headers["Cache-Control"].startswith("public")
+    assert public.headers["Vary"] == "Accept-Encoding, Authorization, X-API-Key"

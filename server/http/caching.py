@@ -133,6 +133,9 @@ class ResponseHead:
     wire_204: bytes
 
 
+PUBLIC_VARY = "Accept-Encoding, Authorization, X-API-Key"
+
+
 def response_head(representation: Representation, coding: str, cache_control: str) -> ResponseHead:
     """The memoised :class:`ResponseHead` of one representation, coding and Cache-Control."""
     head = representation.heads.get((coding, cache_control))
@@ -142,8 +145,10 @@ def response_head(representation: Representation, coding: str, cache_control: st
 
 
 def _head(representation: Representation, coding: str, cache_control: str) -> ResponseHead:
-    headers = CIMultiDict({"ETag": representation.etags[coding], "Cache-Control": cache_control,
-                           "Vary": "Accept-Encoding"})
+    # A public answer may be stored by shared caches; a partner presenting a key may get another
+    # representation (without photos), so the cache must tell the requests apart by those headers too.
+    vary = PUBLIC_VARY if cache_control.startswith("public") else "Accept-Encoding"
+    headers = CIMultiDict({"ETag": representation.etags[coding], "Cache-Control": cache_control, "Vary": vary})
     if representation.last_modified is not None:
         headers["Last-Modified"] = http_date(representation.last_modified)
     if representation.links:
