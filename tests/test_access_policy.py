@@ -90,7 +90,9 @@ def test_readable_feeds(reader, fmt, expected):
     (ACME, revision(language="en", subjects=("sport",)), "newsml", None),
     # withheld: nobody, whatever the grants
     (EVERYTHING, revision(status=WITHHELD), "rss", Refusal.NOT_HELD),
-    (None, revision(language="en", status=WITHHELD), "rss", Refusal.NOT_HELD),
+    # without a key, whatever the item: "needs a key" (nothing learnt of what exists)
+    (None, revision(language="en", status=WITHHELD), "rss", Refusal.NEEDS_KEY),
+    (None, None, "rss", Refusal.NEEDS_KEY),
     # nothing at all
     (EVERYTHING, None, "rss", Refusal.NOT_HELD),
     (DISABLED, revision(), "rss", Refusal.INACTIVE),

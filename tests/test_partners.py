@@ -383,3 +383,18 @@ async def test_a_revision_under_its_own_embargo_is_not_served_by_version(client,
     assert (await client.get(f"/items/{article_id}/newsml?version=3", headers=ok)).status == 200
     embargoed = await client.get(f"/items/{article_id}/newsml?version=2", headers=ok)
     assert embargoed.status == 404 and "SECRET" not in await embargoed.text()
+
+
+async def test_without_a_key_nothing_is_learnt_of_items_outside_the_public_feeds(client, seed_v1):
+    """An unknown id, a private item and a version out of range all answer 401 to a caller without a
+    key; only items of public feeds are 200 (or their own errors)."""
+    french = {**seed_v1, "uri": seed_v1["uri"] + "-private", "language": "fr"}  # in no public feed
+    await publish(client, french)
+    await publish(client, seed_v1)  # English: in the public headlines
+    private, public = article_id_for_uri(french["uri"]), article_id_for_uri(seed_v1["uri"])
+    for path in ("/items/aaaaaaaaaaaaaaaa", "/items/aaaaaaaaaaaaaaaa/newsml", f"/items/{private}",
+                 f"/items/{private}/newsml", f"/items/{private}/newsml?version=99"):
+        response = await client.get(path)
+        assert response.status == 401, (path, response.status)
+    assert (await client.get(f"/items/{public}")).status == 200
+    assert (await client.get(f"/items/{public}/newsml?version=99")).status == 400

@@ -70,13 +70,15 @@ def item_refusal(partner: Partner | None, revision: Revision | None, feeds: Iter
                  fmt: str | None, now: datetime | None = None) -> Refusal | None:
     """Whether ``partner`` may read an item at ``revision`` in ``fmt``: a feed it may read in that
     format holds that very revision, and the revision is not withheld. Not held at all (or withheld)
-    is :attr:`Refusal.NOT_HELD`; else, of the refusals by the feeds that hold it, the nearest miss: no
+    is :attr:`Refusal.NOT_HELD` (:attr:`Refusal.NEEDS_KEY` without a key); else, of the refusals by the feeds that hold it, the nearest miss: no
     key, a disabled partner, a missing format (the feed is granted), a missing feed."""
     holding = [feed for feed in feeds if feed.holds(revision)]
-    if revision is None or revision.pub_status == WITHHELD or not holding:
-        return Refusal.NOT_HELD
-    if now is not None and revision.embargoed_until is not None and revision.embargoed_until > now:
-        return Refusal.NOT_HELD  # that revision's own embargo, even when a later one has none
+    unseen = revision is None or revision.pub_status == WITHHELD or not holding or (
+        now is not None and revision.embargoed_until is not None and revision.embargoed_until > now)
+    if unseen:  # withheld, not held, or under that revision's own embargo (even if a later one has none)
+        # Without a key, the answer is "needs a key" whatever the item is: an anonymous caller learns
+        # nothing of what exists outside the public feeds.
+        return Refusal.NEEDS_KEY if partner is None else Refusal.NOT_HELD
     refusals = [feed_refusal(partner, feed, fmt) for feed in holding]
     if None in refusals:
         return None

@@ -20,7 +20,7 @@ from server.feeds.render import NEWSML_MESSAGE_MEDIA_TYPE
 from server.http.caching import respond
 from server.http.poll import FEED_POLLS, FEED_ROUTE
 from server.http.state import ACCESS, FEED_BUILDER, FEEDS, SETTINGS, STORE
-from server.partners.access import Grant, Reader
+from server.partners.access import ANONYMOUS, Grant, Reader
 from server.push.payloads import NINJS_MEDIA_TYPE, item_newsml, ninjs_body
 
 __all__ = ["FEED_ROUTE", "get_feed", "get_item", "get_item_newsml"]
@@ -37,7 +37,7 @@ async def get_feed(request: web.Request) -> web.Response:
 async def get_item(request: web.Request) -> web.Response:
     """The stored ninjs of the latest revision; a killed (or purged) article gives its tombstone, and a
     partner that had the story but may no longer read it gets the withdrawal (propagation rule)."""
-    article, reader = await _visible_article(request)
+    article, reader = await _visible_article(request, "json")
     grant, sent = await request.app[ACCESS].authorise_latest_item(reader, article, request.app[FEEDS].values(),
                                                                   "json")
     article = as_delivered(article, sent)
@@ -53,7 +53,7 @@ async def get_item_newsml(request: web.Request) -> web.Response:
     """The article alone as NewsML-G2 (a newsMessage with the article and its pictures), latest or
     ``?version=N``; once an article is killed every version answers with the tombstone."""
     version = _version(request)
-    article, reader = await _visible_article(request)
+    article, reader = await _visible_article(request, "newsml")
     revision = article.latest
     if version is not None and version > article.version:
         raise Problem(f"version must be a whole number from 1 to {article.version}.", parameter="version")
@@ -87,7 +87,7 @@ def _version(request: web.Request) -> int | None:
     return version
 
 
-async def _visible_article(request: web.Request) -> tuple[Article, Reader]:
+async def _visible_article(request: web.Request, fmt: str) -> tuple[Article, Reader]:
     """The article, if a feed may show it now, and who asks; the key is checked before the store is
     asked anything, and whether this reader may read it is left to :meth:`AccessControl.authorise_item`."""
     article_id = request.match_info["id"]
@@ -96,6 +96,9 @@ async def _visible_article(request: web.Request) -> tuple[Article, Reader]:
     feeds = request.app[FEEDS].values()
     reader = request.app[ACCESS].identify(request, open_to_anonymous=any(f.public for f in feeds))
     article = await request.app[STORE].get(article_id)
+    if reader == ANONYMOUS:  # without a key: 401 unless a public feed shows it, whether it exists or not
+        visible = article is not None and in_feed(article, utc_now(), None)
+        request.app[ACCESS].authorise_item(reader, article.latest if visible and article else None, feeds, fmt)
     if article is None or not in_feed(article, utc_now(), None):
         raise NotFound(f"No item {article_id}.")
     return article, reader
