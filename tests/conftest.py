@@ -4,6 +4,8 @@ the seed article. Each test starts from an empty database."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import ipaddress
 import os
 import shutil
 import socket
@@ -204,3 +206,36 @@ def cli_env(**overrides: str) -> dict[str, str]:
 def run_cli(*args: str, env: dict[str, str], timeout: float = 60, input: str | None = None):
     return subprocess.run([sys.executable, "-m", "server.cli", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout, input=input)
+
+
+# ----- push: the app allowed to push to loopback, and receivers -------------------------------------
+
+ALLOW_LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
+
+
+@pytest.fixture
+def push_settings(settings):
+    return dataclasses.replace(settings, push_allow_networks=ALLOW_LOOPBACK)
+
+
+@pytest.fixture
+async def push(aiohttp_client, push_settings):
+    """The app allowed to push to 127.0.0.0/8 (the subscribers' address)."""
+    return await aiohttp_client(create_app(push_settings))
+
+
+@pytest.fixture
+async def receivers():
+    """Start receivers with ``await receivers(Behaviour(...))``; all are closed after the test."""
+    from push_helpers import Behaviour, Subscriber
+
+    started: list[Subscriber] = []
+
+    async def start(behaviour: Behaviour | None = None) -> Subscriber:
+        receiver = await Subscriber(behaviour or Behaviour()).start()
+        started.append(receiver)
+        return receiver
+
+    yield start
+    for receiver in started:
+        await receiver.close()

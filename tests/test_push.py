@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import ipaddress
 import os
 import signal
 import subprocess
@@ -60,7 +59,6 @@ from server.http.state import HUB_TASKS
 from server.push import dispatcher as push_dispatcher
 from server.push import retry as push_retry
 
-ALLOW_LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
 JSON_HEADERS = {**AUTH, "Content-Type": "application/json"}
 ADMIN_JSON = {**ADMIN, "Content-Type": "application/json"}
 SECRET = "s3cret-for-the-tests-0123456789"
@@ -68,30 +66,6 @@ SECRET = "s3cret-for-the-tests-0123456789"
 
 # ----- fixtures and small helpers -------------------------------------------------------------------
 
-@pytest.fixture
-def push_settings(settings):
-    return dataclasses.replace(settings, push_allow_networks=ALLOW_LOOPBACK)
-
-
-@pytest.fixture
-async def push(aiohttp_client, push_settings):
-    """The app allowed to push to 127.0.0.0/8 (the subscribers' address)."""
-    return await aiohttp_client(create_app(push_settings))
-
-
-@pytest.fixture
-async def receivers():
-    """Start receivers with ``await receivers(Behaviour(...))``; all are closed after the test."""
-    started: list[Subscriber] = []
-
-    async def start(behaviour: Behaviour | None = None) -> Subscriber:
-        receiver = await Subscriber(behaviour or Behaviour()).start()
-        started.append(receiver)
-        return receiver
-
-    yield start
-    for receiver in started:
-        await receiver.close()
 
 
 @pytest.fixture

@@ -19,11 +19,10 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 import redis.asyncio as redis_async
-from conftest import ADMIN, free_port
+from conftest import ADMIN, ALLOW_LOOPBACK, free_port
 from push_helpers import ATOM, Behaviour, Subscriber, atom_entries, entry_version, stays_false, wait_for
 from redis.exceptions import ConnectionError as RedisConnectionError
 from test_push import (
-    ALLOW_LOOPBACK,
     SECRET,
     add_endpoint,
     create_partner,
@@ -42,30 +41,6 @@ from server.partners.receipts import ReceiptWriter, decode
 from server.partners.receipts import read as read_receipts
 from server.push.destinations import WEBSUB, Destination, DestinationStore, new_webhook, subscription_id
 from server.push.websub import HubMode, SaveRetry, verify_intent
-
-
-@pytest.fixture
-def push_settings(settings):
-    return dataclasses.replace(settings, push_allow_networks=ALLOW_LOOPBACK)
-
-
-@pytest.fixture
-async def push(aiohttp_client, push_settings):
-    return await aiohttp_client(create_app(push_settings))
-
-
-@pytest.fixture
-async def receivers():
-    started: list[Subscriber] = []
-
-    async def start(behaviour: Behaviour | None = None) -> Subscriber:
-        receiver = await Subscriber(behaviour or Behaviour()).start()
-        started.append(receiver)
-        return receiver
-
-    yield start
-    for receiver in started:
-        await receiver.close()
 
 
 @pytest.fixture
