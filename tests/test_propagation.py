@@ -12,7 +12,7 @@ import orjson
 import pytest
 import redis as redis_sync
 from conftest import ADMIN, AUTH, ROOT, cli_env, make_partner, run_cli
-from push_helpers import Subscriber, wait_for
+from push_helpers import Behaviour, Subscriber, wait_for
 
 from server.core import keys
 from server.core.redis_connection import connect
@@ -109,6 +109,30 @@ async def test_a_webhook_that_had_the_story_gets_the_withdrawal_and_the_kill_nev
             return rows(await flow(push)).get((article, 3)) == {"acme": (True, "kill")}
 
         assert await wait_for(kill_received, message="the kill received by acme")
+
+
+async def test_a_correction_judged_while_the_first_push_is_in_flight_still_reaches_that_partner(push, seed_v1):
+    """acme's webhook is still answering v1 (no receipt yet) when v2 moves the story out of its feeds:
+    v1 on its way counts as having the story, so acme gets v2's withdrawal after v1, and is listed."""
+    async with Subscriber(Behaviour(delay_first=3.0)) as receiver:
+        await partner(push, "acme", feeds=["world"], formats=["*"])
+        created = await push.post("/api/partners/acme/endpoints", headers=ADMIN_JSON, data=orjson.dumps(
+            {"url": receiver.url(), "format": "ninjs", "secret": SECRET}))
+        assert created.status == 201
+        await publish(push, seed_v1)
+        await wait_for(lambda: receiver.posts, message="v1 on its way")
+        await publish(push, refiled(seed_v1), "?signal=correction")
+        article = article_id_for_uri(seed_v1["uri"])
+        await wait_for(lambda: len(receiver.delivered) >= 2, timeout=20, message="v1, then v2's withdrawal")
+        first, second = (orjson.loads(r.body) for r in receiver.delivered[:2])
+        assert first["headlines"] and second["pubStatus"] == "canceled" and "Withdrawn" in second["edNote"]
+        assert receiver.delivered[1].headers["X-Syndicate-Delivery"] == delivery_id(
+            (await created.json())["id"], article, 2)
+
+        async def listed():
+            return rows(await flow(push)).get((article, 2)) == {"acme": (True, "withdrawal")}
+
+        assert await wait_for(listed, message="acme listed for v2, received")
 
 
 async def test_a_poller_that_had_the_story_gets_the_withdrawal_at_items_and_is_listed(client, seed_v1):

@@ -47,8 +47,8 @@ SUMMARY_LAG_SCAN = 3  # lag revisions are summed over this many oldest outstandi
 
 # KEYS 1 items, 2 item hash, 3 item partners, 4 item pending; then per partner: received, required,
 # outstanding. ARGV 1 article, 2 version, 3 ingest ms, 4 "1" for a correction or kill, 5 kind, 6 uri,
-# 7 headline; then per partner: name, the delivery if it may read the revision now ("" if not), the
-# delivery if it only had the story. Returns name, delivery, ... of every partner that must receive it.
+# 7 headline; then per partner: name, the delivery it must receive whatever its receipts say (it may
+# read the revision now, or has it on its way; "" if not), the delivery if it only had the story. Returns name, delivery, ... of every partner that must receive it.
 _REQUIRE_LUA = """
 local article, version, since = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local item = ARGV[4] == '1'
@@ -205,14 +205,14 @@ class Requirements:
     # ----- writing ------------------------------------------------------------------------------
 
     async def record(self, store: ArticleStore, article: Article, partners: Iterable[Partner],
-                     feeds: Iterable[FeedDefinition]) -> dict[str, Delivery]:
+                     feeds: Iterable[FeedDefinition], awaiting: frozenset[str] = frozenset()) -> dict[str, Delivery]:
         """:meth:`require`, with the story's headline for ops (a kill keeps none: the revision's before it)."""
         if article.latest.kind not in TRACKED_KINDS:
             return {}
         document = article.latest.document
         if article.latest.kind == KILL and article.version > 1:
             document = (await store.revision(article.id, article.version - 1)).document
-        return await self.require(article, partners, feeds, main_headline(document))
+        return await self.require(article, partners, feeds, main_headline(document), awaiting)
 
     async def catch_up(self, store: ArticleStore, partners: Callable[[], Awaitable[Iterable[Partner]]],
                        feeds: Iterable[FeedDefinition], settle: timedelta = timedelta(0),
@@ -258,9 +258,11 @@ class Requirements:
         return len(entries)
 
     async def require(self, article: Article, partners: Iterable[Partner], feeds: Iterable[FeedDefinition],
-                      headline: str | None = None) -> dict[str, Delivery]:
+                      headline: str | None = None, awaiting: frozenset[str] = frozenset()) -> dict[str, Delivery]:
         """Record who must receive the article's latest revision (if it is tracked), and answer them with
-        what each is sent. Called with the article as a feed may show it now (not embargoed or withheld)."""
+        what each is sent. Called with the article as a feed may show it now (not embargoed or withheld).
+        ``awaiting``: partners with an earlier revision queued or in flight to them (the dispatcher knows):
+        they have the story as surely as a receipt says so."""
         revision = article.latest
         if revision.kind not in TRACKED_KINDS:
             return {}
@@ -271,6 +273,8 @@ class Requirements:
             if if_may is None and if_had is None:
                 continue
             names.append(partner.name)
+            if if_may is None and partner.name in awaiting:
+                if_may = if_had  # required whatever the receipts say
             ways += [partner.name, if_may or "", if_had or ""]
         if not names:
             return {}

@@ -178,20 +178,35 @@ class Dispatcher:
             await asyncio.sleep(wait)
         now = utc_now()
         table = self.key_table()
+        destinations = await self.destinations.all()
         if version is not None and version < article.version:
             # A later change follows (it will be fanned out with its notices): record who must receive
             # this revision, as of this revision.
             older = dataclasses.replace(article, latest=await self.store.revision(article.id, version))
-            await self.requirements.record(self.store, older, table.partners.values(), self.feeds.values())
+            await self.requirements.record(self.store, older, table.partners.values(), self.feeds.values(),
+                                           await self.awaiting(older, destinations, table))
             required = {}
         else:
             required = await self.requirements.record(self.store, article, table.partners.values(),
-                                                      self.feeds.values())
+                                                      self.feeds.values(),
+                                                      await self.awaiting(article, destinations, table))
         picked = []
-        for destination in await self.destinations.all():
+        for destination in destinations:
             if not await self.keeper.keep(destination, now, table):
                 continue
             if chosen(destination, article, table, self.feeds, required):
                 picked.append(destination.id)
         await self.queue.enqueue(picked, article.id, article.version)
         return picked
+
+    async def awaiting(self, article: Article, destinations: list[Destination], table: KeyTable) -> frozenset[str]:
+        """Partners that may not read the article's latest revision but have an earlier one queued or in
+        flight to one of their destinations: they are about to have the story (no receipt yet), so the
+        rule counts them as having had it. Read before the receipts are (in the requirement's script): a
+        delivery acknowledged in between has written its receipt by then."""
+        candidates = [d for d in destinations if d.partner is not None and d.partner in table.partners
+                      and not may_read_now(table.partners[d.partner], article.latest, self.feeds.values())]
+        if not candidates:
+            return frozenset()
+        held = await self.queue.holding(article.id, [d.id for d in candidates])
+        return frozenset(d.partner for d in candidates if d.partner is not None and d.id in held)

@@ -220,6 +220,14 @@ class PushQueue:
         return [keys.push_latest(claim.destination_id), keys.push_due(), keys.push_leased(),
                 keys.push_state(claim.destination_id), keys.push_waiting_since(), keys.push_acked(claim.destination_id)]
 
+    async def holding(self, article_id: str, destination_ids: list[str]) -> set[str]:
+        """Those of the destinations that have a version of the article queued or in flight."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for destination_id in destination_ids:
+                pipe.hexists(keys.push_latest(destination_id), article_id)
+            answers = await pipe.execute()
+        return {d for d, held in zip(destination_ids, answers, strict=True) if held}
+
     async def waiting(self) -> list[tuple[Claim, float]]:
         """Every unacknowledged delivery and since when it has waited (epoch ms), oldest first."""
         entries = await self.redis.zrange(keys.push_waiting_since(), 0, -1, withscores=True)
