@@ -168,6 +168,30 @@ async def test_a_poller_that_had_the_story_gets_the_withdrawal_at_items_and_is_l
     assert report["outstanding"] == 0
 
 
+async def test_a_cursor_poll_acknowledges_what_the_feed_showed_before_it(client, seed_v1):
+    """``?since=N`` is an offset commit (issue 11, item 2): a reader whose page receipts were lost (the
+    process that served them died before its flush) is healed by its next cursor poll, on any process.
+    Only what that feed's since pages show before N counts: world never showed the re-filed v2."""
+    both = await partner(client, "follower", feeds=["latest", "world"], formats=["json"])
+    await publish(client, seed_v1)
+    article = article_id_for_uri(seed_v1["uri"])
+    assert (await client.get("/feeds/world/json", headers={"X-API-Key": both})).status == 200  # has v1
+    await publish(client, refiled(seed_v1), "?signal=correction")  # in latest only
+    assert rows(await flow(client))[(article, 2)] == {"follower": (False, "content")}
+
+    # The cursors after v2, read as the admin (no receipts): as if served by a process that then died.
+    cursors = {}
+    for feed in ("world", "latest"):
+        page = await (await client.get(f"/feeds/{feed}/json", headers=ADMIN)).json()
+        cursors[feed] = page["next_url"].rpartition("?")[2]
+    world = await client.get(f"/feeds/world/json?{cursors['world']}", headers={"X-API-Key": both})
+    assert world.status == 200
+    assert rows(await flow(client))[(article, 2)] == {"follower": (False, "content")}  # world never showed v2
+    latest = await client.get(f"/feeds/latest/json?{cursors['latest']}", headers={"X-API-Key": both})
+    assert latest.status == 200 and (await latest.json())["items"] == []  # nothing after the cursor
+    assert rows(await flow(client))[(article, 2)] == {"follower": (True, "content")}
+
+
 async def test_a_correction_that_stays_in_the_feed_reaches_the_poller_as_content(client, seed_v1, seed_v2):
     key = await partner(client, "poller", feeds=["world"], formats=["atom"])
     await publish(client, seed_v1)

@@ -183,3 +183,9 @@ def in_feed(article: Article, now: datetime, kill_window: timedelta | None) -> b
     if latest.pub_status == CANCELED and kill_window is not None:
         return latest.ingested_at >= now - kill_window
     return True
+
+
+def since_page_shows(feed: FeedDefinition, article: Article, now: datetime) -> bool:
+    """Whether the feed's since pages (the cursor a reader follows) show the article's latest revision:
+    the feed holds it and a feed may show it now (kills always)."""
+    return feed.holds(article.latest) and in_feed(article, now, None)

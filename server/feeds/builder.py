@@ -26,7 +26,7 @@ from server.core.errors import Problem
 from server.core.settings import Settings
 from server.core.values import iso, parse_iso, utc_now
 from server.domain.articles import Article
-from server.domain.feeds import FeedDefinition, in_feed
+from server.domain.feeds import FeedDefinition, in_feed, since_page_shows
 from server.feeds.render import (
     ATOM_MEDIA_TYPE,
     JSON_FEED_MEDIA_TYPE,
@@ -213,7 +213,7 @@ class FeedBuilder:
             order.pop(change.article_id, None)
             order[change.article_id] = change.seq
         articles = await self.store.get_many(list(order))
-        chosen = [a for a in articles if feed.holds(a.latest) and in_feed(a, now, None)]
+        chosen = [a for a in articles if since_page_shows(feed, a, now)]
         return chosen, changes[-1].seq
 
 

@@ -172,7 +172,7 @@ class FeedPolls:
         poll, head, status, rendered = answer.poll, answer.head, answer.status, answer.rendered
         return self.access.settle(answer.grant, status, head.etag, poll.if_none_match or "",
                                   len(head.body) if status == 200 else 0, poll.feed.name, poll.fmt,
-                                  rendered.render_id, rendered.manifest)
+                                  rendered.render_id, rendered.manifest, poll.since)
 
 
 def cache_control(feed: FeedDefinition, grant: Grant, max_age: int) -> str:

@@ -249,7 +249,7 @@ class AccessControl:
 
     def settle(self, grant: Grant, status: int, etag: str, if_none_match: str, size: int, feed: str,
                fmt: str | None, render_id: str,
-               manifest: tuple[tuple[str, int], ...] | None = None) -> Quota | None:
+               manifest: tuple[tuple[str, int], ...] | None = None, since: int | None = None) -> Quota | None:
         """Charge an answer to the partner's quota and buffer its ledger line; the quota, for the
         RateLimit headers to send with it (None for the public and the admin: no quota, no ledger)."""
         partner, quota = grant.partner, grant.quota
@@ -259,7 +259,8 @@ class AccessControl:
         if status == 200 or status == 304:
             if status == 304 and etag not in _etags_in(if_none_match):
                 render_id, manifest = "", None  # 304 by date or '*': no proof of which render it holds
-            self.ledger.record(partner.name, grant.key_id, feed, fmt or "ninjs", status, size, render_id, manifest)
+            self.ledger.record(partner.name, grant.key_id, feed, fmt or "ninjs", status, size, render_id, manifest,
+                               since=since)
         return quota
 
     def _throttled(self, address: str) -> bool:

@@ -30,6 +30,7 @@ from server.articles.store import ArticleStore
 from server.core import keys
 from server.core.values import iso, parse_iso, utc_now
 from server.domain.articles import CORRECTION, KILL, UPDATE, Change
+from server.partners.cursor_acks import CursorAcks
 from server.partners.receipts import ReceiptWriter, drop_older_than
 from server.partners.receipts import read as read_receipts
 
@@ -52,8 +53,10 @@ class PollLine:
 
 
 class PollLedger:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, cursor_acks: CursorAcks | None = None) -> None:
         self.redis = redis
+        self.cursor_acks = cursor_acks  # applies ``?since=N`` acknowledgements at each flush
+        self._acks: dict[tuple[str, str], int] = {}  # (partner, feed) -> the highest cursor polled
         self._receipts_writer = ReceiptWriter(redis)
         # What each partner received since the last flush: partner -> article -> (version, epoch seconds).
         self._receipts: dict[str, dict[str, tuple[int, float]]] = {}
@@ -69,11 +72,15 @@ class PollLedger:
         self._flush_lock = asyncio.Lock()
 
     def record(self, partner: str, key_id: str | None, feed: str, fmt: str, status: int, size: int,
-               render_id: str, manifest: tuple[tuple[str, int], ...] | None = None, at: float | None = None) -> None:
+               render_id: str, manifest: tuple[tuple[str, int], ...] | None = None, at: float | None = None,
+               since: int | None = None) -> None:
         """Buffer one line (no I/O; ``at`` is epoch seconds, now by default). The render's manifest is
         written with the first line that names it in this process (``SET NX``: once per render id,
-        whichever process delivers it first)."""
+        whichever process delivers it first). ``since``: the cursor of a since page answered 200 or 304,
+        an acknowledgement of everything before it (:mod:`server.partners.cursor_acks`)."""
         at = time.time() if at is None else at
+        if since is not None and status in (200, 304) and since > self._acks.get((partner, feed), -1):
+            self._acks[(partner, feed)] = since
         key = (partner, feed, fmt, status, render_id)
         pending = self._lines.get(key)
         if pending is None:
@@ -116,7 +123,8 @@ class PollLedger:
         manifests, self._manifests = self._manifests, {}
         last_used, self._last_used = self._last_used, {}
         receipts, self._receipts = self._receipts, {}
-        if not (lines or manifests or last_used or receipts):
+        acks, self._acks = self._acks, {}
+        if not (lines or manifests or last_used or receipts or acks):
             return 0
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -134,7 +142,11 @@ class PollLedger:
                         partner, ((article_id, version, int(at * 1000)) for article_id, (version, at) in received.items()),
                         client=pipe)
                 await pipe.execute()
+            if acks and self.cursor_acks is not None:
+                await self.cursor_acks.apply(acks)
         except Exception:
+            for ack, cursor in acks.items():
+                self._acks[ack] = max(cursor, self._acks.get(ack, -1))
             for partner, received in receipts.items():
                 mine = self._receipts.setdefault(partner, {})
                 for article_id, got in received.items():

@@ -70,12 +70,14 @@ class RateLimiter:
         self.redis = redis
         self._pending: dict[tuple[str, int], int] = {}  # counted here since the last flush
         self._known_total: dict[tuple[str, int], int] = {}  # all processes, at the last flush
+        # Counts on their way to Redis: still counted by check until the totals that include them land.
+        self._flushing: dict[tuple[str, int], int] = {}
 
     def check(self, partner: str, limit: int, now: float | None = None) -> Quota:
         now = time.time() if now is None else now
         start = int(now // WINDOW_SECONDS) * WINDOW_SECONDS
         window = (partner, start)
-        used = self._known_total.get(window, 0) + self._pending.get(window, 0)
+        used = self._known_total.get(window, 0) + self._pending.get(window, 0) + self._flushing.get(window, 0)
         reset = max(1, int(start + WINDOW_SECONDS - now))
         # Allowed while any budget is left: a request is only known to be a cheap 304 once answered.
         return Quota(used < limit * 10, limit, used, reset, window)
@@ -89,6 +91,13 @@ class RateLimiter:
         """Add this process's counts to Redis and learn every process's totals, for each partner that
         used the current window here (so other processes' use is seen even when this one is idle)."""
         pending, self._pending = self._pending, {}
+        self._flushing = pending
+        try:
+            await self._flush(pending)
+        finally:
+            self._flushing = {}
+
+    async def _flush(self, pending: dict[tuple[str, int], int]) -> None:
         current = int(time.time() // WINDOW_SECONDS) * WINDOW_SECONDS
         self._known_total = {k: v for k, v in self._known_total.items() if k[1] >= current}
         watched = list(dict.fromkeys([*pending, *self._known_total]))

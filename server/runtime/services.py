@@ -38,6 +38,7 @@ from server.feeds.cache import FeedCache
 from server.observability.metrics import Metrics, new_process_id, release_process_id
 from server.ops.views import OpsContext
 from server.partners.access import AccessControl
+from server.partners.cursor_acks import CursorAcks
 from server.partners.ledger import PollLedger
 from server.partners.propagation import Requirements
 from server.partners.ratelimit import RateLimiter
@@ -169,7 +170,7 @@ def _build(settings: Settings, role: Role, metrics: Metrics, embedded: EmbeddedR
                       settings.memory_cache_bytes, metrics)
     store.on_change = cache.apply_notice  # read-your-writes on the process that took the write
     partners = PartnerStore(clients.store, feeds, acks)
-    ledger = PollLedger(clients.flush)
+    ledger = PollLedger(clients.flush, CursorAcks(clients.flush, store, feeds))
     limiter = RateLimiter(clients.flush)
     access = AccessControl(partners, tokens, ledger, limiter, settings.default_rate_limit)
     destinations, queue = DestinationStore(clients.store, acks), PushQueue(clients.store)
