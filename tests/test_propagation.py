@@ -418,3 +418,8 @@ async def test_a_receipt_ends_outstanding_only_at_the_required_version(redis_url
     finally:
         await redis.aclose()
     assert keys.PARTNER_RECEIVED_PARTS[0] + "p" + keys.PARTNER_RECEIVED_PARTS[1] == keys.partner_received("p")
+    # The settling's Lua builds these names from their parts: they must stay the key functions' own.
+    items, pending = keys.PROPAGATION_ARTICLE_ITEMS_PARTS, keys.PROPAGATION_PENDING_PARTS
+    assert items[0] + "a1" + items[1] == keys.propagation_article_items("a1")
+    assert pending[0] + "a1:3" + pending[1] == keys.propagation_pending("a1", 3)
+    assert sync_redis.smembers(keys.propagation_receipts_to_settle()) == {keys.partner_received("p") + "|a1"}

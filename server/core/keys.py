@@ -126,6 +126,23 @@ def partners_generation() -> str:
     return f"{PREFIX}:partners:generation"
 
 
+def activity_hour(hour_start: int) -> str:
+    """Hash: ``polls`` and ``pushes`` answered in the hour starting at ``hour_start`` (epoch seconds), by
+    every partner (summed at each flush; expires after a day and a bit): the dashboard's chart."""
+    return f"{PREFIX}:activity:{hour_start}"
+
+
+def partners_last_poll() -> str:
+    """Sorted set: partner name -> epoch ms of its last poll with a key (``ZADD GT``, with the last-used
+    hash): every partner's last poll in one read, for the ops views."""
+    return f"{PREFIX}:partners:last-poll"
+
+
+def partners_last_push() -> str:
+    """Sorted set: partner name -> epoch ms of its last acknowledged push (as ``partners_last_poll``)."""
+    return f"{PREFIX}:partners:last-push"
+
+
 def partner_last_used(name: str) -> str:
     """Hash: key id -> when it was last used (written in the background, at most every flush); the field
     ``push`` holds the last acknowledged push."""
@@ -190,10 +207,27 @@ def propagation_partners(article_id: str, version: int) -> str:
     return f"{PREFIX}:propagation:item:{article_id}:{version}:partners"
 
 
+def propagation_article_items(article_id: str) -> str:
+    """Set: the versions of the article that are corrections or kills of the window (their items)."""
+    return f"{PREFIX}:propagation:article:{article_id}:items"
+
+
+PROPAGATION_ARTICLE_ITEMS_PARTS = (f"{PREFIX}:propagation:article:", ":items")
+PROPAGATION_PENDING_PARTS = (f"{PREFIX}:propagation:item:", ":pending")  # around ``<article id>:<version>``
+
+
+def propagation_receipts_to_settle() -> str:
+    """Set: ``<received key>|<article id>`` of every receipt that raised a version a requirement asks
+    about, since the last settling: the next read drops those partners from the article's items'
+    pending sets (so a read settles only what changed, never every pending pair)."""
+    return f"{PREFIX}:propagation:to-settle"
+
+
 def propagation_pending(article_id: str, version: int) -> str:
     """Set: the partners of :func:`propagation_partners` not yet known to have received it. A read
-    settles it (removes, in a Lua step, every partner whose receipt reached the version), so it only
-    shrinks as receipts arrive; SCARD after settling is the item's outstanding count."""
+    settles it first (removes, in a Lua step, every partner of :func:`propagation_receipts_to_settle`
+    whose receipt reached the version), so it only shrinks as receipts arrive; SCARD after settling is
+    the item's outstanding count."""
     return f"{PREFIX}:propagation:item:{article_id}:{version}:pending"
 
 

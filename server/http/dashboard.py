@@ -39,7 +39,6 @@ from server.http.middleware import add_get, add_route
 from server.http.state import OPS, REDIS, SETTINGS, TOKENS
 from server.ops import views as ops
 from server.ops.models import Page, PartnerHealth
-from server.partners.ledger import PUSH_PREFIX
 
 COOKIE = "syn_ops"
 FLASH_COOKIE = "syn_ops_flash"
@@ -49,7 +48,6 @@ REFRESH_SECONDS = 15
 LOGIN_MAX_FAILURES = 5  # per client address within LOGIN_WINDOW; then 429 until the window passes
 LOGIN_WINDOW = 300.0
 CHART_HOURS = 24
-CHART_REFRESH_SECONDS = 60.0
 ITEMS_PER_PAGE = 20  # corrections and kills (outstanding first)
 CHIPS_PER_ITEM = 12  # partners shown per correction or kill (not received first); the counts cover all
 PARTNERS_PER_PAGE = 50  # failing, then behind, then healthy
@@ -137,14 +135,6 @@ class Dashboard:
         self.secure_cookie = secure_cookie
         self.allowed_origins = allowed_origins
         self.throttle = LoginThrottle()
-        self._activity: tuple[float, list[dict[str, Any]]] | None = None
-
-    async def activity(self, ctx: ops.OpsContext, now: datetime) -> list[dict[str, Any]]:
-        """The hourly chart's buckets, read at most every ``CHART_REFRESH_SECONDS`` by this process (it
-        reads every partner's last 24 hours of ledger lines; its resolution is an hour)."""
-        if self._activity is None or time.monotonic() - self._activity[0] > CHART_REFRESH_SECONDS:
-            self._activity = (time.monotonic(), await hourly_activity(ctx, now))
-        return self._activity[1]
 
     def _sign(self, purpose: str, value: str) -> str:
         assert self.secret is not None
@@ -374,7 +364,7 @@ async def dashboard_page(request: web.Request) -> web.Response:
     overview = await ops.overview(ctx, now=now)
     groups = await ops.failed_destinations(ctx)
     recent = await ops.deliveries(ctx, failed_only=True, limit=10)
-    chart = activity_chart(await dashboard.activity(ctx, now), now)
+    chart = activity_chart(await hourly_activity(ctx, now), now)
     flash = dashboard.read_flash(request.cookies.get(FLASH_COOKIE))
     order = {PartnerHealth.FAILING: 0, PartnerHealth.BEHIND: 1, PartnerHealth.HEALTHY: 2}
     partners = sorted(overview.partners, key=lambda r: (order[r.state], -r.outstanding, r.partner))
@@ -410,16 +400,9 @@ async def hourly_activity(ctx: ops.OpsContext, now: datetime, hours: int = CHART
     """Polls (ledger lines, summed by ``count``) and acknowledged pushes (lines of feed ``push:*``) per
     hour, over every partner's ledger, oldest hour first; the last bucket is the hour in progress."""
     start = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=hours - 1)
-    buckets = [{"start": start + timedelta(hours=i), "polls": 0, "pushes": 0} for i in range(hours)]
     await ctx.ledger.flush()
-    partners, _generation = await ctx.partners.load_all()
-    for partner in partners:
-        for line in await ctx.ledger.read(partner.name, start):
-            index = int((line.at - start).total_seconds() // 3600)
-            if 0 <= index < hours:
-                field = "pushes" if line.feed.startswith(PUSH_PREFIX) else "polls"
-                buckets[index][field] += line.count
-    return buckets
+    return [{"start": start + timedelta(hours=i), "polls": polls, "pushes": pushes}
+            for i, (polls, pushes) in enumerate(await ctx.ledger.activity(start, hours))]
 
 
 def activity_chart(buckets: list[dict[str, Any]], now: datetime) -> dict[str, Any]:

@@ -39,6 +39,7 @@ PUSH_PREFIX = "push:"  # ledger lines of acknowledged pushes: feed "push:<destin
 LAST_PUSH = "push"  # the field of the last-used hash that holds the last acknowledged push (never a key id)
 STATUS_WINDOW = timedelta(days=7)
 MANIFEST_RETENTION = timedelta(days=8)
+ACTIVITY_KEPT_SECONDS = 26 * 3600  # the hourly counters of the dashboard's 24-hour chart
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +131,13 @@ class PollLedger:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for render_id, manifest in manifests.items():
                     record_manifest(pipe, render_id, manifest)
+                activity: dict[tuple[int, str], int] = {}
+                for (_partner, feed, _fmt, _status, _render), (at, _size, count) in lines.items():
+                    slot = (int(at // 3600) * 3600, "pushes" if feed.startswith(PUSH_PREFIX) else "polls")
+                    activity[slot] = activity.get(slot, 0) + count
+                for (hour, field), count in activity.items():
+                    pipe.hincrby(keys.activity_hour(hour), field, count)
+                    pipe.expire(keys.activity_hour(hour), ACTIVITY_KEPT_SECONDS)
                 for (partner, feed, fmt, status, render_id), (at, size, count) in lines.items():
                     pipe.xadd(keys.poll_ledger(partner), {
                         "at": _iso_epoch(at), "feed": feed, "format": fmt, "status": status, "bytes": size,
@@ -137,6 +145,8 @@ class PollLedger:
                     }, maxlen=LEDGER_MAX_LINES, approximate=True)
                 for (partner, key_id), at in last_used.items():
                     pipe.hset(keys.partner_last_used(partner), key_id, _iso_epoch(at))
+                    everyone = keys.partners_last_push() if key_id == LAST_PUSH else keys.partners_last_poll()
+                    pipe.zadd(everyone, {partner: int(at * 1000)}, gt=True)
                 for partner, received in receipts.items():
                     await self._receipts_writer.write(
                         partner, ((article_id, version, int(at * 1000)) for article_id, (version, at) in received.items()),
@@ -159,6 +169,16 @@ class PollLedger:
             raise
         return len(lines)
 
+    async def activity(self, start: datetime, hours: int) -> list[tuple[int, int]]:
+        """(polls, acknowledged pushes) of every partner per hour, ``hours`` hours from ``start`` (an
+        hour's start): one small hash per hour, summed at each flush."""
+        first = int(start.timestamp())
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for hour in range(hours):
+                pipe.hmget(keys.activity_hour(first + 3600 * hour), ["polls", "pushes"])
+            answers = await pipe.execute()
+        return [(int(polls or 0), int(pushes or 0)) for polls, pushes in answers]
+
     async def has_received(self, partner: str, article_id: str) -> bool:
         """Whether the partner received any revision of the article (buffered here, or in Redis)."""
         if article_id in self._receipts.get(partner, {}):
@@ -166,17 +186,15 @@ class PollLedger:
         return bool(await self.redis.hexists(keys.partner_received(partner), article_id))
 
     async def last_seen(self, partners: list[str]) -> dict[str, tuple[datetime | None, datetime | None]]:
-        """Per partner: its last poll (any key's last use) and its last acknowledged push, from the
-        last-used hash (one small read each, pipelined)."""
+        """Per partner: its last poll (any key's last use) and its last acknowledged push: two reads for
+        them all (the sorted sets the flush keeps beside each partner's last-used hash)."""
+        if not partners:
+            return {}
         async with self.redis.pipeline(transaction=False) as pipe:
-            for name in partners:
-                pipe.hgetall(keys.partner_last_used(name))
-            answers = await pipe.execute()
-        seen = {}
-        for name, used in zip(partners, answers, strict=True):
-            polls = [parse_iso(v) for k, v in used.items() if k != LAST_PUSH]
-            seen[name] = (max(polls) if polls else None, parse_iso(used[LAST_PUSH]) if LAST_PUSH in used else None)
-        return seen
+            pipe.zmscore(keys.partners_last_poll(), partners)
+            pipe.zmscore(keys.partners_last_push(), partners)
+            polls, pushes = await pipe.execute()
+        return {name: (_from_ms(poll), _from_ms(push)) for name, poll, push in zip(partners, polls, pushes, strict=True)}
 
     async def received(self, partner: str) -> dict[str, tuple[int, datetime]]:
         """Per article: the newest version the partner has received, and when it first got it."""
@@ -247,3 +265,7 @@ def _iso_epoch(at: float) -> str:
 def _line(fields: dict[str, str]) -> PollLine:
     return PollLine(parse_iso(fields["at"]), fields["feed"], fields["format"], int(fields["status"]),
                     int(fields["bytes"]), fields["render"], int(fields.get("count", 1)))
+
+
+def _from_ms(millis: float | None) -> datetime | None:
+    return None if millis is None else datetime.fromtimestamp(millis / 1000, tz=UTC)

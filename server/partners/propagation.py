@@ -45,28 +45,30 @@ CATCH_UP_LIMIT = 2000  # change-log entries a view records at most before answer
 STATUS_ARTICLES = 500  # a partner's status lists at most this many articles
 SUMMARY_LAG_SCAN = 3  # lag revisions are summed over this many oldest outstanding articles (1 each beyond)
 
-# KEYS 1 items, 2 item hash, 3 item partners, 4 item pending; then per partner: received, required,
-# outstanding. ARGV 1 article, 2 version, 3 ingest ms, 4 "1" for a correction or kill, 5 kind, 6 uri,
-# 7 headline; then per partner: name, the delivery it must receive whatever its receipts say (it may
-# read the revision now, or has it on its way; "" if not), the delivery if it only had the story. Returns name, delivery, ... of every partner that must receive it.
+# KEYS 1 items, 2 item hash, 3 item partners, 4 item pending, 5 the article's items; then per partner:
+# received, required, outstanding. ARGV 1 article, 2 version, 3 ingest ms, 4 "1" for a correction or
+# kill, 5 kind, 6 uri, 7 headline; then per partner: name, the delivery it must receive whatever its
+# receipts say (it may read the revision now, or has it on its way; "" if not), the delivery if it only
+# had the story. Returns name, delivery, ... of every partner that must receive it.
 _REQUIRE_LUA = """
 local article, version, since = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local item = ARGV[4] == '1'
 if item then
   redis.call('ZADD', KEYS[1], since, article .. '|' .. ARGV[2])
   redis.call('HSET', KEYS[2], 'kind', ARGV[5], 'uri', ARGV[6], 'headline', ARGV[7], 'ingestedAt', since)
+  redis.call('SADD', KEYS[5], ARGV[2])
 end
 local result = {}
-for i = 0, (#KEYS - 4) / 3 - 1 do
+for i = 0, (#KEYS - 5) / 3 - 1 do
   local name, sent = ARGV[8 + 3 * i], ARGV[9 + 3 * i]
-  local got = redis.call('HGET', KEYS[5 + 3 * i], article)
+  local got = redis.call('HGET', KEYS[6 + 3 * i], article)
   if sent == '' and got then sent = ARGV[10 + 3 * i] end
   if sent ~= '' then
-    if tonumber(redis.call('HGET', KEYS[6 + 3 * i], article) or '0') < version then
-      redis.call('HSET', KEYS[6 + 3 * i], article, version)
+    if tonumber(redis.call('HGET', KEYS[7 + 3 * i], article) or '0') < version then
+      redis.call('HSET', KEYS[7 + 3 * i], article, version)
     end
     if (got and tonumber(string.match(got, '^(%d+)')) or 0) < version then
-      redis.call('ZADD', KEYS[7 + 3 * i], 'NX', since, article)
+      redis.call('ZADD', KEYS[8 + 3 * i], 'NX', since, article)
       if item then redis.call('SADD', KEYS[4], name) end
     end
     if item then redis.call('HSET', KEYS[3], name, sent) end
@@ -77,32 +79,55 @@ end
 return result
 """
 
-# KEYS: per item its pending set and its hash. ARGV 1, 2: the received key's prefix and suffix, 3: "1"
-# to return the names still pending; then per item: article, version. Drops every pending partner
-# whose receipt reached the version; returns per item {count, kind, names...}.
-_SETTLE_LUA = """
-local result = {}
-for i = 1, #KEYS / 2 do
-  local article, version = ARGV[2 + 2 * i], tonumber(ARGV[3 + 2 * i])
-  local left = {}
-  for _, name in ipairs(redis.call('SMEMBERS', KEYS[2 * i - 1])) do
-    local got = redis.call('HGET', ARGV[1] .. name .. ARGV[2], article)
-    if got and tonumber(string.match(got, '^(%d+)')) >= version then
-      redis.call('SREM', KEYS[2 * i - 1], name)
-    elseif ARGV[3] == '1' then
-      left[#left + 1] = name
-    else
-      left[1] = (left[1] or 0) + 1
+# Settling: the receipts noted since the last settling (``to settle``: ``<received key>|<article>``) drop
+# their partner from the pending set of every item of the article at or below the version received.
+# KEYS 1: to settle. ARGV 1, 2: the received key's prefix and suffix, 3, 4: the article items key's,
+# 5, 6: the pending key's (around ``<article>:<version>``).
+_SETTLE_FUNCTION = """
+local function settle_receipts()
+  local noted = redis.call('SMEMBERS', KEYS[1])
+  if #noted == 0 then return end
+  redis.call('DEL', KEYS[1])
+  for _, entry in ipairs(noted) do
+    local received, article = string.match(entry, '^(.*)|([^|]*)$')
+    local name = string.sub(received, #ARGV[1] + 1, #received - #ARGV[2])
+    local got = redis.call('HGET', received, article)
+    local have = got and tonumber(string.match(got, '^(%d+)')) or 0
+    for _, version in ipairs(redis.call('SMEMBERS', ARGV[3] .. article .. ARGV[4])) do
+      if tonumber(version) <= have then
+        redis.call('SREM', ARGV[5] .. article .. ':' .. version .. ARGV[6], name)
+      end
     end
   end
-  local count = ARGV[3] == '1' and #left or (left[1] or 0)
-  local answer = {count, redis.call('HGET', KEYS[2 * i], 'kind') or ''}
-  if ARGV[3] == '1' then
-    for _, name in ipairs(left) do answer[#answer + 1] = name end
+end
+"""
+
+# KEYS 1: to settle; then per item its pending set and its hash. ARGV 1-6: as the settling's, 7: "1" to
+# return the names still pending; then per item: article, version. Settles, then returns per item
+# {count, kind, names...}: counting is a SCARD, whatever the number of pending pairs.
+_SETTLE_LUA = _SETTLE_FUNCTION + """
+settle_receipts()
+local result = {}
+for i = 1, (#KEYS - 1) / 2 do
+  local pending = KEYS[2 * i]
+  local answer
+  if ARGV[7] == '1' then
+    answer = {0, redis.call('HGET', KEYS[2 * i + 1], 'kind') or ''}
+    for _, name in ipairs(redis.call('SMEMBERS', pending)) do answer[#answer + 1] = name end
+    answer[1] = #answer - 2
+  else
+    answer = {redis.call('SCARD', pending), redis.call('HGET', KEYS[2 * i + 1], 'kind') or ''}
   end
   result[i] = answer
 end
 return result
+"""
+
+# KEYS 1: to settle. ARGV 1-6: as the settling's. Settles only (the retention job: the set stays small
+# even when no ops view is read).
+_SETTLE_ONLY_LUA = _SETTLE_FUNCTION + """
+settle_receipts()
+return 1
 """
 
 # KEYS: per partner its outstanding set, required hash, received hash. ARGV 1: how many oldest to sum
@@ -183,6 +208,9 @@ class Item:
     outstanding: int
 
 
+_SETTLE_PARTS = (*keys.PARTNER_RECEIVED_PARTS, *keys.PROPAGATION_ARTICLE_ITEMS_PARTS, *keys.PROPAGATION_PENDING_PARTS)
+
+
 def _ms(value: float | str) -> datetime:
     return datetime.fromtimestamp(float(value) / 1000, tz=UTC)
 
@@ -199,6 +227,7 @@ class Requirements:
         self.redis = redis
         self._require = redis.register_script(_REQUIRE_LUA)
         self._settle = redis.register_script(_SETTLE_LUA)
+        self._settle_only = redis.register_script(_SETTLE_ONLY_LUA)
         self._summary = redis.register_script(_SUMMARY_LUA)
         self._advance = redis.register_script(_ADVANCE_LUA)
 
@@ -282,7 +311,8 @@ class Requirements:
         since = int(revision.ingested_at.timestamp() * 1000)
         script_keys = [keys.propagation_items(), keys.propagation_item(article.id, revision.version),
                        keys.propagation_partners(article.id, revision.version),
-                       keys.propagation_pending(article.id, revision.version)]
+                       keys.propagation_pending(article.id, revision.version),
+                       keys.propagation_article_items(article.id)]
         for name in names:
             script_keys += [keys.partner_received(name), keys.partner_required(name), keys.partner_outstanding(name)]
         flat = await self._require(keys=script_keys, args=[
@@ -347,12 +377,11 @@ class Requirements:
                                           desc=True, byscore=True, withscores=True)
         members = [(m.partition("|")[0], int(m.partition("|")[2]), score) for m, score in entries]
         if not members:
+            await self.settle_receipts()
             return []
-        prefix, suffix = keys.PARTNER_RECEIVED_PARTS
-        script_keys = [k for a, v, _s in members
-                       for k in (keys.propagation_pending(a, v), keys.propagation_item(a, v))]
-        answers = await self._settle(keys=script_keys, args=[prefix, suffix, "1" if names else "0",
-                                                             *(x for a, v, _s in members for x in (a, v))])
+        script_keys = [keys.propagation_receipts_to_settle(),
+                       *(k for a, v, _s in members for k in (keys.propagation_pending(a, v), keys.propagation_item(a, v)))]
+        answers = await self._settle(keys=script_keys, args=[*_SETTLE_PARTS, "1" if names else "0"])
         return [Settled(a, v, str(answer[1]), _ms(score), int(answer[0]), tuple(answer[2:]))
                 for (a, v, score), answer in zip(members, answers, strict=True)]
 
@@ -389,6 +418,10 @@ class Requirements:
             got = await pipe.execute()
         return [(name, Delivery(partners[name]), *_receipt(raw)) for name, raw in zip(ordered, got, strict=True)]
 
+    async def settle_receipts(self) -> None:
+        """Drop the partners of the receipts noted since the last settling from their items' pending sets."""
+        await self._settle_only(keys=[keys.propagation_receipts_to_settle()], args=list(_SETTLE_PARTS))
+
     # ----- retention ----------------------------------------------------------------------------
 
     async def trim(self, partner_names: Iterable[str], window: timedelta, now: datetime) -> int:
@@ -397,6 +430,7 @@ class Requirements:
         cutoff = now - window
         cutoff_ms = int(cutoff.timestamp() * 1000)
         dropped = 0
+        await self.settle_receipts()
         old = await self.redis.zrange(keys.propagation_items(), "-inf", cutoff_ms, byscore=True)
         if old:
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -405,6 +439,7 @@ class Requirements:
                     pipe.delete(keys.propagation_item(article_id, int(version)),
                                 keys.propagation_partners(article_id, int(version)),
                                 keys.propagation_pending(article_id, int(version)))
+                    pipe.srem(keys.propagation_article_items(article_id), version)
                 pipe.zrem(keys.propagation_items(), *old)
                 await pipe.execute()
             dropped += len(old)

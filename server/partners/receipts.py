@@ -27,9 +27,10 @@ from server.core import keys
 # Lua: a local function for scripts that include it. Its three keys must be among the script's KEYS
 # (see receipt_keys). Keeps the highest version and when it first arrived; a lower or equal version
 # changes nothing. Then, if the partner is required to receive a version no newer than the highest it
-# now has, the article is no longer outstanding.
+# now has, the article is no longer outstanding; and a raised version of a required article is noted
+# for the propagation items to settle (server.partners.propagation).
 RECEIVE_FUNCTION = """
-local function receive(received, required, outstanding, article, version, at_ms)
+local function receive(received, required, outstanding, to_settle, article, version, at_ms)
   local highest = tonumber(version)
   local current = redis.call('HGET', received, article)
   local had = current and tonumber(string.match(current, '^(%d+)')) or 0
@@ -39,8 +40,9 @@ local function receive(received, required, outstanding, article, version, at_ms)
     highest = had
   end
   local need = redis.call('HGET', required, article)
-  if need and tonumber(need) <= highest then
-    redis.call('ZREM', outstanding, article)
+  if need then
+    if had < highest then redis.call('SADD', to_settle, received .. '|' .. article) end
+    if tonumber(need) <= highest then redis.call('ZREM', outstanding, article) end
   end
 end
 """
@@ -48,15 +50,16 @@ end
 # KEYS: receipt_keys(partner). ARGV: article, version, epoch ms, article, version, ms, ...
 _RECEIVE_MANY_LUA = RECEIVE_FUNCTION + """
 for i = 1, #ARGV, 3 do
-  receive(KEYS[1], KEYS[2], KEYS[3], ARGV[i], ARGV[i + 1], ARGV[i + 2])
+  receive(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[i], ARGV[i + 1], ARGV[i + 2])
 end
 return 1
 """
 
 
 def receipt_keys(partner: str) -> list[str]:
-    """The keys :data:`RECEIVE_FUNCTION` takes, in its order: received, required, outstanding."""
-    return [keys.partner_received(partner), keys.partner_required(partner), keys.partner_outstanding(partner)]
+    """The keys :data:`RECEIVE_FUNCTION` takes, in its order: received, required, outstanding, to settle."""
+    return [keys.partner_received(partner), keys.partner_required(partner), keys.partner_outstanding(partner),
+            keys.propagation_receipts_to_settle()]
 
 
 def decode(value: str) -> tuple[int, int]:

@@ -49,14 +49,26 @@ class PartnerStore:
         self.acks = acks or ReplicaAcks(redis, 0, 1.0)  # default: a single Redis, nothing to wait for
         self._create = redis.register_script(_CREATE_LUA)
         self._replace = redis.register_script(_REPLACE_LUA)
+        self._loaded: tuple[tuple[Partner, ...], int] | None = None  # the last load_all, and its generation
 
     async def load_all(self) -> tuple[list[Partner], int]:
+        """Every partner and the generation they are of. Every change bumps the generation, so while it
+        stands the last load is still true and answers with one ``GET`` (the ops views ask often)."""
+        standing = int(await self.redis.get(keys.partners_generation()) or 0)
+        if self._loaded is not None and self._loaded[1] == standing:
+            return list(self._loaded[0]), standing
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.get(keys.partners_generation())
             pipe.smembers(keys.partner_names())
             generation, names = await pipe.execute()
         records = await self.redis.mget([keys.partner(n) for n in sorted(names)]) if names else []
-        return [Partner.from_record(orjson.loads(r)) for r in records if r], int(generation or 0)
+        partners = [Partner.from_record(orjson.loads(r)) for r in records if r]
+        self._loaded = (tuple(partners), int(generation or 0))
+        return partners, int(generation or 0)
+
+    def forget(self) -> None:
+        """Drop the last load (the store Redis came back empty or older: its generations mean nothing)."""
+        self._loaded = None
 
     async def get(self, name: str) -> Partner:
         raw = await self.redis.get(keys.partner(check_name(name)))

@@ -84,7 +84,7 @@ local function forget()
 end
 """
 
-# KEYS 7: attempts stream, 8-10 (only when the destination belongs to a partner): its receipt keys
+# KEYS 7: attempts stream, 8-11 (only when the destination belongs to a partner): its receipt keys
 # (server.partners.receipts.receipt_keys). ARGV 5: attempts kept, 6: "1" if the destination
 # acknowledged the attempted version ("0": ended with nothing sent), 7..: the attempt record's fields.
 # Acknowledged: the version becomes the destination's acknowledged one (never sent again) and, for a
@@ -95,7 +95,7 @@ if ARGV[6] == '1' then
   if tonumber(ARGV[3]) > tonumber(redis.call('HGET', KEYS[6], ARGV[1]) or '0') then
     redis.call('HSET', KEYS[6], ARGV[1], ARGV[3])
   end
-  if #KEYS >= 10 then receive(KEYS[8], KEYS[9], KEYS[10], ARGV[1], ARGV[3], ARGV[4]) end
+  if #KEYS >= 11 then receive(KEYS[8], KEYS[9], KEYS[10], KEYS[11], ARGV[1], ARGV[3], ARGV[4]) end
 end
 if #ARGV > 6 then
   redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[5], '*', unpack(ARGV, 7))

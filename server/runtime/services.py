@@ -233,6 +233,7 @@ async def _running(services: Services, clients: RedisClients) -> AsyncIterator[N
     async def forget_the_old_store(epoch: str) -> None:
         cache.forget(epoch)
         await cache.resync()
+        services.partners.forget()
         await access.reload(force=True)
         await ensure_dispatch_group(clients.store)
 
