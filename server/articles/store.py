@@ -211,7 +211,7 @@ class ArticleStore:
                 revision = Revision.from_json(raw)
                 # The tombstone keeps versions, times and the reason; the editors' note may repeat
                 # what was taken down, so it goes with the body.
-                stripped = dataclasses.replace(revision, document=None, ed_note=None,
+                stripped = dataclasses.replace(revision, document=None, ed_note=None, extra=None,
                                                body_dropped_at=revision.body_dropped_at or now)
                 pipe.hset(keys.revisions(article_id), version, stripped.to_json())
                 pipe.zrem(keys.revisions_with_bodies(), f"{article_id}:{version}")
@@ -396,7 +396,8 @@ class ArticleStore:
                         if raw is not None:
                             revision = Revision.from_json(raw)
                             if revision.document is not None:
-                                stripped = dataclasses.replace(revision, document=None, body_dropped_at=now)
+                                stripped = dataclasses.replace(revision, document=None, extra=None,
+                                                               body_dropped_at=now)
                                 pipe.hset(keys.revisions(article_id), version, stripped.to_json())
                                 dropped += 1
                         pipe.zrem(keys.revisions_with_bodies(), member)
@@ -463,7 +464,7 @@ class ArticleStore:
             first_created=first_created, version_created=version_created, ingested_at=now,
             pub_status=pub_status, embargoed_until=parse_iso(document.get("embargoedUntil")),
             ed_note=document.get("edNote"), publisher=publisher, content_hash=incoming.content_hash,
-            document=document, removed_characters=incoming.removed_characters)
+            document=document, removed_characters=incoming.removed_characters, extra=incoming.extra)
 
     async def _commit_revision(self, current: Article | None, revision: Revision) -> Article | None:
         """Write the revision if the article is still at ``current``'s version; None if it moved on."""

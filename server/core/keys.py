@@ -324,3 +324,22 @@ def process_metrics(process_id: str) -> str:
 def process_metrics_index() -> str:
     """Sorted set: process id of every metrics snapshot, scored by when it runs out (epoch ms)."""
     return f"{PREFIX}:metrics:processes"
+
+
+def media_item(media_id: str) -> str:
+    """String (JSON): a media item (picture, graphic, video, audio) a CMS pushed on its own (Superdesk),
+    kept until the texts that reference it get it: its 3.x document, extra, pubStatus, content hash.
+    ``media_id`` is :func:`server.domain.articles.article_id_for_uri` of its uri."""
+    return f"{PREFIX}:media:{media_id}"
+
+
+def media_users(media_id: str) -> str:
+    """Set: ids of the articles whose associations hold or reference the media item; a later push of
+    the item (a new version, or a kill) revises each of them."""
+    return f"{PREFIX}:media:{media_id}:articles"
+
+
+def package_media(article_id: str) -> str:
+    """String (JSON): the package (Superdesk composite) that gave the article its media: ``package``
+    (its uri) and ``media`` (``[association name, uri]`` pairs), kept when the text is pushed again."""
+    return f"{PREFIX}:article:{article_id}:package"

@@ -30,6 +30,15 @@ class PublisherToken:
 
 
 @dataclass(frozen=True, slots=True)
+class SuperdeskSecret:
+    """The secret of a Superdesk ``http_push`` destination (its ``secret_token``), and the publisher
+    whose revisions its pushes make."""
+
+    publisher: str
+    secret: str
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     redis_address: RedisAddress | None = None  # REDIS_URL; None: the embedded redis-server
     cache_redis_address: RedisAddress | None = None
@@ -39,6 +48,7 @@ class Settings:
     base_url_setting: str | None = None
     publisher_tokens: tuple[PublisherToken, ...] = ()
     admin_token: str | None = None
+    superdesk_secrets: tuple[SuperdeskSecret, ...] = ()  # SYNDICATE_SUPERDESK_SECRETS
     session_secret: str | None = None  # /ops cookies and CSRF; default: derived from admin_token
     max_body_bytes: int = 2 * 1024 * 1024
     retention_days: float = 90.0
@@ -99,6 +109,7 @@ class Settings:
             base_url_setting=_base_url(env),
             publisher_tokens=_publisher_tokens(env),
             admin_token=_token(env, "SYNDICATE_ADMIN_TOKEN"),
+            superdesk_secrets=_superdesk_secrets(env),
             session_secret=_token(env, "SYNDICATE_SESSION_SECRET"),
             max_body_bytes=_int(env, "SYNDICATE_MAX_BODY_BYTES", 2 * 1024 * 1024, low=1024),
             retention_days=_float(env, "SYNDICATE_RETENTION_DAYS", 90.0, low=0.0),
@@ -241,3 +252,29 @@ def _publisher_tokens(env: Mapping[str, str]) -> tuple[PublisherToken, ...]:
             raise SettingsError(f"{name}: the name {label!r} is used twice")
         tokens.append(PublisherToken(label, secret))
     return tuple(tokens)
+
+
+def _superdesk_secrets(env: Mapping[str, str]) -> tuple[SuperdeskSecret, ...]:
+    """Parse ``publisher:secret`` pairs: the publishers that take Superdesk ``http_push`` pushes at
+    ``POST /api/superdesk/items``, each with its destination's secret. A publisher named without a
+    secret is an error: an unsigned push is never accepted."""
+    name = "SYNDICATE_SUPERDESK_SECRETS"
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return ()
+    entries: list[SuperdeskSecret] = []
+    for position, entry in enumerate((e.strip() for e in raw.split(",")), start=1):
+        label, _, secret = entry.partition(":")
+        label, secret = label.strip(), secret.strip()
+        if not label or not all(c.isalnum() or c in "-_." for c in label):
+            raise SettingsError(f"{name}: entry {position} has an invalid publisher name (letters, digits, - _ . "
+                                "only), in the form publisher:secret")
+        if not secret:
+            raise SettingsError(f"{name}: publisher {label!r} is configured for Superdesk without a secret; write "
+                                f"{label}:<secret>, the secret token of its Superdesk HTTP Push destination")
+        if len(secret) < 16 or any(c.isspace() for c in secret):
+            raise SettingsError(f"{name}: the secret of {label!r} must be at least 16 characters without spaces")
+        if any(e.publisher == label for e in entries):
+            raise SettingsError(f"{name}: the publisher {label!r} is named twice")
+        entries.append(SuperdeskSecret(label, secret))
+    return tuple(entries)

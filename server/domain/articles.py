@@ -76,13 +76,16 @@ class Revision:
     kill_reason: str | None = None
     removed_characters: int = 0
     body_dropped_at: datetime | None = None
+    # What the CMS sent that has no home in ninjs 3.x (JSON pointer into the document as sent -> value),
+    # e.g. Superdesk's priority; dropped with the body. Held in the record only when there is some.
+    extra: dict[str, Any] | None = None
 
     @property
     def has_body(self) -> bool:
         return self.document is not None
 
     def to_record(self) -> dict[str, Any]:
-        return {
+        record = {
             "id": self.article_id,
             "uri": self.uri,
             "version": self.version,
@@ -101,6 +104,9 @@ class Revision:
             "bodyDroppedAt": iso(self.body_dropped_at),
             "document": self.document,
         }
+        if self.extra is not None:
+            record["extra"] = self.extra
+        return record
 
     def to_json(self) -> bytes:
         return orjson.dumps(self.to_record())
@@ -125,6 +131,7 @@ class Revision:
             kill_reason=record.get("killReason"),
             removed_characters=int(record.get("removedCharacters") or 0),
             body_dropped_at=parse_iso(record.get("bodyDroppedAt")),
+            extra=record.get("extra"),
         )
 
     @classmethod

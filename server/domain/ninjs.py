@@ -1,8 +1,11 @@
 """Reading a CMS's ninjs document: parse, check, clean and normalise it into one internal form.
 
-Accepts IPTC ninjs 3.x (camelCase property names) and 2.x (lowercase), checked against our profile
-(``schemas/ninjs-profile-3.json`` / ``-2.json``: the official IPTC schema plus our own rules). A 2.x
-document is renamed to 3.x names, so the rest of the server sees one shape. Characters XML 1.0 forbids
+Accepts IPTC ninjs 3.x (camelCase property names), 2.x (lowercase) and 1.x (lowercase, with a plain
+``headline``, ``body_*`` strings and objects keyed by name), each checked against our profile
+(``schemas/ninjs-profile-3.json`` / ``-2.json`` / ``-1.json``: the official IPTC schema plus our own
+rules). A 2.x document is renamed to 3.x names and a 1.x document converted (:mod:`server.domain.ninjs1`),
+so the rest of the server sees one shape; what of a 1.x document has no 3.x home is kept as the
+revision's ``extra`` (JSON pointer -> value), never dropped silently. Characters XML 1.0 forbids
 are removed (and counted) so that no feed can ever be malformed, and HTML bodies are sanitised with nh3.
 
 Every problem raises :class:`DocumentError`, which names the field as a JSON pointer.
@@ -26,6 +29,7 @@ from referencing import Registry, Resource
 
 from server.core.text import scrub_xml
 from server.core.values import parse_iso
+from server.domain import ninjs1
 
 SCHEMAS_DIR = Path(__file__).resolve().parents[2] / "schemas"
 MAX_DEPTH = 32
@@ -46,6 +50,13 @@ NAMES_2_TO_3 = {
 }
 NAMES_3_TO_2 = {v: k for k, v in NAMES_2_TO_3.items()}
 
+# Top-level names only ninjs 1.x has (2.x and 3.x hold lists of objects under other names), and the
+# prefixes of its open-ended string properties.
+NAMES_1_ONLY = frozenset({"headline", "byline", "subject", "place", "person", "organisation", "event", "object",
+                          "infosource", "genre", "trustindicator", "mimetype", "$standard"})
+PREFIXES_1_ONLY = ("body_", "description_", "headline_")
+KEYED_IN_1 = ("renditions", "associations", "altids")  # objects keyed by name in 1.x, arrays after
+
 # XML 1.0 allows tab, LF, CR, U+0020-U+D7FF, U+E000-U+FFFD and U+10000-U+10FFFF; everything else goes.
 
 HTML_CONTENT_TYPES = ("text/html", "application/xhtml+xml", "body_xhtml")
@@ -63,12 +74,16 @@ class DocumentError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class IncomingDocument:
-    """A checked, cleaned ninjs document in 3.x form, ready to be stored as a revision's body."""
+    """A checked, cleaned ninjs document in 3.x form, ready to be stored as a revision's body.
+
+    ``extra``: what the CMS sent that has no home in ninjs 3.x (JSON pointer into the document as
+    sent -> value), stored beside the document and hashed with it; None when there is nothing."""
 
     document: dict[str, Any]
-    dialect: str  # "3" or "2": what the CMS sent
+    dialect: str  # "3", "2" or "1": what the CMS sent
     removed_characters: int
     content_hash: str
+    extra: dict[str, Any] | None = None
 
     @property
     def uri(self) -> str:
@@ -99,20 +114,53 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     return value
 
 
-def read_document(value: dict[str, Any]) -> IncomingDocument:
-    """Check a parsed ninjs document against our profile and return it normalised to 3.x."""
-    dialect = detect_dialect(value)
+def read_document(value: dict[str, Any], *, dialect: str | None = None, keep_unknown: bool = False,
+                  extra: dict[str, Any] | None = None, article: bool = True) -> IncomingDocument:
+    """Check a parsed ninjs document against our profile and return it normalised to 3.x.
+
+    The adapters of a CMS (:mod:`server.domain.superdesk`) name the ``dialect``, keep fields the
+    schema does not know (``keep_unknown``: they go to ``extra`` instead of being refused), add their
+    own ``extra``, and read items that are not articles (``article=False``: a picture, checked against
+    the plain IPTC schema)."""
+    dialect = dialect or detect_dialect(value)
     cleaned, removed = scrub_xml_forbidden(value)
-    errors = _schema_errors(cleaned, dialect)
+    errors = _schema_errors(cleaned, dialect if article else f"{dialect}-any", keep_unknown=keep_unknown)
     if errors:
-        first = errors[0]
-        where = first["pointer"] or "the document"
-        raise DocumentError(f"{where}: {first['detail']}", errors, status=422)
-    document = cleaned if dialect == "3" else rename_keys(cleaned, NAMES_2_TO_3)
+        raise DocumentError(_dialect_note(cleaned, dialect) + summary(errors), errors, status=422)
+    leftovers = dict(extra or {})
+    if dialect == "1":
+        converted = ninjs1.to_ninjs3(cleaned)
+        document = converted.document
+        leftovers.update(converted.leftovers)
+        errors = _schema_errors(document, "3" if article else "3-any")
+        if errors:  # our conversion's fault, never the CMS's: say what came out
+            raise DocumentError("The ninjs 1.x document converts to a ninjs 3.x document that is not valid: "
+                                + summary(errors), errors, status=422)
+    else:
+        document = cleaned if dialect == "3" else rename_keys(cleaned, NAMES_2_TO_3)
     _check_moments(document)
     # The sanitiser decodes character references (``&#x1;``): clean again, on the form that is stored.
     document, removed_after = scrub_xml_forbidden(sanitise_bodies(document))
-    return IncomingDocument(document, dialect, removed + removed_after, content_hash(document))
+    kept = leftovers or None
+    return IncomingDocument(document, dialect, removed + removed_after, content_hash(document, kept), kept)
+
+
+def _dialect_note(document: dict[str, Any], dialect: str) -> str:
+    if dialect != "1":
+        return ""
+    note = "This is ninjs 1.x (read against the IPTC 1.4 schema and converted to 3.x); "
+    if "guid" in document and "uri" not in document:
+        note += ("it looks like Superdesk's ninjs: push it to POST /api/superdesk/items, signed with the "
+                 "destination's secret (docs/superdesk.md); ")
+    return note
+
+
+def summary(errors: list[dict[str, str]]) -> str:
+    """The problem's one-line detail: the first error, and how many more ``errors`` lists."""
+    first = errors[0]
+    where = first["pointer"] or "the document"
+    more = f" (and {len(errors) - 1} more, each in errors)" if len(errors) > 1 else ""
+    return f"{where}: {first['detail']}{more}"
 
 
 MOMENT_FIELDS = ("versionCreated", "firstCreated", "contentCreated", "embargoedUntil")
@@ -132,10 +180,21 @@ def _check_moments(document: dict[str, Any]) -> None:
 
 
 def detect_dialect(value: dict[str, Any]) -> str:
-    """"2" when the document uses any 2.x-only (lowercase) name, "3" otherwise; both at once is an error."""
+    """"1" when the document uses any 1.x-only name at its top (or an object where 2.x and 3.x hold a
+    list), else "2" when it uses any 2.x-only (lowercase) name, else "3"; 3.x names beside 1.x or 2.x
+    ones are an error."""
     names = _all_keys(value)
-    old = sorted(names & NAMES_2_TO_3.keys())
     new = sorted(names & NAMES_3_TO_2.keys())
+    first = sorted(k for k in value if k in NAMES_1_ONLY or k.startswith(PREFIXES_1_ONLY)
+                   or (k in KEYED_IN_1 and isinstance(value[k], dict)))
+    if first:
+        if new:
+            raise DocumentError(
+                f"The document mixes ninjs 1.x names ({', '.join(first[:3])}) with 3.x names "
+                f"({', '.join(new[:3])}); send one version.",
+                [{"pointer": f"/{first[0]}", "detail": "1.x name in a 3.x document"}], status=422)
+        return "1"
+    old = sorted(names & NAMES_2_TO_3.keys())
     if old and new:
         raise DocumentError(
             f"The document mixes ninjs 2.x names ({', '.join(old[:3])}) with 3.x names ({', '.join(new[:3])}); "
@@ -219,9 +278,11 @@ def sanitise_bodies(document: dict[str, Any]) -> dict[str, Any]:
     return {**document, "bodies": cleaned}
 
 
-def content_hash(document: dict[str, Any]) -> str:
-    """SHA-256 of the canonical JSON (sorted keys) of the normalised document."""
-    return "sha256:" + hashlib.sha256(orjson.dumps(document, option=orjson.OPT_SORT_KEYS)).hexdigest()
+def content_hash(document: dict[str, Any], extra: dict[str, Any] | None = None) -> str:
+    """SHA-256 of the canonical JSON (sorted keys) of the normalised document (and of its ``extra``,
+    when there is one: a change only there is a new revision too)."""
+    hashed = document if not extra else {"document": document, "extra": extra}
+    return "sha256:" + hashlib.sha256(orjson.dumps(hashed, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 @cache
@@ -230,25 +291,39 @@ def _validators() -> dict[str, Draft202012Validator]:
         loaded: dict[str, Any] = json.loads((SCHEMAS_DIR / name).read_text(encoding="utf-8"))
         return loaded
 
+    official = {"3": "ninjs-schema_3.1.json", "2": "ninjs-schema_2.2.json", "1": "ninjs-schema_1.4.json"}
     registry = Registry().with_resources([
         ("https://geojson.org/schema/GeoJSON.json", Resource.from_contents(load("iptc/GeoJSON-schema.json"))),
-        ("http://www.iptc.org/std/ninjs/ninjs-schema_3.1.json", Resource.from_contents(load("iptc/ninjs-schema_3.1.json"))),
-        ("http://www.iptc.org/std/ninjs/ninjs-schema_2.2.json", Resource.from_contents(load("iptc/ninjs-schema_2.2.json"))),
+        *((f"http://www.iptc.org/std/ninjs/{name}", Resource.from_contents(load(f"iptc/{name}")))
+          for name in official.values()),
     ])
+
+    def validator(schema: dict[str, Any]) -> Draft202012Validator:
+        return Draft202012Validator(schema, registry=registry, format_checker=Draft202012Validator.FORMAT_CHECKER)
+
+    # "<dialect>": our profile of an article; "<dialect>-any": the plain IPTC schema (a picture).
     return {
-        dialect: Draft202012Validator(load(f"ninjs-profile-{dialect}.json"), registry=registry,
-                                      format_checker=Draft202012Validator.FORMAT_CHECKER)
-        for dialect in ("3", "2")
+        **{dialect: validator(load(f"ninjs-profile-{dialect}.json")) for dialect in official},
+        **{f"{dialect}-any": validator({"$ref": f"http://www.iptc.org/std/ninjs/{name}#"})
+           for dialect, name in official.items()},
     }
 
 
-def _schema_errors(document: dict[str, Any], dialect: str) -> list[dict[str, str]]:
-    found: dict[tuple[str, str], None] = {}
-    for error in _validators()[dialect].iter_errors(document):
+def _schema_errors(document: dict[str, Any], schema: str, *, keep_unknown: bool = False) -> list[dict[str, str]]:
+    """Every unknown field of every object, each with its own pointer (none with ``keep_unknown``),
+    then up to ``MAX_REPORTED_ERRORS`` other errors; ordered by pointer."""
+    unknown: dict[tuple[str, str], None] = {}
+    other: dict[tuple[str, str], None] = {}
+    for error in _validators()[schema].iter_errors(document):
         for leaf in _leaves(error):
-            found.setdefault((_pointer(leaf), _describe(leaf)), None)
-    ordered = sorted(found, key=lambda item: item[0])
-    return [{"pointer": p, "detail": d} for p, d in ordered[:MAX_REPORTED_ERRORS]]
+            if keep_unknown and leaf.validator in UNKNOWN_FIELD_VALIDATORS:
+                continue
+            found = unknown if leaf.validator in UNKNOWN_FIELD_VALIDATORS else other
+            for pointer in _pointers(leaf):
+                found.setdefault((pointer, _describe(leaf)), None)
+    ordered = sorted(unknown) + sorted(other)[:MAX_REPORTED_ERRORS]
+    ordered.sort(key=lambda item: item[0])
+    return [{"pointer": p, "detail": d} for p, d in ordered]
 
 
 def _leaves(error: ValidationError) -> list[ValidationError]:
@@ -263,17 +338,49 @@ def _leaves(error: ValidationError) -> list[ValidationError]:
     return leaves
 
 
-def _pointer(error: ValidationError) -> str:
-    parts = [str(p).replace("~", "~0").replace("/", "~1") for p in error.absolute_path]
-    if error.validator in ("unevaluatedProperties", "additionalProperties", "required"):
+UNKNOWN_FIELD_VALIDATORS = ("unevaluatedProperties", "additionalProperties")
+
+
+def _pointers(error: ValidationError) -> list[str]:
+    """The JSON pointer(s) an error is about: one per unknown field, the missing field of a
+    ``required``, else the value's own."""
+    parts = [_escape(str(p)) for p in error.absolute_path]
+    if error.validator in UNKNOWN_FIELD_VALIDATORS:
+        names = unknown_fields(error)
+        if names:
+            return [_join([*parts, _escape(name)]) for name in names]
+    if error.validator == "required":
         named = re.findall(r"'([^']*)'", error.message)
         if named:
-            parts.append(named[0])
+            parts.append(_escape(named[0]))
+    return [_join(parts)]
+
+
+def unknown_fields(error: ValidationError) -> list[str]:
+    """Every field an ``unevaluatedProperties``/``additionalProperties`` error is about (jsonschema
+    makes one error per object, naming them all in its message)."""
+    instance = error.instance
+    if not isinstance(instance, dict):
+        return []
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    if error.validator == "additionalProperties":
+        known = schema.get("properties") or {}
+        patterns = list(schema.get("patternProperties") or {})
+        return sorted(k for k in instance if k not in known and not any(re.search(p, k) for p in patterns))
+    listed = error.message.partition("(")[2]
+    return sorted(k for k in instance if repr(k) in listed)
+
+
+def _escape(part: str) -> str:
+    return part.replace("~", "~0").replace("/", "~1")
+
+
+def _join(parts: list[str]) -> str:
     return "/" + "/".join(parts) if parts else ""
 
 
 def _describe(error: ValidationError) -> str:
-    if error.validator in ("unevaluatedProperties", "additionalProperties"):
+    if error.validator in UNKNOWN_FIELD_VALIDATORS:
         return "unknown field (ninjs does not define it here)"
     if error.validator == "pattern" and isinstance(error.instance, str):
         if "T" in error.validator_value or "[Tt ]" in error.validator_value:

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from server.core.settings import Settings
 from server.http import dashboard
-from server.http.api import articles, feeds, health, hub, me, partners
+from server.http.api import articles, feeds, health, hub, me, partners, superdesk
 from server.http.api import ops as ops_api
 from server.http.api.hub import HUB_LIMITS, HubLimits
 from server.http.metrics import metrics_endpoint
@@ -39,6 +39,8 @@ from server.http.state import (
     SERVICES,
     SETTINGS,
     STORE,
+    SUPERDESK,
+    SUPERDESK_SECRETS,
     TOKENS,
 )
 from server.observability.metrics import Metrics
@@ -79,6 +81,7 @@ def _add_routes(app: web.Application) -> None:
     add_route(app, "DELETE", "/api/articles/{id}", articles.kill_article)
     add_get(app, "/api/articles/{id}/versions", articles.list_versions)
     add_get(app, "/api/articles/{id}/versions/{version}", articles.get_version)
+    add_route(app, "POST", "/api/superdesk/items", superdesk.push_item)
     add_route(app, "POST", "/api/partners", partners.create_partner)
     add_get(app, "/api/partners", partners.list_partners)
     add_get(app, "/api/partners/{name}", partners.get_partner)
@@ -113,6 +116,7 @@ def _expose(app: web.Application, services: Services) -> None:
     app[SERVICES] = services
     app[TOKENS], app[FEEDS], app[EMBEDDED_REDIS] = services.tokens, services.feeds, services.embedded
     app[REDIS], app[CACHE_REDIS], app[STORE] = services.redis.store, services.redis.cache, services.store
+    app[SUPERDESK], app[SUPERDESK_SECRETS] = services.superdesk, services.superdesk_secrets
     app[FEED_BUILDER], app[FEED_CACHE] = services.builder, services.cache
     app[PARTNERS], app[LEDGER], app[ACCESS] = services.partners, services.ledger, services.access
     app[DESTINATIONS], app[PUSH_QUEUE], app[PUSH_WORKER] = services.destinations, services.queue, services.worker

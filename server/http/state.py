@@ -13,9 +13,11 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from server.articles.store import ArticleStore
+    from server.articles.superdesk import SuperdeskIngest
     from server.core.embedded_redis import EmbeddedRedis
     from server.domain.callers import TokenTable
     from server.domain.feeds import FeedDefinition
+    from server.domain.superdesk import SuperdeskSecrets
     from server.feeds.builder import FeedBuilder
     from server.feeds.cache import FeedCache
     from server.ops.views import OpsContext
@@ -32,6 +34,8 @@ REDIS: web.AppKey[Redis] = web.AppKey("redis")
 EMBEDDED_REDIS: web.AppKey[EmbeddedRedis | None] = web.AppKey("embedded_redis")
 STORE: web.AppKey[ArticleStore] = web.AppKey("store")
 TOKENS: web.AppKey[TokenTable] = web.AppKey("tokens")
+SUPERDESK: web.AppKey[SuperdeskIngest] = web.AppKey("superdesk")
+SUPERDESK_SECRETS: web.AppKey[SuperdeskSecrets] = web.AppKey("superdesk_secrets")
 FEEDS: web.AppKey[dict[str, FeedDefinition]] = web.AppKey("feeds")
 CACHE_REDIS: web.AppKey[Redis] = web.AppKey("cache_redis")
 FEED_BUILDER: web.AppKey[FeedBuilder] = web.AppKey("feed_builder")

@@ -25,6 +25,7 @@ from enum import StrEnum
 from redis.asyncio import ConnectionPool, Redis
 
 from server.articles.store import ArticleStore
+from server.articles.superdesk import SuperdeskIngest
 from server.core import keys
 from server.core.embedded_redis import EmbeddedRedis, start_embedded_redis
 from server.core.redis_address import DirectRedis, RedisAddress
@@ -33,6 +34,7 @@ from server.core.replication import ReplicaAcks
 from server.core.settings import Settings
 from server.domain.callers import TokenTable
 from server.domain.feeds import FeedDefinition, load_feed_definitions
+from server.domain.superdesk import SuperdeskSecrets
 from server.feeds.builder import FeedBuilder
 from server.feeds.cache import FeedCache
 from server.observability.metrics import Metrics, new_process_id, release_process_id
@@ -143,6 +145,8 @@ class Services:
     redis: RedisClients
     acks: ReplicaAcks  # how many replicas a durable write waits for, for every store of the process
     store: ArticleStore
+    superdesk: SuperdeskIngest
+    superdesk_secrets: SuperdeskSecrets
     builder: FeedBuilder
     cache: FeedCache
     partners: PartnerStore
@@ -162,6 +166,7 @@ def _build(settings: Settings, role: Role, metrics: Metrics, embedded: EmbeddedR
            clients: RedisClients) -> Services:
     feeds = load_feed_definitions(settings.feeds_dir)
     tokens = TokenTable(settings)
+    superdesk_secrets = SuperdeskSecrets(settings)  # a secret for an unknown publisher stops the start
     acks = ReplicaAcks(clients.store, settings.min_replicas_acked, settings.replica_ack_timeout_seconds,
                        clients.pools())
     store = ArticleStore(clients.store, feeds, acks=acks)
@@ -169,6 +174,7 @@ def _build(settings: Settings, role: Role, metrics: Metrics, embedded: EmbeddedR
     cache = FeedCache(clients.store, clients.cache, builder, feeds, settings.feed_cache_ttl_seconds,
                       settings.memory_cache_bytes, metrics)
     store.on_change = cache.apply_notice  # read-your-writes on the process that took the write
+    superdesk = SuperdeskIngest(store, clients.store, acks)
     partners = PartnerStore(clients.store, feeds, acks)
     ledger = PollLedger(clients.flush, CursorAcks(clients.flush, store, feeds))
     limiter = RateLimiter(clients.flush)
@@ -185,7 +191,8 @@ def _build(settings: Settings, role: Role, metrics: Metrics, embedded: EmbeddedR
     jobs, push_jobs = JobGroup(metrics), JobGroup(metrics)
     heartbeat = Heartbeat(metrics, clients.store, settings.heartbeat_seconds,
                           pushing=lambda: worker is not None and push_jobs.all_alive())
-    return Services(settings, role, metrics, feeds, tokens, embedded, clients, acks, store, builder, cache, partners,
+    return Services(settings, role, metrics, feeds, tokens, embedded, clients, acks, store, superdesk,
+                    superdesk_secrets, builder, cache, partners,
                     ledger, limiter, access, destinations, queue, ops, worker, jobs, push_jobs, heartbeat)
 
 

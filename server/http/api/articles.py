@@ -12,7 +12,7 @@ from server.core.errors import NotFound, Problem
 from server.core.values import iso, parse_iso, whole_number
 from server.domain.articles import Article, Revision, is_article_id
 from server.domain.callers import Caller
-from server.domain.ninjs import DocumentError, parse_json_object, read_document
+from server.domain.ninjs import DocumentError, IncomingDocument, parse_json_object, read_document
 from server.http.auth import require_caller
 from server.http.state import SETTINGS, STORE, TOKENS
 
@@ -128,7 +128,8 @@ def _article_id(request: web.Request) -> str:
     return article_id
 
 
-async def _read_incoming(request: web.Request):
+async def read_json_body(request: web.Request) -> bytes:
+    """The raw body of a ninjs push: JSON (415 otherwise), within ``SYNDICATE_MAX_BODY_BYTES`` (413)."""
     content_type = request.content_type
     if content_type not in ("application/json", "application/ninjs+json") and not content_type.endswith("+json"):
         raise Problem(f"Send the ninjs document as application/json, not {content_type or 'no type'}.",
@@ -136,11 +137,19 @@ async def _read_incoming(request: web.Request):
     limit = request.app[SETTINGS].max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise Problem(f"The body is larger than the limit of {limit} bytes.", status=413, slug="content-too-large")
-    raw = await request.read()
+    return await request.read()
+
+
+def document_problem(exc: DocumentError) -> Problem:
+    return Problem(exc.detail, status=exc.status, slug="invalid-document", errors=exc.errors)
+
+
+async def _read_incoming(request: web.Request) -> IncomingDocument:
+    raw = await read_json_body(request)
     try:
         return read_document(parse_json_object(raw))
     except DocumentError as exc:
-        raise Problem(exc.detail, status=exc.status, slug="invalid-document", errors=exc.errors) from None
+        raise document_problem(exc) from None
 
 
 def _signal(request: web.Request) -> str | None:
@@ -209,13 +218,20 @@ def _article_headers(request: web.Request, article: Article) -> dict[str, str]:
 
 
 def _ingest_response(request: web.Request, result: IngestResult) -> web.Response:
+    return ingest_response(request, result.article, result.outcome, result.removed_characters)
+
+
+def ingest_response(request: web.Request, article: Article, outcome: str, removed_characters: int,
+                    **members: Any) -> web.Response:
+    """The answer to an ingest: the stored article, what happened (``outcome``), 201 when created."""
     body = {
-        **_article_body(request, result.article),
-        "outcome": result.outcome,
-        "removedCharacters": result.removed_characters,
+        **_article_body(request, article),
+        "outcome": outcome,
+        "removedCharacters": removed_characters,
+        **members,
     }
-    status = 201 if result.outcome == CREATED else 200
-    return _json(body, status=status, headers=_article_headers(request, result.article))
+    status = 201 if outcome == CREATED else 200
+    return _json(body, status=status, headers=_article_headers(request, article))
 
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
