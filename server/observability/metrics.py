@@ -98,7 +98,7 @@ class Metrics:
                                           buckets=DELIVERY_BUCKETS, registry=r)
         self.redis_errors = Counter("syndicate_redis_errors", "Redis errors caught and logged, by where.",
                                     ("where",), registry=r)
-        self.job_restarts = Counter("syndicate_job_restarts", "Background jobs restarted after they crashed, "
+        self.job_restarts = Counter("syndicate_job_restarts", "Background jobs restarted after they crashed or ended early, "
                                     "by job.", ("job",), registry=r)
         # Present from the start (at 0), so rate() and increase() see the first increment.
         for kind in ("webhook", "websub"):
