@@ -212,6 +212,13 @@ def rate_window(name: str, window_start: int) -> str:
     return f"{PREFIX}:ratelimit:{name}:{window_start}"
 
 
+def limit_window(counted: str, window_start: int) -> str:
+    """Counter (with a TTL): how often ``counted`` (a limit's name and what it counts, such as
+    ``failed-key:address:203.0.113.7`` or ``hub:topic:<url>``) happened in one one-minute window, summed
+    over every process (``server.partners.ratelimit.SharedCounts``)."""
+    return f"{PREFIX}:limit:{window_start}:{counted}"
+
+
 # ----- push (issue 5) -----------------------------------------------------------------------------
 
 PUSH_WAKE_CHANNEL = f"{PREFIX}:push:wake"  # "deliveries are due": workers need not wait for their poll

@@ -54,6 +54,7 @@ from aiohttp.http import HttpVersion11
 from aiohttp.streams import EMPTY_PAYLOAD
 
 from server.core.errors import Problem
+from server.http.client_address import client_address
 from server.http.middleware import record
 from server.http.poll import FEED_POLLS, FEED_ROUTE, Poll
 from server.http.state import METRICS
@@ -206,10 +207,9 @@ class _Parser:
             return result
         answered = 0
         fast_path = self._fast_path
-        address = _address(protocol)
         for message, payload in messages:
             try:
-                poll = fast_path.read(message, payload, address)
+                poll = fast_path.read(message, payload, client_address(protocol.peername, message.headers))
                 if poll is None or not fast_path.answer(protocol, poll):
                     break
             except Exception:
@@ -233,14 +233,6 @@ def missing_internals(protocol: Any) -> list[str]:
     parser = getattr(protocol, "_parser", None)
     missing += [f"_parser.{name}" for name in PARSER_METHODS if parser is not None and not hasattr(parser, name)]
     return missing
-
-
-def _address(protocol: Any) -> str:
-    """The client's address as the route sees it (``request.remote or "unknown"``)."""
-    peername = protocol.peername
-    if peername is None:
-        return "unknown"
-    return (str(peername[0]) if isinstance(peername, (list, tuple)) else str(peername)) or "unknown"
 
 
 class _Protocol(web.RequestHandler):

@@ -40,8 +40,9 @@ from server.ops.views import OpsContext
 from server.partners.access import AccessControl
 from server.partners.ledger import PollLedger
 from server.partners.propagation import Requirements
-from server.partners.ratelimit import RateLimiter
+from server.partners.ratelimit import RateLimiter, SharedCounts
 from server.partners.store import PartnerStore
+from server.partners.throttle import FailedKeyThrottle, ThrottleLimits
 from server.push.destinations import DestinationStore
 from server.push.dispatcher import ensure_dispatch_group
 from server.push.queue import PushQueue
@@ -147,6 +148,7 @@ class Services:
     partners: PartnerStore
     ledger: PollLedger
     limiter: RateLimiter
+    counts: SharedCounts  # the per-address, per-key and per-topic limits (the throttle, the hub)
     access: AccessControl
     destinations: DestinationStore
     queue: PushQueue
@@ -170,8 +172,10 @@ def _build(settings: Settings, role: Role, metrics: Metrics, embedded: EmbeddedR
     store.on_change = cache.apply_notice  # read-your-writes on the process that took the write
     partners = PartnerStore(clients.store, feeds, acks)
     ledger = PollLedger(clients.flush)
-    limiter = RateLimiter(clients.flush)
-    access = AccessControl(partners, tokens, ledger, limiter, settings.default_rate_limit)
+    limiter, counts = RateLimiter(clients.flush), SharedCounts(clients.flush)
+    throttle = FailedKeyThrottle(counts, ThrottleLimits(settings.failed_keys_per_address, settings.failed_keys_per_key,
+                                                        settings.failed_tokens_per_address))
+    access = AccessControl(partners, tokens, ledger, limiter, settings.default_rate_limit, throttle)
     destinations, queue = DestinationStore(clients.store, acks), PushQueue(clients.store)
     worker = None
     if role is Role.WORKER or (role is Role.SERVER and settings.run_workers):
@@ -185,7 +189,7 @@ def _build(settings: Settings, role: Role, metrics: Metrics, embedded: EmbeddedR
     heartbeat = Heartbeat(metrics, clients.store, settings.heartbeat_seconds,
                           pushing=lambda: worker is not None and push_jobs.all_alive())
     return Services(settings, role, metrics, feeds, tokens, embedded, clients, acks, store, builder, cache, partners,
-                    ledger, limiter, access, destinations, queue, ops, worker, jobs, push_jobs, heartbeat)
+                    ledger, limiter, counts, access, destinations, queue, ops, worker, jobs, push_jobs, heartbeat)
 
 
 @contextlib.asynccontextmanager
@@ -241,7 +245,7 @@ async def _running(services: Services, clients: RedisClients) -> AsyncIterator[N
         await access.reload(force=True)
         await subscriber.start()
         try:
-            jobs.start(FlushJob(services.metrics, services.limiter, services.ledger,
+            jobs.start(FlushJob(services.metrics, services.limiter, services.counts, services.ledger,
                                 services.settings.flush_interval_seconds))
             jobs.start(EmbargoJob(services.metrics, services.store))
             jobs.start(RetentionJob(services.metrics, services.store, services.settings, services.ops.requirements))
