@@ -10,6 +10,7 @@ processes to within one flush interval. Requests are counted in tenths: a 200 co
 
 from __future__ import annotations
 
+import heapq
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -19,6 +20,8 @@ from redis.asyncio import Redis
 from server.core import keys
 
 WINDOW_SECONDS = 60
+WATCH_SECONDS = 1.0  # how often SharedCounts reads back the names it did not count since its last flush
+WATCHED_NAMES = 1000  # and how many of them at most (the highest)
 FULL, NOT_MODIFIED = 10, 1  # tenths of a request
 
 
@@ -120,7 +123,9 @@ class SharedCounts:
     """Fixed one-minute windows per name (a failed key's address or key id, a hub client's address, a
     topic), counted in this process's memory and added to Redis counters every flush with one pipelined
     ``INCRBY`` + ``EXPIRE`` per name counted since (``keys.limit_window``, 120 s TTL: a cache key), which
-    returns every process's total in the same round trip. :meth:`total` is the total at this process's
+    returns every process's total in the same round trip; once a second, also a ``GET`` of the other
+    names this process counted in the window (the ``WATCHED_NAMES`` highest), so it learns what the others
+    add while it counts nothing more. :meth:`total` is the total at this process's
     last flush plus its count since, so a limit on it holds across processes to within one flush
     interval, with no Redis round trip on the request path. Bounded: at most ``max_names`` names are
     counted in a window (past that a new name is not counted, and its total reads 0)."""
@@ -132,6 +137,7 @@ class SharedCounts:
         self._pending: dict[str, int] = {}  # counted here since the last flush (this window)
         self._flushing: dict[str, int] = {}  # counted here, being added to Redis now
         self._known: dict[str, int] = {}  # every process's, at the last flush (this window)
+        self._watched_at = 0.0
 
     def _turn(self, now: float | None) -> int:
         window = int((time.time() if now is None else now) // WINDOW_SECONDS) * WINDOW_SECONDS
@@ -156,10 +162,15 @@ class SharedCounts:
         return self._known.get(name, 0) + self._flushing.get(name, 0) + pending + 1
 
     async def flush(self) -> None:
-        """Add this process's counts to Redis and learn every process's totals for those names."""
+        """Add this process's counts to Redis and learn every process's totals for the names it counted."""
+        self._turn(None)
         window = self._window
         pending, self._pending = self._pending, {}
-        if not pending:
+        watched: list[str] = []
+        if time.monotonic() - self._watched_at >= WATCH_SECONDS:
+            self._watched_at = time.monotonic()
+            watched = heapq.nlargest(WATCHED_NAMES, (n for n in self._known if n not in pending), key=self._known.__getitem__)
+        if not pending and not watched:
             return
         self._flushing = pending
         names = list(pending)
@@ -168,6 +179,8 @@ class SharedCounts:
                 counter = keys.limit_window(name, window)
                 pipe.incrby(counter, pending[name])
                 pipe.expire(counter, 2 * WINDOW_SECONDS)
+            for name in watched:
+                pipe.get(keys.limit_window(name, window))
             try:
                 results = await pipe.execute()
             except Exception:
@@ -178,6 +191,9 @@ class SharedCounts:
                 raise
         if window != self._window:
             return  # the window turned while flushing: these totals are of the last one
-        for name, total in zip(names, results[::2], strict=True):
+        added = results[:2 * len(names)]
+        for name, total in zip(names, added[::2], strict=True):
             self._known[name] = int(total)
+        for name, total in zip(watched, results[2 * len(names):], strict=True):
+            self._known[name] = max(self._known.get(name, 0), int(total or 0))
         self._flushing = {}
