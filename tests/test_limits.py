@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import os
 
 import aiohttp
@@ -19,6 +20,7 @@ from server.http.api.hub import HUB_LIMITS
 from server.http.state import HUB_TASKS
 
 GUESS = "syn_{:08x}_" + "x" * 43  # a key's form, a wrong secret
+AUTH_LINE = f"Authorization: {AUTH['Authorization']}\r\n".encode()
 
 
 def other_address() -> aiohttp.TCPConnector:
@@ -218,3 +220,151 @@ async def test_hub_requests_per_topic_are_counted_by_every_process(aiohttp_clien
 async def _idle(client) -> None:
     while client.server.app[HUB_TASKS]:
         await asyncio.sleep(0.05)
+
+
+# ----- connections: caps and read timeouts, with real sockets -----------------------------------------
+
+
+class Raw:
+    """Plain sockets to a server started for the test (no HTTP client in between)."""
+
+    def __init__(self, server: TestServer) -> None:
+        self.host, self.port = "127.0.0.1", server.port
+
+    async def open(self, source: str = "127.0.0.1") -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection(self.host, self.port, local_addr=(source, 0))
+
+    async def ask(self, request: bytes, source: str = "127.0.0.1", timeout: float = 10) -> tuple[int, dict, bytes]:
+        """Send a request that closes its connection; the status, headers and body of the answer."""
+        reader, writer = await self.open(source)
+        writer.write(request)
+        try:
+            return parse(await asyncio.wait_for(reader.read(), timeout))
+        finally:
+            writer.close()
+
+
+def parse(answer: bytes) -> tuple[int, dict, bytes]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), headers, body
+
+
+async def trickle(writer: asyncio.StreamWriter, data: bytes) -> bool:
+    """Send a little more; False once the server has closed the connection."""
+    try:
+        writer.write(data)
+        await writer.drain()
+    except ConnectionError:
+        return False
+    return not writer.transport.is_closing()
+
+
+def get(path: str) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n".encode()
+
+
+@pytest.fixture
+async def serve(settings):
+    """Start the app (on the runner `syndicate serve` uses) with changed settings; stopped after the test."""
+    started: list[TestServer] = []
+
+    async def start(**changes) -> Raw:
+        server = app_server(dataclasses.replace(settings, **changes))
+        await server.start_server()
+        started.append(server)
+        return Raw(server)
+
+    yield start
+    for server in started:
+        await server.close()
+
+
+async def test_1100_half_open_connections_from_one_address_do_not_lock_out_another(serve):
+    raw = await serve()  # the default caps: 256 connections per address
+    held = []
+    for _batch in range(11):
+        opened = await asyncio.gather(*(raw.open() for _ in range(100)))
+        for _reader, writer in opened:
+            writer.write(b"GET /feeds/headlines/atom HTTP/1.1\r\nHost: test\r\n")  # never finished
+        held += opened
+    # Another address is served: a feed, and the health check.
+    status, _headers, _body = await raw.ask(get("/feeds/headlines/atom"), source="127.0.0.2")
+    assert status == 200
+    assert (await raw.ask(get("/healthz"), source="127.0.0.2"))[0] == 200
+    # The address past its cap: its health check is still answered, anything else is 429.
+    assert (await raw.ask(get("/healthz")))[0] == 200
+    status, headers, body = await raw.ask(get("/feeds/headlines/atom"))
+    assert status == 429 and headers["content-type"] == "application/problem+json"
+    assert headers["retry-after"] == "1" and headers["connection"] == "close"
+    assert b"too-many-connections" in body
+    # A refused connection that never finishes its head is answered the same, and closed.
+    status, _headers, _body = parse(await asyncio.wait_for(held[-1][0].read(), 10))
+    assert status == 429
+    for _reader, writer in held:
+        writer.close()
+
+
+async def test_past_the_process_cap_a_request_gets_503_but_the_health_check_is_answered(serve):
+    raw = await serve(max_connections=5)
+    held = [await raw.open(source=f"127.0.0.{n}") for n in range(10, 15)]  # five idle connections
+    status, headers, body = await raw.ask(get("/feeds/headlines/atom"), source="127.0.0.2")
+    assert status == 503 and headers["content-type"] == "application/problem+json" and b"server-busy" in body
+    assert headers["retry-after"] == "1"
+    assert (await raw.ask(get("/healthz"), source="127.0.0.3"))[0] == 200
+    for _reader, writer in held:
+        writer.close()
+    await asyncio.sleep(0.2)
+    assert (await raw.ask(get("/feeds/headlines/atom"), source="127.0.0.2"))[0] == 200
+
+
+async def test_trickled_headers_are_cut_off_after_the_header_timeout(serve):
+    raw = await serve(header_timeout_seconds=1.0)
+    reader, writer = await raw.open()
+    started = asyncio.get_running_loop().time()
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: test\r\n")
+    answer = asyncio.create_task(reader.read(65536))
+    for n in range(20):  # a header line every 0.2 s: the head would take 4 s
+        await asyncio.sleep(0.2)
+        if answer.done() or not await trickle(writer, f"X-Slow-{n}: 1\r\n".encode()):
+            break
+    status, headers, body = parse(await asyncio.wait_for(answer, 5))
+    assert status == 408 and headers["content-type"] == "application/problem+json" and b"request-timeout" in body
+    assert asyncio.get_running_loop().time() - started < 2.5
+    writer.close()
+    # A connection that sends nothing at all is cut off too.
+    reader, writer = await raw.open()
+    assert parse(await asyncio.wait_for(reader.read(), 5))[0] == 408
+    writer.close()
+
+
+async def test_a_trickled_body_is_cut_off_after_the_body_timeout(serve):
+    raw = await serve(body_timeout_seconds=1.0)
+    reader, writer = await raw.open()
+    started = asyncio.get_running_loop().time()
+    writer.write(b"POST /api/articles HTTP/1.1\r\nHost: test\r\n" + AUTH_LINE +
+                 b"Content-Type: application/json\r\nContent-Length: 5000\r\n\r\n{")
+    answer = asyncio.create_task(reader.read(65536))
+    for _ in range(30):  # a byte every 0.1 s: the body would take minutes
+        await asyncio.sleep(0.1)
+        if answer.done() or not await trickle(writer, b" "):
+            break
+    status, headers, body = parse(await asyncio.wait_for(answer, 5))
+    assert status == 408 and headers["content-type"] == "application/problem+json"
+    assert b"did not arrive within 1 s" in body
+    assert asyncio.get_running_loop().time() - started < 3
+    writer.close()
+
+
+async def test_an_unreadable_request_is_a_400_problem_and_logs_no_traceback(serve, caplog):
+    raw = await serve()
+    with caplog.at_level(logging.DEBUG):
+        for request in (b"NOT HTTP AT ALL\r\n\r\n", b"GET / HTTP/1.1\r\nBad Header Name: x\r\n\r\n",
+                        b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: test\r\n\r\n",
+                        b"GET / HTTP/1.1\r\nHost: test\r\nContent-Length: -5\r\n\r\n"):
+            status, headers, body = await raw.ask(request)
+            assert status == 400 and headers["content-type"] == "application/problem+json", request[:40]
+            assert b'"status":400' in body and b"could not be read as HTTP/1.1" in body
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not [r for r in caplog.records if r.exc_info]
