@@ -11,13 +11,15 @@ import os
 
 import aiohttp
 import pytest
+import redis as redis_sync
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from conftest import ADMIN, AUTH, app_server, make_partner, room_in_rate_window
 
+from server.core import keys
 from server.core.networks import address_bucket
 from server.http.api.hub import HUB_LIMITS
-from server.http.state import HUB_TASKS
+from server.http.state import EMBEDDED_REDIS, HUB_TASKS
 
 GUESS = "syn_{:08x}_" + "x" * 43  # a key's form, a wrong secret
 AUTH_LINE = f"Authorization: {AUTH['Authorization']}\r\n".encode()
@@ -368,3 +370,55 @@ async def test_an_unreadable_request_is_a_400_problem_and_logs_no_traceback(serv
             assert b'"status":400' in body and b"could not be read as HTTP/1.1" in body
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert not [r for r in caplog.records if r.exc_info]
+
+
+# ----- Redis memory: only caches may be evicted ----------------------------------------------------
+
+
+async def test_durable_keys_have_no_ttl_and_expiring_ones_always_have_one(client, settings, sync_redis, seed_v1):
+    """The rule maxmemory-policy volatile-lru relies on (server.core.keys.expires), over a workload that
+    writes every kind of key: ingest, partners, polls and renders, rate and failure counters, the hub."""
+    assert (await client.post("/api/articles", json=seed_v1, headers=AUTH)).status == 201
+    key = await make_partner(settings.redis_address.url, "acme")
+    await settled()  # the app hears of the new partner
+    for path in ("/feeds/latest/atom", "/feeds/latest/rss", "/feeds/latest/json", "/feeds/latest/newsml"):
+        assert (await client.get(path, headers={"X-API-Key": key})).status == 200
+    assert (await client.get("/feeds/latest/atom", headers={"X-API-Key": GUESS.format(1)})).status == 401
+    assert (await client.get("/api/partners", headers={"Authorization": "Bearer wrong-token-0123456789"})).status == 401
+    form = {"hub.mode": "subscribe", "hub.topic": settings.base_url + "/feeds/headlines/atom",
+            "hub.callback": "http://127.0.0.1:9/cb"}
+    assert (await client.post("/hub", data=form)).status in (202, 400)
+    await settled()
+    found = {k: sync_redis.ttl(k) for k in sync_redis.scan_iter("*")}
+    kinds = {k.split(":")[1] for k in found}
+    assert {"article", "cache", "ratelimit", "limit", "partner", "changelog"} <= kinds
+    wrong = {k: ttl for k, ttl in found.items() if (ttl > 0) != keys.expires(k)}
+    assert not wrong, f"keys whose TTL breaks the rule: {wrong}"
+
+
+async def test_past_maxmemory_caches_are_evicted_and_articles_are_still_stored(aiohttp_client, settings, tmp_path,
+                                                                            seed_v1):
+    settings = dataclasses.replace(settings, redis_address=None, data_dir=tmp_path / "embedded",
+                                   redis_maxmemory_mb=8)
+    client = await aiohttp_client(app_server(settings))
+    embedded = client.server.app[EMBEDDED_REDIS]
+    assert embedded is not None
+    with redis_sync.Redis.from_url(embedded.url) as redis:
+        assert int(redis.config_get("maxmemory")["maxmemory"]) == 8 * 1024 * 1024
+        assert redis.config_get("maxmemory-policy")["maxmemory-policy"] == "volatile-lru"
+        # 20 MB of rendered feeds (cache keys, with their TTL): more than maxmemory.
+        blob = os.urandom(64 * 1024)
+        for n in range(320):
+            redis.set(keys.rendered_feed("latest", "atom", "head", n, "full", "e"), blob, ex=3600)
+        stored = []
+        for n in range(30):
+            document = {**seed_v1, "uri": f"{seed_v1['uri']}-{n}"}
+            response = await client.post("/api/articles", json=document, headers=AUTH)
+            assert response.status == 201, await response.text()
+            stored.append((await response.json())["id"])
+            redis.set(keys.rendered_feed("latest", "atom", "head", 1000 + n, "full", "e"), blob, ex=3600)
+        assert int(redis.info("stats")["evicted_keys"]) > 0
+        assert len(list(redis.scan_iter("syn:cache:*"))) < 350
+        assert all(redis.exists(keys.article(article_id)) for article_id in stored)
+        assert all(redis.ttl(keys.article(article_id)) == -1 for article_id in stored)
+    assert (await client.get("/api/articles", headers=AUTH)).status == 200

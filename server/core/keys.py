@@ -9,6 +9,17 @@ from __future__ import annotations
 
 PREFIX = "syn"
 
+# Keys that always have a TTL: caches, locks, counters of one-minute windows, heartbeats, metrics
+# snapshots, ended dashboard sessions. Every other key is durable and never has one.
+EXPIRING_PREFIXES = tuple(f"{PREFIX}:{kind}:" for kind in (
+    "cache", "lock", "ratelimit", "limit", "heartbeat:worker", "metrics:process", "ops:ended"))
+
+
+def expires(key: str) -> bool:
+    """Whether ``key`` always has a TTL (and so, under ``maxmemory-policy volatile-lru``, may be evicted);
+    False: a durable key, which never has one."""
+    return key.startswith(EXPIRING_PREFIXES)
+
 # Pub/sub channel on which processes announce changes to each other (cache invalidation).
 CHANGES_CHANNEL = f"{PREFIX}:changes"
 

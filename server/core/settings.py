@@ -154,7 +154,7 @@ class Settings:
             hub_requests_per_address=_int(env, "SYNDICATE_HUB_REQUESTS_PER_ADDRESS", 60, low=1),
             hub_requests_per_topic=_int(env, "SYNDICATE_HUB_REQUESTS_PER_TOPIC", 120, low=1),
             hub_max_verifications=_int(env, "SYNDICATE_HUB_MAX_VERIFICATIONS", 64, low=1, high=10_000),
-            redis_maxmemory_mb=_int(env, "SYNDICATE_REDIS_MAXMEMORY_MB", 0, low=0),
+            redis_maxmemory_mb=_int(env, "SYNDICATE_REDIS_MAXMEMORY_MB", 0, low=0, high=1024 * 1024),
         )
         if settings.websub_lease_min > settings.websub_lease_max:
             raise SettingsError("SYNDICATE_WEBSUB_LEASE_MIN: it is larger than SYNDICATE_WEBSUB_LEASE_MAX")

@@ -200,7 +200,8 @@ async def open_services(settings: Settings, role: Role, metrics: Metrics | None 
     embedded = None
     url = settings.redis_address
     if url is None:
-        embedded = start_embedded_redis(settings.data_dir, settings.redis_server_bin)
+        embedded = start_embedded_redis(settings.data_dir, settings.redis_server_bin,
+                                        maxmemory_bytes=settings.redis_maxmemory_mb * 1024 * 1024 or None)
         url = DirectRedis(embedded.url)
     try:
         clients = await RedisClients.open(url, settings, role)
