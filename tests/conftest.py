@@ -23,6 +23,7 @@ from aiohttp.test_utils import TestServer
 from server.core.redis_address import DirectRedis
 from server.core.settings import PublisherToken, Settings
 from server.http.app import create_app
+from server.http.connections import LimitedRunner
 from server.http.fast_path import FastPathRunner
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,10 +116,18 @@ class FastPathTestServer(TestServer):
         return FastPathRunner(self.app, **kwargs)
 
 
+class LimitedTestServer(TestServer):
+    """aiohttp's test server with the runner ``syndicate serve`` uses without the fast path: connections
+    capped and timed by :mod:`server.http.connections`."""
+
+    async def _make_runner(self, **kwargs):
+        return LimitedRunner(self.app, **kwargs)
+
+
 def app_server(settings: Settings) -> TestServer:
     """The app on the runner ``syndicate serve`` would choose for ``settings`` (``SYNDICATE_FAST_PATH``)."""
     app = create_app(settings)
-    return FastPathTestServer(app) if settings.fast_path else TestServer(app)
+    return FastPathTestServer(app) if settings.fast_path else LimitedTestServer(app)
 
 
 def check_fast_path(server: TestServer) -> None:

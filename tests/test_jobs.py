@@ -110,3 +110,31 @@ async def test_a_job_waiting_to_restart_is_not_alive():
     assert not group.all_alive()
     await wait_for(lambda: job.runs == 2 and group.all_alive(), message="the restart")
     await group.stop()
+
+
+class Quitting:
+    """A job whose ``run`` returns on its own (no exception) the first ``quits`` times."""
+
+    name = "quitting"
+
+    def __init__(self, quits: int) -> None:
+        self.quits, self.runs = quits, 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self.runs += 1
+        if self.runs <= self.quits:
+            return
+        await stop.wait()
+
+
+async def test_a_job_that_returns_while_the_service_runs_is_restarted_and_counted(caplog):
+    metrics, job = Metrics("test"), Quitting(quits=2)
+    group = JobGroup(metrics, first_restart_seconds=0.01)
+    with caplog.at_level(logging.ERROR, logger="server.runtime.jobs"):
+        group.start(job)
+        await wait_for(lambda: job.runs == 3 and group.alive("quitting"), message="the job to be restarted twice")
+    assert restarts(metrics, "quitting") == 2
+    assert sum("job quitting ended before it was stopped" in r.getMessage() for r in caplog.records) == 2
+    await group.stop()
+    assert job.runs == 3  # a return after the stop is the normal end: not restarted
+    assert restarts(metrics, "quitting") == 2

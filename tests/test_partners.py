@@ -207,14 +207,23 @@ async def test_rate_limit_is_shared_by_processes(aiohttp_client, settings, redis
     assert (await b.get("/feeds/latest/json", headers=headers)).status == 429
 
 
-async def test_failed_attempts_are_throttled_per_address(client):
+async def test_failed_attempts_are_throttled_per_address_but_a_valid_key_still_works(client, settings):
+    """The failed-key throttle (server.partners.throttle): past the failures a minute allowed from one
+    address, a failed key is 429, not 401; a valid key from that address is never refused."""
+    await room_in_rate_window()
     good = (await create_partner(client, name="acme", feeds=["latest"], formats=["atom"]))["key"]
-    # Accepted once first: a key the process remembers must not skip the throttle either.
+    other = (await create_partner(client, name="other", feeds=["latest"], formats=["atom"]))["key"]
     assert (await client.get("/feeds/latest/atom", headers={"X-API-Key": good})).status == 200
-    statuses = [(await client.get("/feeds/latest/atom", headers={"X-API-Key": f"guess-{n}"})).status
-                for n in range(25)]
-    assert statuses[:20] == [401] * 20 and set(statuses[20:]) == {429}
-    assert (await client.get("/feeds/latest/atom", headers={"X-API-Key": good})).status == 429
+    limit = settings.failed_keys_per_address
+    statuses = [(await client.get("/feeds/latest/atom", headers={"X-API-Key": f"syn_{n:08x}_{'x' * 43}"})).status
+                for n in range(limit + 5)]
+    assert statuses[:limit] == [401] * limit and set(statuses[limit:]) == {429}
+    refused = await client.get("/feeds/latest/atom", headers={"X-API-Key": "syn_0000ffff_" + "y" * 43})
+    assert refused.status == 429 and refused.content_type == "application/problem+json"
+    assert (await refused.json())["type"].endswith("/too-many-failures") and refused.headers["Retry-After"].isdigit()
+    # Valid keys from the throttled address: the one already used, and one never seen before.
+    assert (await client.get("/feeds/latest/atom", headers={"X-API-Key": good})).status == 200
+    assert (await client.get("/feeds/latest/atom", headers={"Authorization": f"Bearer {other}"})).status == 200
 
 
 async def test_seed_correction_outstanding_then_received(client, seed_v1, seed_v2):

@@ -31,6 +31,7 @@ from conftest import (
     cli_env,
     free_port,
     make_partner,
+    room_in_rate_window,
     run_cli,
 )
 from lxml import etree
@@ -1136,16 +1137,22 @@ async def test_a_kill_during_a_failing_attempt_does_not_wait_for_its_retry_after
 
 
 async def test_the_hub_takes_keys_through_the_failed_key_throttle(push, push_settings):
-    """A guessed key at the hub counts against the same per-address throttle as one at a feed."""
+    """A guessed key at the hub counts against the same throttle as one at a feed (one throttle), and a
+    valid key still works from the throttled address."""
+    await room_in_rate_window()
     good = (await create_partner(push, name="acme", feeds=["world"], formats=["atom"]))["key"]
     topic = topic_url(push_settings, "/feeds/world/atom")
+    limit = push_settings.failed_keys_per_address
     statuses = []
-    for n in range(22):
-        response = await hub_request(push, "http://127.0.0.1:9/cb", topic, headers={"Authorization": f"Bearer guess-{n}"})
+    for n in range(limit + 2):
+        response = await hub_request(push, f"http://127.0.0.1:9/cb-{n}", topic,
+                                     headers={"Authorization": f"Bearer syn_{n:08x}_{'x' * 43}"})
         statuses.append(response.status)
-    assert statuses[:20] == [403] * 20 and set(statuses[20:]) == {429}
+    assert statuses[:limit] == [403] * limit and set(statuses[limit:]) == {429}
     assert response.headers["Retry-After"].isdigit()
-    assert (await push.get("/feeds/world/atom", headers={"X-API-Key": good})).status == 429  # one throttle
+    guess = await push.get("/feeds/world/atom", headers={"X-API-Key": "syn_0000ffff_" + "y" * 43})
+    assert guess.status == 429  # one throttle: the hub's failures count at the feeds too
+    assert (await push.get("/feeds/world/atom", headers={"X-API-Key": good})).status == 200
     await hub_idle(push)
 
 

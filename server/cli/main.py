@@ -185,13 +185,15 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 async def _run_server(app: web.Application, host: str, port: int, fast_path: bool = True) -> None:
     """Serve until SIGINT or SIGTERM, then shut down gracefully: what ``web.run_app`` does, with the
     runner that answers cached feed polls on the fast path (:mod:`server.http.fast_path`), unless
-    ``SYNDICATE_FAST_PATH=off`` asks for aiohttp's own."""
+    ``SYNDICATE_FAST_PATH=off`` asks for aiohttp's own; either way with the connection caps and read
+    timeouts of :mod:`server.http.connections`."""
     import signal
 
+    from server.http.connections import LimitedRunner
     from server.http.fast_path import FastPathRunner
 
     runner = FastPathRunner(app, zero_copy=True, access_log=None, keepalive_timeout=75.0) if fast_path \
-        else web.AppRunner(app, access_log=None, keepalive_timeout=75.0)
+        else LimitedRunner(app, access_log=None, keepalive_timeout=75.0)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()

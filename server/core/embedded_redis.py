@@ -2,7 +2,8 @@
 
 One process owns it: the owner holds an exclusive ``flock`` on ``<data>/redis/owner.lock`` for its
 whole life, starts ``redis-server`` on a free loopback port with durable settings (AOF, ``appendfsync
-always``, only TTL'd keys evictable), writes the port to ``<data>/redis/endpoint``, and stops it with
+always``, a ``maxmemory`` (``SYNDICATE_REDIS_MAXMEMORY_MB``) with ``maxmemory-policy volatile-lru``: only
+TTL'd keys, the caches, are ever evicted), writes the port to ``<data>/redis/endpoint``, and stops it with
 SIGTERM (a clean shutdown that flushes the AOF) on exit. The child is started with
 ``PR_SET_PDEATHSIG``, so the kernel stops it when its owner dies, even by SIGKILL; a ``redis-server``
 left over anyway (its pidfile names a live process) is stopped before a new one starts.
@@ -28,6 +29,8 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+MIN_MAXMEMORY_BYTES = 64 * 1024 * 1024
+
 _PR_SET_PDEATHSIG = 1
 
 
@@ -44,6 +47,7 @@ class EmbeddedRedis:
     owner: bool
     process: subprocess.Popen[bytes] | None = None
     _lock_fd: int | None = field(default=None, repr=False)
+    maxmemory_bytes: int = 0  # what the child was started with (0: reused, the owner's)
 
     def stop(self, timeout: float = 15.0) -> None:
         """Shut the child down cleanly (owner only) and release the lock."""
@@ -71,7 +75,7 @@ class EmbeddedRedis:
         resolved = shutil.which(binary)
         if resolved is None:
             raise EmbeddedRedisError(f"'{binary}' was not found; the embedded Redis cannot be restarted")
-        self.process, _port = _spawn(resolved, self.directory, startup_timeout, port=port)
+        self.process, _port = _spawn(resolved, self.directory, startup_timeout, self.maxmemory_bytes, port=port)
         log.warning("embedded redis-server restarted: pid %d on 127.0.0.1:%d", self.process.pid, port)
 
     @property
@@ -81,10 +85,23 @@ class EmbeddedRedis:
         return True  # reused: the owner supervises it
 
 
+def default_maxmemory() -> int:
+    """The embedded Redis's ``maxmemory`` when ``SYNDICATE_REDIS_MAXMEMORY_MB`` is 0: a quarter of the
+    machine's memory, at least ``MIN_MAXMEMORY_BYTES``."""
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        physical = 4 * 1024 ** 3
+    return max(MIN_MAXMEMORY_BYTES, physical // 4)
+
+
 def start_embedded_redis(data_dir: Path, redis_server_bin: str = "redis-server",
-                         startup_timeout: float = 15.0) -> EmbeddedRedis:
-    """Start (or reuse) the embedded Redis for ``data_dir``. Call it from the main thread: the
+                         startup_timeout: float = 15.0, maxmemory_bytes: int | None = None) -> EmbeddedRedis:
+    """Start (or reuse) the embedded Redis for ``data_dir``, with ``maxmemory`` (default:
+    :func:`default_maxmemory`) and ``maxmemory-policy volatile-lru``: past it Redis evicts only keys with
+    a TTL, which are caches (``server.core.keys.expires``). Call it from the main thread: the
     parent-death signal is tied to the thread that forks the child."""
+    maxmemory = maxmemory_bytes or default_maxmemory()
     directory = (data_dir / "redis").resolve()
     directory.mkdir(parents=True, exist_ok=True)
     lock_fd = os.open(directory / "owner.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -100,16 +117,17 @@ def start_embedded_redis(data_dir: Path, redis_server_bin: str = "redis-server",
                 f"'{redis_server_bin}' was not found. Install it (Debian: apt-get install redis-server), "
                 "set SYNDICATE_REDIS_SERVER to its path, or set REDIS_URL to use an existing Redis.")
         _stop_leftover(directory)
-        process, port = _spawn(binary, directory, startup_timeout)
+        process, port = _spawn(binary, directory, startup_timeout, maxmemory)
         (directory / "endpoint").write_text(f"{port}\n", encoding="ascii")
-        log.info("embedded redis-server pid %d on 127.0.0.1:%d, data in %s", process.pid, port, directory)
-        return EmbeddedRedis(f"redis://127.0.0.1:{port}/0", directory, True, process, lock_fd)
+        log.info("embedded redis-server pid %d on 127.0.0.1:%d, data in %s, maxmemory %d MB", process.pid, port,
+                 directory, maxmemory // (1024 * 1024))
+        return EmbeddedRedis(f"redis://127.0.0.1:{port}/0", directory, True, process, lock_fd, maxmemory)
     except BaseException:
         os.close(lock_fd)
         raise
 
 
-def _spawn(binary: str, directory: Path, startup_timeout: float,
+def _spawn(binary: str, directory: Path, startup_timeout: float, maxmemory_bytes: int,
            port: int | None = None) -> tuple[subprocess.Popen[bytes], int]:
     last_error = ""
     fixed = port
@@ -128,6 +146,7 @@ def _spawn(binary: str, directory: Path, startup_timeout: float,
             "--appendfsync", "always",
             "--appendfilename", "appendonly.aof",
             "--save", "",
+            "--maxmemory", str(maxmemory_bytes),
             "--maxmemory-policy", "volatile-lru",
         ]
         process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

@@ -9,6 +9,17 @@ from __future__ import annotations
 
 PREFIX = "syn"
 
+# Keys that always have a TTL: caches, locks, counters of one-minute windows, heartbeats, metrics
+# snapshots, ended dashboard sessions, the hourly activity counters. Every other key is durable and never has one.
+EXPIRING_PREFIXES = tuple(f"{PREFIX}:{kind}:" for kind in (
+    "cache", "lock", "ratelimit", "limit", "heartbeat:worker", "metrics:process", "ops:ended", "activity"))
+
+
+def expires(key: str) -> bool:
+    """Whether ``key`` always has a TTL (and so, under ``maxmemory-policy volatile-lru``, may be evicted);
+    False: a durable key, which never has one."""
+    return key.startswith(EXPIRING_PREFIXES)
+
 # Pub/sub channel on which processes announce changes to each other (cache invalidation).
 CHANGES_CHANNEL = f"{PREFIX}:changes"
 
@@ -244,6 +255,13 @@ def manifests_by_time() -> str:
 def rate_window(name: str, window_start: int) -> str:
     """Counter (with a TTL): tenths of requests the partner made in one rate-limit window."""
     return f"{PREFIX}:ratelimit:{name}:{window_start}"
+
+
+def limit_window(counted: str, window_start: int) -> str:
+    """Counter (with a TTL): how often ``counted`` (a limit's name and what it counts, such as
+    ``failed-key:address:203.0.113.7`` or ``hub:topic:<url>``) happened in one one-minute window, summed
+    over every process (``server.partners.ratelimit.SharedCounts``)."""
+    return f"{PREFIX}:limit:{window_start}:{counted}"
 
 
 # ----- push (issue 5) -----------------------------------------------------------------------------

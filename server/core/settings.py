@@ -81,6 +81,18 @@ class Settings:
     log_level: str = "INFO"
     log_format: str = "json"
     heartbeat_seconds: float = 5.0
+    # Limits (docs/limits-and-security.md)
+    max_connections: int = 10_000  # open connections per process
+    max_connections_per_address: int = 256  # open connections per client address bucket, per process
+    header_timeout_seconds: float = 10.0  # a request's head, from its first byte (a new connection: from the accept)
+    body_timeout_seconds: float = 60.0  # a request's body, from its head
+    failed_keys_per_address: int = 20  # failed partner keys a minute from one address bucket, then 429
+    failed_keys_per_key: int = 20  # failed attempts a minute at one key id, then 429
+    failed_tokens_per_address: int = 10  # failed bearer tokens a minute from one address bucket, then 429
+    hub_requests_per_address: int = 60  # POST /hub a minute from one address bucket
+    hub_requests_per_topic: int = 120  # POST /hub a minute for one topic
+    hub_max_verifications: int = 64  # verifications of intent running at once, per process
+    redis_maxmemory_mb: int = 0  # the embedded redis-server's maxmemory (0: a quarter of the machine's memory)
 
     @property
     def base_url(self) -> str:
@@ -143,6 +155,17 @@ class Settings:
             log_level=_choice(env, "SYNDICATE_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
             log_format=_choice(env, "SYNDICATE_LOG_FORMAT", "JSON", ("JSON", "TEXT")).lower(),
             heartbeat_seconds=_float(env, "SYNDICATE_HEARTBEAT_SECONDS", 5.0, low=0.1),
+            max_connections=_int(env, "SYNDICATE_MAX_CONNECTIONS", 10_000, low=1),
+            max_connections_per_address=_int(env, "SYNDICATE_MAX_CONNECTIONS_PER_ADDRESS", 256, low=1),
+            header_timeout_seconds=_float(env, "SYNDICATE_HEADER_TIMEOUT", 10.0, low=0.1),
+            body_timeout_seconds=_float(env, "SYNDICATE_BODY_TIMEOUT", 60.0, low=0.1),
+            failed_keys_per_address=_int(env, "SYNDICATE_FAILED_KEYS_PER_ADDRESS", 20, low=1),
+            failed_keys_per_key=_int(env, "SYNDICATE_FAILED_KEYS_PER_KEY", 20, low=1),
+            failed_tokens_per_address=_int(env, "SYNDICATE_FAILED_TOKENS_PER_ADDRESS", 10, low=1),
+            hub_requests_per_address=_int(env, "SYNDICATE_HUB_REQUESTS_PER_ADDRESS", 60, low=1),
+            hub_requests_per_topic=_int(env, "SYNDICATE_HUB_REQUESTS_PER_TOPIC", 120, low=1),
+            hub_max_verifications=_int(env, "SYNDICATE_HUB_MAX_VERIFICATIONS", 64, low=1, high=10_000),
+            redis_maxmemory_mb=_int(env, "SYNDICATE_REDIS_MAXMEMORY_MB", 0, low=0, high=1024 * 1024),
         )
         if settings.websub_lease_min > settings.websub_lease_max:
             raise SettingsError("SYNDICATE_WEBSUB_LEASE_MIN: it is larger than SYNDICATE_WEBSUB_LEASE_MAX")

@@ -121,7 +121,9 @@ def _expose(app: web.Application, services: Services) -> None:
     app[PARTNERS], app[LEDGER], app[ACCESS] = services.partners, services.ledger, services.access
     app[DESTINATIONS], app[PUSH_QUEUE], app[PUSH_WORKER] = services.destinations, services.queue, services.worker
     app[HUB_TASKS] = set[asyncio.Task[bool]]()
-    app[HUB_LIMITS] = HubLimits()
+    settings = services.settings
+    app[HUB_LIMITS] = HubLimits(services.counts, settings.hub_requests_per_address, settings.hub_requests_per_topic,
+                                settings.hub_max_verifications)
     app[OPS] = services.ops
     app[FEED_POLLS] = FeedPolls(services.access, services.cache, services.feeds,
                                 services.settings.feed_max_age_seconds)

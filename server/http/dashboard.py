@@ -4,7 +4,8 @@
   ``syn_ops`` = ``<session id>.<expiry>.<HMAC>`` (HttpOnly, SameSite=Strict, Path=/ops, Secure when the
   public base URL is https). Nothing is stored on login, so every process accepts every session; the
   HMAC key is ``SYNDICATE_SESSION_SECRET`` or, by default, derived from the admin token (rotating the
-  admin token ends every session). Failed logins are throttled per client address, in memory.
+  admin token ends every session). A wrong token is a failed token of the failed-key throttle
+  (:mod:`server.partners.throttle`), shared by every way in that takes a token.
 * **Logout** (``POST /ops/logout``) records the session id in Redis until its expiry, so a copied
   cookie stops working too.
 * **CSRF**: every POST form carries ``csrf`` = HMAC of the session id, checked on POST; a POST whose
@@ -20,7 +21,6 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -32,11 +32,12 @@ import jinja2
 from aiohttp import web
 
 from server.core import keys
-from server.core.errors import NotFound
+from server.core.errors import NotFound, Problem
 from server.core.values import parse_iso, utc_now, whole_number
 from server.http.api.ops import DESTINATION_ID
+from server.http.client_address import request_address
 from server.http.middleware import add_get, add_route
-from server.http.state import OPS, REDIS, SETTINGS, TOKENS
+from server.http.state import ACCESS, OPS, REDIS, SETTINGS
 from server.ops import views as ops
 from server.ops.models import Page, PartnerHealth
 
@@ -45,8 +46,6 @@ FLASH_COOKIE = "syn_ops_flash"
 COOKIE_PATH = "/ops"
 SESSION_LIFETIME = timedelta(hours=12)
 REFRESH_SECONDS = 15
-LOGIN_MAX_FAILURES = 5  # per client address within LOGIN_WINDOW; then 429 until the window passes
-LOGIN_WINDOW = 300.0
 CHART_HOURS = 24
 ITEMS_PER_PAGE = 20  # corrections and kills (outstanding first)
 CHIPS_PER_ITEM = 12  # partners shown per correction or kill (not received first); the counts cover all
@@ -93,48 +92,11 @@ class Session:
     expires: int  # epoch seconds
 
 
-class LoginThrottle:
-    """Failed logins per client address in a sliding window (in memory, per process)."""
-
-    def __init__(self, max_failures: int = LOGIN_MAX_FAILURES, window: float = LOGIN_WINDOW) -> None:
-        self.max_failures, self.window = max_failures, window
-        self._failures: dict[str, deque[float]] = {}
-
-    def _recent(self, address: str, now: float) -> deque[float]:
-        seen = self._failures.get(address)
-        if seen is None:
-            return deque()
-        while seen and seen[0] <= now - self.window:
-            seen.popleft()
-        if not seen:
-            del self._failures[address]
-        return seen
-
-    def retry_after(self, address: str, now: float | None = None) -> int:
-        """Seconds until this address may try again (0: it may now)."""
-        now = time.monotonic() if now is None else now
-        seen = self._recent(address, now)
-        if len(seen) < self.max_failures:
-            return 0
-        return max(1, int(seen[0] + self.window - now) + 1)
-
-    def fail(self, address: str, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
-        if len(self._failures) > 10_000:  # a flood of addresses: forget the quiet ones
-            for other in list(self._failures):
-                self._recent(other, now)
-        self._failures.setdefault(address, deque()).append(now)
-
-    def succeed(self, address: str) -> None:
-        self._failures.pop(address, None)
-
-
 class Dashboard:
     def __init__(self, secret: bytes | None, secure_cookie: bool, allowed_origins: set[str]) -> None:
         self.secret = secret
         self.secure_cookie = secure_cookie
         self.allowed_origins = allowed_origins
-        self.throttle = LoginThrottle()
 
     def _sign(self, purpose: str, value: str) -> str:
         assert self.secret is not None
@@ -277,19 +239,19 @@ async def login(request: web.Request) -> web.Response:
     dashboard = request.app[DASHBOARD]
     if not _origin_ok(request):
         return _forbidden(request, "This form was sent from another site.")
-    address = request.remote or "unknown"
-    wait = dashboard.throttle.retry_after(address)
-    if wait:
-        response = _login_form(request, f"Too many failed attempts. Try again in {wait} s.", status=429)
-        response.headers["Retry-After"] = str(wait)
-        return response
     form = await request.post()
     token = str(form.get("token") or "").strip()
-    caller = request.app[TOKENS].lookup(token) if token and len(token) <= 512 else None
-    if dashboard.secret is None or caller is None or not caller.is_admin:
-        dashboard.throttle.fail(address)
+    try:
+        caller = request.app[ACCESS].check_token(token[:512], request_address(request), 'Bearer realm="syndicate"')
+    except Problem as refused:
+        if refused.status != 429:
+            return _login_form(request, "That is not the admin token.", status=401)
+        wait = refused.headers["Retry-After"]
+        response = _login_form(request, f"Too many failed attempts. Try again in {wait} s.", status=429)
+        response.headers["Retry-After"] = wait
+        return response
+    if dashboard.secret is None or not caller.is_admin:
         return _login_form(request, "That is not the admin token.", status=401)
-    dashboard.throttle.succeed(address)
     _session, cookie = dashboard.new_session()
     response = _redirect("/ops")
     _set_cookie(response, dashboard, COOKIE, cookie, int(SESSION_LIFETIME.total_seconds()))

@@ -54,6 +54,8 @@ from aiohttp.http import HttpVersion11
 from aiohttp.streams import EMPTY_PAYLOAD
 
 from server.core.errors import Problem
+from server.http.client_address import client_address
+from server.http.connections import LimitedProtocol, LimitedRunner, LimitedServer
 from server.http.middleware import record
 from server.http.poll import FEED_POLLS, FEED_ROUTE, Poll
 from server.http.state import METRICS
@@ -206,10 +208,9 @@ class _Parser:
             return result
         answered = 0
         fast_path = self._fast_path
-        address = _address(protocol)
         for message, payload in messages:
             try:
-                poll = fast_path.read(message, payload, address)
+                poll = fast_path.read(message, payload, client_address(protocol.peername, message.headers))
                 if poll is None or not fast_path.answer(protocol, poll):
                     break
             except Exception:
@@ -235,16 +236,9 @@ def missing_internals(protocol: Any) -> list[str]:
     return missing
 
 
-def _address(protocol: Any) -> str:
-    """The client's address as the route sees it (``request.remote or "unknown"``)."""
-    peername = protocol.peername
-    if peername is None:
-        return "unknown"
-    return (str(peername[0]) if isinstance(peername, (list, tuple)) else str(peername)) or "unknown"
-
-
-class _Protocol(web.RequestHandler):
-    """aiohttp's protocol for one connection, offering each read to the fast path's replay first."""
+class _Protocol(LimitedProtocol):
+    """The protocol for one connection (capped and timed by :mod:`server.http.connections`), offering
+    each read to the fast path's replay first. A connection refused by a cap gets no fast path."""
 
     __slots__ = ()
 
@@ -261,6 +255,12 @@ class _Protocol(web.RequestHandler):
             return
         self._parser = _Parser(self._parser, self, fast_path)
 
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        parser = self._parser
+        if self.refused and type(parser) is _Parser:
+            self._parser = parser._parser
+
     def data_received(self, data: bytes) -> None:
         parser = self._parser
         if data and type(parser) is _Parser and parser.replay(data):
@@ -268,15 +268,16 @@ class _Protocol(web.RequestHandler):
         super().data_received(data)
 
 
-class _Server(web.Server):
+class _Server(LimitedServer):
     fast_path: FastPath | None = None
-
-    def __call__(self) -> web.RequestHandler:
-        return _Protocol(self, loop=self._loop, **self._kwargs)
+    protocol = _Protocol
 
 
-class FastPathRunner(web.AppRunner):
-    """An :class:`aiohttp.web.AppRunner` whose connections answer cached feed polls on the fast path."""
+class FastPathRunner(LimitedRunner):
+    """The :class:`~server.http.connections.LimitedRunner` whose connections answer cached feed polls
+    on the fast path."""
+
+    server_class = _Server
 
     def __init__(self, app: web.Application, *, zero_copy: bool = False, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
@@ -284,6 +285,6 @@ class FastPathRunner(web.AppRunner):
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()  # runs the app's start-up: its state exists from here
-        server.__class__ = _Server  # same object and state; only __call__ (one per connection) differs
+        assert isinstance(server, _Server)
         server.fast_path = FastPath(self.app, self._zero_copy)
         return server

@@ -20,9 +20,8 @@ from server.observability.metrics import workers_alive
 async def metrics_endpoint(request: web.Request) -> web.Response:
     """``GET /metrics`` (admin token): every live process's metrics, and the cluster-wide gauges."""
     from server.http.auth import require_caller
-    from server.http.state import TOKENS
 
-    require_caller(request, request.app[TOKENS], admin=True)
+    require_caller(request, admin=True)
     body = await exposition(request.app)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -1,6 +1,6 @@
-"""The access policy (:mod:`server.domain.access`) applied on the request path: partner keys checked in
-memory, rate limits, brute-force throttling, and the poll ledger line written for every authorised
-response.
+"""The access policy (:mod:`server.domain.access`) applied on the request path: partner keys and the
+bearer tokens checked in memory, rate limits, the failed-key throttle (:mod:`server.partners.throttle`),
+and the poll ledger line written for every authorised response.
 
 A key is accepted as ``Authorization: Bearer <key>``, as ``X-API-Key`` and as ``?key=`` (for feed
 readers that only take a URL). No key on a non-public feed: 401 with ``WWW-Authenticate``; a key that
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
@@ -26,18 +25,18 @@ from server.core.errors import NotFound, Problem, Unauthorised
 from server.core.values import utc_now
 from server.domain.access import Refusal, feed_refusal, item_refusal
 from server.domain.articles import Article, Revision
-from server.domain.callers import TokenTable
+from server.domain.callers import Caller, TokenTable
 from server.domain.feeds import FeedDefinition
-from server.domain.partners import AccessKey, KeyTable, Partner
+from server.domain.partners import AccessKey, KeyTable, Partner, parse_key_id
 from server.domain.propagation import Delivery, requirement
 from server.observability.logs import note_partner
 from server.partners.ledger import PollLedger
 from server.partners.ratelimit import FULL, NOT_MODIFIED, Quota, RateLimiter
 from server.partners.store import PartnerStore
+from server.partners.throttle import FailedKeyThrottle
 
 log = logging.getLogger(__name__)
 
-FAILED_ATTEMPTS_PER_MINUTE = 20
 _CHALLENGE = 'Bearer realm="syndicate feeds"'
 
 
@@ -70,15 +69,14 @@ Reader = tuple[Partner | None, AccessKey | None] | _Admin
 
 class AccessControl:
     def __init__(self, partners: PartnerStore, tokens: TokenTable, ledger: PollLedger, limiter: RateLimiter,
-                 default_rate_limit: int) -> None:
+                 default_rate_limit: int, throttle: FailedKeyThrottle) -> None:
         self.partners = partners
         self.tokens = tokens
         self.ledger = ledger
         self.limiter = limiter
         self.default_rate_limit = default_rate_limit
+        self.throttle = throttle
         self.table = KeyTable()
-        self._failures: dict[str, tuple[int, int]] = {}  # client address -> (minute, failures)
-        self._failures_minute = 0
         self._reload_lock = asyncio.Lock()
         self._reloads: set[asyncio.Task[None]] = set()
 
@@ -109,7 +107,7 @@ class AccessControl:
 
         With ``from_memory`` (the fast path) it takes the same steps without a side effect and refuses
         nothing: a grant that memory alone can give (no key on a public feed; a key this table has accepted
-        before, entitled and within its quota, from an address not being throttled), else None, and the
+        before, entitled and within its quota), else None, and the
         request is then decided again without ``from_memory``, which makes the refusal or does the full
         check (the admin token, a key not yet accepted, counting a failed key)."""
         if presented is None:
@@ -121,7 +119,7 @@ class AccessControl:
             reader: Reader = ANONYMOUS
         elif from_memory:
             found = self.table.accepted(presented)
-            if found is None or (address in self._failures and self._throttled(address)):
+            if found is None:
                 return None
             reader = found
         else:
@@ -176,10 +174,10 @@ class AccessControl:
             return self._within_quota(partner, key), sent
         return grant, Delivery.KILL if article.killed else Delivery.CONTENT
 
-    def authorise_self(self, request: web.Request) -> Grant:
+    def authorise_self(self, request: web.Request, address: str) -> Grant:
         """Let a partner's request about itself in (``/api/me/...``): its own key only (the admin token
         is not a partner: 403), the same key checks and throttle as feeds, and its rate limit (429)."""
-        reader = self.identify(request, open_to_anonymous=False)
+        reader = self.identify(request, address, open_to_anonymous=False)
         if reader is ADMIN_READER:
             raise Problem("This is a partner's own view: present the partner's key, not the admin token.",
                           status=403, slug="not-a-partner")
@@ -196,8 +194,8 @@ class AccessControl:
         self.limiter.charge(grant.quota, FULL)
         response.headers["RateLimit-Policy"], response.headers["RateLimit"] = grant.quota.header_values()
 
-    def identify(self, request: web.Request, open_to_anonymous: bool) -> Reader:
-        """Who is reading: the admin, a partner and its key, or (when ``open_to_anonymous``) nobody.
+    def identify(self, request: web.Request, address: str, open_to_anonymous: bool) -> Reader:
+        """Who is reading from ``address``: the admin, a partner and its key, or (when ``open_to_anonymous``) nobody.
         401 for a missing or bad key, 429 for an address being throttled; see :meth:`check_key`."""
         presented = _presented_key(request)
         if presented is None:
@@ -205,28 +203,48 @@ class AccessControl:
                 return ANONYMOUS
             raise Unauthorised("This feed needs a partner key: 'Authorization: Bearer <key>', 'X-API-Key' or "
                                "'?key='.", headers={"WWW-Authenticate": _CHALLENGE})
-        return self.check_key(presented, request.remote or "unknown")
+        return self.check_key(presented, address)
 
     def check_key(self, presented: str, address: str) -> Reader:
-        """The admin, or the partner and key that ``presented`` belongs to; 401 if none (counted against
-        ``address``), 429 if ``address`` failed too often this minute. Every way in that takes a
-        partner key (feeds, items, the WebSub hub) goes through here, so the throttle covers them all."""
-        found = self.table.accepted(presented)
-        if found is None or self._failures:
-            # Not a key this table has accepted before, or some address failed this minute: the admin
-            # token, the throttle (a throttled address gets 429 whatever it presents), then the full check.
-            caller = self.tokens.lookup(presented)
-            if caller is not None and caller.is_admin:
-                return ADMIN_READER
-            self._check_not_throttled(address)
-            if found is None:
-                found = self.table.authenticate(presented)
-            if found is None:
-                self._count_failure(address)
-                raise Unauthorised("The key is not valid (unknown, revoked or expired), or its partner is "
-                                   "disabled.", headers={"WWW-Authenticate": f'{_CHALLENGE}, error="invalid_token"'})
+        """The admin, or the partner and key that ``presented`` belongs to; else 401, or 429 once the
+        failed-key throttle says so (:mod:`server.partners.throttle`: a valid partner key is never
+        refused). Every way in that takes a partner key (feeds, items, ``/api/me``, the WebSub hub)
+        goes through here."""
+        found = self.table.accepted(presented) or self.table.authenticate(presented)
+        if found is None:
+            key_id = parse_key_id(presented)
+            if key_id is None:  # not a key's form: the admin token, or a failed token
+                wait = self.throttle.token_wait(address)
+                if wait is not None:
+                    raise _too_many_failures(wait)
+                caller = self.tokens.lookup(presented)
+                if caller is not None and caller.is_admin:
+                    return ADMIN_READER
+                if caller is None:
+                    self.throttle.token_failed(address)
+            else:
+                wait = self.throttle.key_failed(address, key_id)
+                if wait is not None:
+                    raise _too_many_failures(wait)
+            raise Unauthorised("The key is not valid (unknown, revoked or expired), or its partner is "
+                               "disabled.", headers={"WWW-Authenticate": f'{_CHALLENGE}, error="invalid_token"'})
         note_partner(found[0].name)  # for the logs: the partner's name, never its key
         return found
+
+    def check_token(self, presented: str, address: str, challenge: str) -> Caller:
+        """The admin or publisher whose bearer token ``presented`` is; 401 (``WWW-Authenticate:
+        <challenge>``) and counted if none, 429 without comparing while ``address`` is throttled for
+        tokens (:mod:`server.partners.throttle`). For the ``/api`` tokens, the dashboard's login, and the
+        admin token where a partner key is expected."""
+        wait = self.throttle.token_wait(address)
+        if wait is not None:
+            raise _too_many_failures(wait)
+        caller = self.tokens.lookup(presented)
+        if caller is None:
+            self.throttle.token_failed(address)
+            raise Unauthorised("The bearer token is not valid.",
+                               headers={"WWW-Authenticate": f'{challenge}, error="invalid_token"'})
+        return caller
 
     def _within_quota(self, partner: Partner | None, key: AccessKey | None) -> Grant:
         if partner is None or key is None:
@@ -263,27 +281,11 @@ class AccessControl:
                                since=since)
         return quota
 
-    def _throttled(self, address: str) -> bool:
-        seen_minute, failures = self._failures.get(address, (0, 0))
-        return seen_minute == int(time.time() // 60) and failures >= FAILED_ATTEMPTS_PER_MINUTE
 
-    def _check_not_throttled(self, address: str) -> None:
-        minute = int(time.time() // 60)
-        # Forget past minutes: with no failures left, authorise skips the full check for remembered keys.
-        if minute != self._failures_minute:
-            self._failures = {a: v for a, v in self._failures.items() if v[0] == minute}
-            self._failures_minute = minute
-        seen_minute, failures = self._failures.get(address, (minute, 0))
-        if seen_minute == minute and failures >= FAILED_ATTEMPTS_PER_MINUTE:
-            raise Problem("Too many failed key attempts from this address; wait a minute.", status=429,
-                          slug="too-many-failures", headers={"Retry-After": str(60 - int(time.time()) % 60)})
 
-    def _count_failure(self, address: str) -> None:
-        minute = int(time.time() // 60)
-        seen_minute, failures = self._failures.get(address, (minute, 0))
-        self._failures[address] = (minute, failures + 1 if seen_minute == minute else 1)
-        if len(self._failures) > 100_000:  # bounded memory under a spray of addresses
-            self._failures = {a: v for a, v in self._failures.items() if v[0] == minute}
+def _too_many_failures(wait: int) -> Problem:
+    return Problem(f"Too many failed keys or tokens from this address or for this key; try again in {wait} s.",
+                   status=429, slug="too-many-failures", headers={"Retry-After": str(wait)})
 
 
 def _rate_limited(quota: Quota) -> Problem:

@@ -10,6 +10,7 @@ processes to within one flush interval. Requests are counted in tenths: a 200 co
 
 from __future__ import annotations
 
+import heapq
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -19,6 +20,8 @@ from redis.asyncio import Redis
 from server.core import keys
 
 WINDOW_SECONDS = 60
+WATCH_SECONDS = 1.0  # how often SharedCounts reads back the names it did not count since its last flush
+WATCHED_NAMES = 1000  # and how many of them at most (the highest)
 FULL, NOT_MODIFIED = 10, 1  # tenths of a request
 
 
@@ -119,26 +122,87 @@ class RateLimiter:
             self._known_total[key] = int(total)
 
 
-class Windows:
-    """Fixed one-minute windows counted in this process's memory, per key (a client address, a topic):
-    for limits that protect this process (the WebSub hub) rather than meter a partner. Bounded: at most
-    ``max_keys`` keys are remembered in a window."""
+def seconds_left(now: float | None = None) -> int:
+    """Seconds until the current one-minute window turns (a ``Retry-After``), at least 1."""
+    moment = time.time() if now is None else now
+    return max(1, WINDOW_SECONDS - int(moment) % WINDOW_SECONDS)
 
-    def __init__(self, per_minute: int, max_keys: int = 100_000) -> None:
-        self.per_minute = per_minute
-        self.max_keys = max_keys
-        self._minute = 0
-        self._counts: dict[str, int] = {}
 
-    def take(self, key: str, now: float | None = None) -> int | None:
-        """Count one for ``key``; None when allowed, else the seconds until the window turns."""
-        moment = time.time() if now is None else now
-        minute = int(moment // WINDOW_SECONDS)
-        if minute != self._minute:
-            self._minute, self._counts = minute, {}
-        count = self._counts.get(key, 0)
-        if count >= self.per_minute:
-            return WINDOW_SECONDS - int(moment) % WINDOW_SECONDS
-        if len(self._counts) < self.max_keys or key in self._counts:
-            self._counts[key] = count + 1
-        return None
+class SharedCounts:
+    """Fixed one-minute windows per name (a failed key's address or key id, a hub client's address, a
+    topic), counted in this process's memory and added to Redis counters every flush with one pipelined
+    ``INCRBY`` + ``EXPIRE`` per name counted since (``keys.limit_window``, 120 s TTL: a cache key), which
+    returns every process's total in the same round trip; once a second, also a ``GET`` of the other
+    names this process counted in the window (the ``WATCHED_NAMES`` highest), so it learns what the others
+    add while it counts nothing more. :meth:`total` is the total at this process's
+    last flush plus its count since, so a limit on it holds across processes to within one flush
+    interval, with no Redis round trip on the request path. Bounded: at most ``max_names`` names are
+    counted in a window (past that a new name is not counted, and its total reads 0)."""
+
+    def __init__(self, redis: Redis, max_names: int = 100_000) -> None:
+        self.redis = redis
+        self.max_names = max_names
+        self._window = 0
+        self._pending: dict[str, int] = {}  # counted here since the last flush (this window)
+        self._flushing: dict[str, int] = {}  # counted here, being added to Redis now
+        self._known: dict[str, int] = {}  # every process's, at the last flush (this window)
+        self._watched_at = 0.0
+
+    def _turn(self, now: float | None) -> int:
+        window = int((time.time() if now is None else now) // WINDOW_SECONDS) * WINDOW_SECONDS
+        if window != self._window:
+            self._window, self._pending, self._flushing, self._known = window, {}, {}, {}
+        return window
+
+    def total(self, name: str, now: float | None = None) -> int:
+        """How often ``name`` was counted in the current window, as this process knows it."""
+        self._turn(now)
+        return self._known.get(name, 0) + self._flushing.get(name, 0) + self._pending.get(name, 0)
+
+    def count(self, name: str, now: float | None = None) -> int:
+        """Count one for ``name`` in the current window; the total (see :meth:`total`), this one included."""
+        self._turn(now)
+        pending = self._pending.get(name)
+        if pending is None:
+            if len(self._pending) + len(self._known) >= self.max_names and name not in self._known:
+                return 0
+            pending = 0
+        self._pending[name] = pending + 1
+        return self._known.get(name, 0) + self._flushing.get(name, 0) + pending + 1
+
+    async def flush(self) -> None:
+        """Add this process's counts to Redis and learn every process's totals for the names it counted."""
+        self._turn(None)
+        window = self._window
+        pending, self._pending = self._pending, {}
+        watched: list[str] = []
+        if time.monotonic() - self._watched_at >= WATCH_SECONDS:
+            self._watched_at = time.monotonic()
+            watched = heapq.nlargest(WATCHED_NAMES, (n for n in self._known if n not in pending), key=self._known.__getitem__)
+        if not pending and not watched:
+            return
+        self._flushing = pending
+        names = list(pending)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                counter = keys.limit_window(name, window)
+                pipe.incrby(counter, pending[name])
+                pipe.expire(counter, 2 * WINDOW_SECONDS)
+            for name in watched:
+                pipe.get(keys.limit_window(name, window))
+            try:
+                results = await pipe.execute()
+            except Exception:
+                if window == self._window:  # keep the counts; try again next flush
+                    self._flushing = {}
+                    for name, n in pending.items():
+                        self._pending[name] = self._pending.get(name, 0) + n
+                raise
+        if window != self._window:
+            return  # the window turned while flushing: these totals are of the last one
+        added = results[:2 * len(names)]
+        for name, total in zip(names, added[::2], strict=True):
+            self._known[name] = int(total)
+        for name, total in zip(watched, results[2 * len(names):], strict=True):
+            self._known[name] = max(self._known.get(name, 0), int(total or 0))
+        self._flushing = {}

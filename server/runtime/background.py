@@ -18,7 +18,7 @@ from server.observability.logs import ACCESS_LINES
 from server.observability.metrics import Metrics
 from server.partners.ledger import STATUS_WINDOW, PollLedger, drop_old_manifests, drop_old_receipts
 from server.partners.propagation import Requirements
-from server.partners.ratelimit import RateLimiter
+from server.partners.ratelimit import RateLimiter, SharedCounts
 from server.runtime.jobs import PeriodicJob
 
 log = logging.getLogger(__name__)
@@ -28,18 +28,21 @@ MAINTENANCE_LOCK_SECONDS = 300
 
 
 class FlushJob(PeriodicJob):
-    """Rate-limit counts, ledger lines and access lines go to Redis (and the log) off the request path,
-    every ``flush_interval_seconds``, and once more on the way out."""
+    """Rate-limit counts, the other limits' counts (failed keys, the hub), ledger lines and access lines
+    go to Redis (and the log) off the request path, every ``flush_interval_seconds``, and once more on
+    the way out."""
 
     name = where = "flush"
 
-    def __init__(self, metrics: Metrics, limiter: RateLimiter, ledger: PollLedger, interval: float) -> None:
+    def __init__(self, metrics: Metrics, limiter: RateLimiter, counts: SharedCounts, ledger: PollLedger,
+                 interval: float) -> None:
         super().__init__(metrics)
-        self.limiter, self.ledger, self.interval = limiter, ledger, interval
+        self.limiter, self.counts, self.ledger, self.interval = limiter, counts, ledger, interval
 
     async def tick(self) -> None:
         ACCESS_LINES.flush()
         await self.limiter.flush()
+        await self.counts.flush()
         await self.ledger.flush()
 
     async def last(self) -> None:

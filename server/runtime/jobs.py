@@ -1,5 +1,6 @@
 """Background jobs, supervised together: one group per process keeps every task's reference, restarts
-a job that crashed (with a logged error, a metric and a growing pause), and stops them in the reverse
+a job that ended while the process still runs (it crashed, or its ``run`` returned before it was asked
+to stop: either way with a logged error, a metric and a growing pause), and stops them in the reverse
 order of their start.
 
 A job is a small object with a ``name`` and ``async run(stop)``, which returns once ``stop`` is set.
@@ -99,7 +100,11 @@ class JobGroup:
             self._alive[job.name] = True
             try:
                 await job.run(stop)
-                return
+                if stop.is_set():
+                    return
+                # Returned on its own while the process runs: as good as a crash, and restarted like one.
+                self.metrics.job_restarted(job.name)
+                log.error("job %s ended before it was stopped; restarting it in %.1f s", job.name, pause)
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -43,8 +43,9 @@ from server.partners.access import AccessControl
 from server.partners.cursor_acks import CursorAcks
 from server.partners.ledger import PollLedger
 from server.partners.propagation import Requirements
-from server.partners.ratelimit import RateLimiter
+from server.partners.ratelimit import RateLimiter, SharedCounts
 from server.partners.store import PartnerStore
+from server.partners.throttle import FailedKeyThrottle, ThrottleLimits
 from server.push.destinations import DestinationStore
 from server.push.dispatcher import ensure_dispatch_group
 from server.push.queue import PushQueue
@@ -152,6 +153,7 @@ class Services:
     partners: PartnerStore
     ledger: PollLedger
     limiter: RateLimiter
+    counts: SharedCounts  # the per-address, per-key and per-topic limits (the throttle, the hub)
     access: AccessControl
     destinations: DestinationStore
     queue: PushQueue
@@ -177,8 +179,10 @@ def _build(settings: Settings, role: Role, metrics: Metrics, embedded: EmbeddedR
     superdesk = SuperdeskIngest(store, clients.store, acks)
     partners = PartnerStore(clients.store, feeds, acks)
     ledger = PollLedger(clients.flush, CursorAcks(clients.flush, store, feeds))
-    limiter = RateLimiter(clients.flush)
-    access = AccessControl(partners, tokens, ledger, limiter, settings.default_rate_limit)
+    limiter, counts = RateLimiter(clients.flush), SharedCounts(clients.flush)
+    throttle = FailedKeyThrottle(counts, ThrottleLimits(settings.failed_keys_per_address, settings.failed_keys_per_key,
+                                                        settings.failed_tokens_per_address))
+    access = AccessControl(partners, tokens, ledger, limiter, settings.default_rate_limit, throttle)
     destinations, queue = DestinationStore(clients.store, acks), PushQueue(clients.store)
     worker = None
     if role is Role.WORKER or (role is Role.SERVER and settings.run_workers):
@@ -193,7 +197,7 @@ def _build(settings: Settings, role: Role, metrics: Metrics, embedded: EmbeddedR
                           pushing=lambda: worker is not None and push_jobs.all_alive())
     return Services(settings, role, metrics, feeds, tokens, embedded, clients, acks, store, superdesk,
                     superdesk_secrets, builder, cache, partners,
-                    ledger, limiter, access, destinations, queue, ops, worker, jobs, push_jobs, heartbeat)
+                    ledger, limiter, counts, access, destinations, queue, ops, worker, jobs, push_jobs, heartbeat)
 
 
 @contextlib.asynccontextmanager
@@ -204,7 +208,8 @@ async def open_services(settings: Settings, role: Role, metrics: Metrics | None 
     embedded = None
     url = settings.redis_address
     if url is None:
-        embedded = start_embedded_redis(settings.data_dir, settings.redis_server_bin)
+        embedded = start_embedded_redis(settings.data_dir, settings.redis_server_bin,
+                                        maxmemory_bytes=settings.redis_maxmemory_mb * 1024 * 1024 or None)
         url = DirectRedis(embedded.url)
     try:
         clients = await RedisClients.open(url, settings, role)
@@ -250,7 +255,7 @@ async def _running(services: Services, clients: RedisClients) -> AsyncIterator[N
         await access.reload(force=True)
         await subscriber.start()
         try:
-            jobs.start(FlushJob(services.metrics, services.limiter, services.ledger,
+            jobs.start(FlushJob(services.metrics, services.limiter, services.counts, services.ledger,
                                 services.settings.flush_interval_seconds))
             jobs.start(EmbargoJob(services.metrics, services.store))
             jobs.start(RetentionJob(services.metrics, services.store, services.settings, services.ops.requirements))

@@ -14,7 +14,7 @@ from server.domain.articles import Article, Revision, is_article_id
 from server.domain.callers import Caller
 from server.domain.ninjs import DocumentError, IncomingDocument, parse_json_object, read_document
 from server.http.auth import require_caller
-from server.http.state import SETTINGS, STORE, TOKENS
+from server.http.state import SETTINGS, STORE
 
 JSON = "application/json"
 
@@ -118,7 +118,7 @@ async def get_version(request: web.Request) -> web.Response:
 
 
 def _caller(request: web.Request) -> Caller:
-    return require_caller(request, request.app[TOKENS])
+    return require_caller(request)
 
 
 def _article_id(request: web.Request) -> str:

@@ -12,21 +12,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
 from aiohttp import web
 
 from server.core.errors import Problem
+from server.core.networks import address_bucket
 from server.core.values import whole_number
 from server.domain.access import feed_refusal, readable_feeds
 from server.domain.feeds import FORMATS
 from server.domain.ninjs import DocumentError, parse_json_object
 from server.domain.partners import check_name
 from server.http.auth import require_caller
-from server.http.state import ACCESS, DESTINATIONS, FEEDS, HUB_TASKS, PARTNERS, SETTINGS, TOKENS
-from server.partners.ratelimit import Windows
+from server.http.client_address import request_address
+from server.http.state import ACCESS, DESTINATIONS, FEEDS, HUB_TASKS, PARTNERS, SETTINGS
+from server.partners.ratelimit import SharedCounts, seconds_left
 from server.push.destinations import (
     WEBHOOK,
     WEBHOOK_FEED_FORMATS,
@@ -43,19 +45,27 @@ log = logging.getLogger(__name__)
 MAX_SECRET_BYTES = 199  # WebSub: hub.secret MUST be less than 200 bytes
 
 
-HUB_REQUESTS_PER_ADDRESS = 60
 HUB_REQUESTS_PER_SUBSCRIPTION = 6
-HUB_MAX_VERIFICATIONS = 64
+VERIFICATIONS_RETRY_AFTER_SECONDS = 5
 
 
 @dataclass(frozen=True, slots=True)
 class HubLimits:
-    """What one process's hub takes: requests per client address and per (callback, topic) a minute,
-    and verifications of intent running at once (each holds an outbound connection)."""
+    """What the hub takes: requests a minute per client address bucket (``SYNDICATE_HUB_REQUESTS_PER_ADDRESS``,
+    before the body is read), per topic (``SYNDICATE_HUB_REQUESTS_PER_TOPIC``) and per (callback, topic),
+    each counted by every process together (:class:`~server.partners.ratelimit.SharedCounts`), and
+    verifications of intent running at once in this process (``SYNDICATE_HUB_MAX_VERIFICATIONS``; each
+    holds an outbound connection): past them, 429, or 503 for verifications, with ``Retry-After``."""
 
-    by_address: Windows = field(default_factory=lambda: Windows(HUB_REQUESTS_PER_ADDRESS))
-    by_subscription: Windows = field(default_factory=lambda: Windows(HUB_REQUESTS_PER_SUBSCRIPTION))
-    max_verifications: int = HUB_MAX_VERIFICATIONS
+    counts: SharedCounts
+    per_address: int
+    per_topic: int
+    max_verifications: int
+    per_subscription: int = HUB_REQUESTS_PER_SUBSCRIPTION
+
+    def over(self, what: str, name: str, limit: int) -> int | None:
+        """Count one hub request for ``what`` ``name``; the Retry-After seconds once past ``limit``."""
+        return seconds_left() if self.counts.count(f"hub:{what}:{name}") > limit else None
 
 
 HUB_LIMITS: web.AppKey[HubLimits] = web.AppKey("hub_limits", HubLimits)
@@ -72,7 +82,8 @@ def _plain(status: int, text: str) -> web.Response:
 
 async def hub(request: web.Request) -> web.Response:
     limits = request.app[HUB_LIMITS]
-    wait = limits.by_address.take(request.remote or "unknown")
+    address = request_address(request)
+    wait = limits.over("address", address_bucket(address), limits.per_address)
     if wait is not None:
         return _too_many(f"Too many hub requests from this address; try again in {wait} s.", wait)
     if request.content_type != "application/x-www-form-urlencoded":
@@ -89,6 +100,9 @@ async def hub(request: web.Request) -> web.Response:
     feed = request.app[FEEDS].get(feed_name or "")
     if feed is None or fmt not in FORMATS:
         return _plain(400, f"hub.topic must be a feed of this hub: {settings.base_url}/feeds/<name>/<format>.")
+    wait = limits.over("topic", topic, limits.per_topic)
+    if wait is not None:
+        return _too_many("Too many hub requests for this topic; try again later.", wait)
     try:
         await check_destination(callback, settings.push_allow_networks, field="hub.callback")
     except UnsafeDestination as exc:
@@ -104,7 +118,7 @@ async def hub(request: web.Request) -> web.Response:
     presented = _bearer(request) or topic_key
     if not feed.public or presented:
         try:  # the same key check and failed-key throttle as a feed poll
-            reader = request.app[ACCESS].check_key(presented or "", request.remote or "unknown")
+            reader = request.app[ACCESS].check_key(presented or "", address)
         except Problem as exc:
             if exc.status == 429:
                 return web.Response(status=429, text=exc.detail + "\n", content_type="text/plain",
@@ -120,12 +134,13 @@ async def hub(request: web.Request) -> web.Response:
     subscription = Destination(
         id=subscription_id(callback, topic), kind=WEBSUB, url=callback, format=fmt, secret=secret or None,
         partner=partner_name, key_id=key_id, feed=feed.name, topic=topic)
-    wait = limits.by_subscription.take(subscription.id)
+    wait = limits.over("subscription", subscription.id, limits.per_subscription)
     if wait is not None:
         return _too_many("Too many requests for this callback and topic; try again later.", wait)
     if len(request.app[HUB_TASKS]) >= limits.max_verifications:
         return web.Response(status=503, text="The hub is verifying too many subscriptions; try again shortly.\n",
-                            content_type="text/plain", headers={"Retry-After": "5"})
+                            content_type="text/plain",
+                            headers={"Retry-After": str(VERIFICATIONS_RETRY_AFTER_SECONDS)})
     task = asyncio.get_running_loop().create_task(_verify(request.app, mode, subscription, lease))
     request.app[HUB_TASKS].add(task)
     task.add_done_callback(request.app[HUB_TASKS].discard)
@@ -144,7 +159,7 @@ async def _verify(app: web.Application, mode: str, subscription: Destination, le
 
 
 async def add_endpoint(request: web.Request) -> web.Response:
-    require_caller(request, request.app[TOKENS], admin=True)
+    require_caller(request, admin=True)
     partner = await request.app[PARTNERS].get(check_name(request.match_info["name"]))
     try:
         body = parse_json_object(await request.read())
@@ -173,7 +188,7 @@ async def add_endpoint(request: web.Request) -> web.Response:
 
 
 async def list_endpoints(request: web.Request) -> web.Response:
-    require_caller(request, request.app[TOKENS], admin=True)
+    require_caller(request, admin=True)
     partner = await request.app[PARTNERS].get(check_name(request.match_info["name"]))
     endpoints = await request.app[DESTINATIONS].for_partner(partner.name, WEBHOOK)
     subscriptions = await request.app[DESTINATIONS].for_partner(partner.name, WEBSUB)
@@ -183,7 +198,7 @@ async def list_endpoints(request: web.Request) -> web.Response:
 
 
 async def remove_endpoint(request: web.Request) -> web.Response:
-    require_caller(request, request.app[TOKENS], admin=True)
+    require_caller(request, admin=True)
     name = check_name(request.match_info["name"])
     endpoint = await request.app[DESTINATIONS].require(request.match_info["endpoint_id"], partner=name)
     await request.app[DESTINATIONS].remove(endpoint.id)

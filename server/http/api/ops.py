@@ -13,7 +13,7 @@ from server.core.errors import Problem
 from server.core.values import parse_iso, whole_number
 from server.domain.partners import check_name
 from server.http.auth import require_caller
-from server.http.state import OPS, TOKENS
+from server.http.state import OPS
 from server.ops import views as ops
 from server.ops.models import DeliveryFilter
 
@@ -21,12 +21,12 @@ DESTINATION_ID = re.compile(r"(ws|wh)-[0-9a-f]{16,20}")
 
 
 async def get_status(request: web.Request) -> web.Response:
-    require_caller(request, request.app[TOKENS], admin=True)
+    require_caller(request, admin=True)
     return _json((await ops.overview(request.app[OPS])).to_json())
 
 
 async def get_propagation(request: web.Request) -> web.Response:
-    require_caller(request, request.app[TOKENS], admin=True)
+    require_caller(request, admin=True)
     offset, limit = paging(request, ops.PROPAGATION_PAGE)
     since = None
     if "from" in request.query:
@@ -38,7 +38,7 @@ async def get_propagation(request: web.Request) -> web.Response:
 
 
 async def get_deliveries(request: web.Request) -> web.Response:
-    require_caller(request, request.app[TOKENS], admin=True)
+    require_caller(request, admin=True)
     partner = request.query.get("partner")
     if partner is not None:
         check_name(partner)
@@ -50,7 +50,7 @@ async def get_deliveries(request: web.Request) -> web.Response:
 
 
 async def retry_delivery(request: web.Request) -> web.Response:
-    require_caller(request, request.app[TOKENS], admin=True)
+    require_caller(request, admin=True)
     delivery = request.match_info["delivery_id"]
     if not (len(delivery) == 32 and all(c in "0123456789abcdef" for c in delivery)):
         raise Problem("A delivery id is 32 hexadecimal characters.", status=404, slug="not-found")
@@ -58,7 +58,7 @@ async def retry_delivery(request: web.Request) -> web.Response:
 
 
 async def retry_destination(request: web.Request) -> web.Response:
-    require_caller(request, request.app[TOKENS], admin=True)
+    require_caller(request, admin=True)
     destination = request.match_info["destination_id"]
     if not DESTINATION_ID.fullmatch(destination):
         raise Problem("A destination id is ws- or wh- and hexadecimal characters.", status=404, slug="not-found")

@@ -17,7 +17,7 @@ from server.core.values import parse_iso
 from server.domain.ninjs import DocumentError, parse_json_object
 from server.domain.partners import IssuedKey, check_name
 from server.http.auth import require_caller
-from server.http.state import ACCESS, OPS, PARTNERS, TOKENS
+from server.http.state import ACCESS, OPS, PARTNERS
 from server.ops import views as ops
 
 CREATE_FIELDS = {"name", "feeds", "formats", "media", "contact", "notes", "rate_limit", "expires_at"}
@@ -97,7 +97,7 @@ async def get_partner_status(request: web.Request) -> web.Response:
 
 
 def _admin(request: web.Request) -> None:
-    require_caller(request, request.app[TOKENS], admin=True)
+    require_caller(request, admin=True)
 
 
 async def _json_body(request: web.Request, allowed: set[str], required: set[str] = frozenset(),
