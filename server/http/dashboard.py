@@ -32,7 +32,7 @@ import jinja2
 from aiohttp import web
 
 from server.core import keys
-from server.core.errors import NotFound
+from server.core.errors import NotFound, Problem
 from server.core.values import parse_iso, utc_now, whole_number
 from server.http.api.ops import DESTINATION_ID
 from server.http.middleware import add_get, add_route
@@ -245,6 +245,17 @@ def _forbidden(request: web.Request, reason: str) -> web.Response:
     return _render(request, "ops_error.html", {"title": "Forbidden", "message": reason}, status=403)
 
 
+async def _read_form(request: web.Request) -> Any:
+    """The posted form, or a 400 problem for one aiohttp cannot read (a multipart body without its
+    boundary, a charset Python does not know, a broken part): bad input, never a 500."""
+    try:
+        return await request.post()
+    except (ValueError, LookupError, AssertionError, UnicodeDecodeError) as exc:
+        raise Problem(f"The form could not be read ({type(exc).__name__}: {exc}); send it "
+                      "application/x-www-form-urlencoded, as the page's own form does.", status=400,
+                      slug="unreadable-form") from None
+
+
 async def _current_session(request: web.Request) -> Session | None:
     dashboard = request.app[DASHBOARD]
     session = dashboard.read_session(request.cookies.get(COOKIE))
@@ -262,7 +273,7 @@ async def _checked_post(request: web.Request) -> tuple[Session | None, Any, web.
     session = await _current_session(request)
     if session is None:
         return None, None, _redirect("/ops/login")
-    form = await request.post()
+    form = await _read_form(request)
     if not request.app[DASHBOARD].csrf_ok(session, form.get("csrf")):
         return None, None, _forbidden(request, "The form's security token is missing or wrong. "
                                                "Reload the dashboard and try again.")
@@ -293,7 +304,7 @@ async def login(request: web.Request) -> web.Response:
         response = _login_form(request, f"Too many failed attempts. Try again in {wait} s.", status=429)
         response.headers["Retry-After"] = str(wait)
         return response
-    form = await request.post()
+    form = await _read_form(request)
     token = str(form.get("token") or "").strip()
     caller = request.app[TOKENS].lookup(token) if token and len(token) <= 512 else None
     if dashboard.secret is None or caller is None or not caller.is_admin:
