@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The benchmark behind the README's "Benchmarks" and "Memory per 1,000 articles" sections.
+"""The benchmark behind docs/benchmarks.md (and the README's summary of it).
 
 Run it with ``make bench`` (it is not a test). It needs root only to install Debian's ``nginx`` and
 ``wrk`` when they are missing. Everything it starts listens on 127.0.0.1, on free ports (never 6379),
@@ -35,11 +35,11 @@ f. The storm (issue 11): ``tests/storm.py`` at ``--storm-partners`` (100) partne
    ``--storm-articles`` (1,000) stories, with its own Redis, two servers and a worker, one server and
    the Redis SIGKILLed mid-storm; it prints the same figures as ``tests/test_storm.py`` (acknowledged,
    lost, stale, report mismatches, repeats after 2xx and after a crash, older-after-newer, time to
-   quiesce). ``--write-readme`` puts them between ``<!-- storm:start -->``/``<!-- storm:end -->`` when
-   README.md has those markers.
+   quiesce). ``--write-docs`` puts them between ``<!-- storm:start -->``/``<!-- storm:end -->`` when
+   docs/benchmarks.md has those markers.
 
-``--only PART`` runs one part (repeatable), ``--skip PART`` leaves one out. ``--write-readme`` puts the
-tables of the parts that ran into README.md between ``<!-- bench:start -->``/``<!-- bench:end -->``
+``--only PART`` runs one part (repeatable), ``--skip PART`` leaves one out. ``--write-docs`` puts the
+tables of the parts that ran into docs/benchmarks.md between ``<!-- bench:start -->``/``<!-- bench:end -->``
 (a, b, c), ``<!-- memory:start -->``/``<!-- memory:end -->`` (d) and ``<!-- push:start -->``/
 ``<!-- push:end -->`` (e); without it they are only printed.
 """
@@ -98,7 +98,7 @@ SHARED_ARTICLES = ROOT.parent / "shared" / "fixtures" / "articles"
 ARTICLES = SHARED_ARTICLES if SHARED_ARTICLES.exists() else ROOT / "examples"
 SEED_V1 = ARTICLES / "serious-crime-convicts.v1.ninjs.json"
 SEED_V2 = ARTICLES / "serious-crime-convicts.v2-correction.ninjs.json"
-README = ROOT / "README.md"
+BENCHMARKS_DOC = ROOT / "docs" / "benchmarks.md"  # --write-docs puts the tables here
 
 PUBLISHER_TOKEN = "bench-publisher-token-0123456789"
 ADMIN_TOKEN = "bench-admin-token-0123456789abcdef"
@@ -1143,7 +1143,8 @@ PARTS = ("render", "throughput", "staleness", "memory", "push", "storm", "ops")
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--write-readme", action="store_true", help="write the results into README.md")
+    parser.add_argument("--write-docs", "--write-readme", dest="write_readme", action="store_true",
+                        help="write the results into docs/benchmarks.md")
     parser.add_argument("--runs", type=int, default=30, help="render runs per measurement (median)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating wrk rounds per case")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
@@ -1252,11 +1253,11 @@ def main() -> int:
     print("\n\n".join(text for _start, _end, text in outputs))
     if args.write_readme:
         for start_marker, end_marker, text in outputs:
-            if start_marker == "<!-- storm:start -->" and start_marker not in README.read_text():
-                print("README.md has no storm markers: the storm's figures are only printed", file=sys.stderr)
+            if start_marker == "<!-- storm:start -->" and start_marker not in BENCHMARKS_DOC.read_text():
+                print("docs/benchmarks.md has no storm markers: the storm's figures are only printed", file=sys.stderr)
                 continue
-            write_between(README, start_marker, end_marker, text)
-        print("README.md updated", file=sys.stderr)
+            write_between(BENCHMARKS_DOC, start_marker, end_marker, text)
+        print("docs/benchmarks.md updated", file=sys.stderr)
     print(f"bench took {time.monotonic() - started:.0f} s", file=sys.stderr)
     return 0
 

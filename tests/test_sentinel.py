@@ -4,7 +4,7 @@
 SIGKILL of the primary. Every acknowledged write must be on the new primary, none may answer 500,
 writes resume within the Sentinel timeout plus 5 s, and a feed poll and a webhook push work after.
 
-SLOW (about 15 s a run). The figures are printed (run with ``-s`` to see them) and are in the README.
+SLOW (about 15 s a run). The figures are printed (run with ``-s`` to see them) and are in docs/operations.md.
 """
 
 from __future__ import annotations

@@ -202,11 +202,19 @@ class ArticleStore:
         """Legal takedown: kill the article if it is not yet killed, then remove the body of every
         revision, leaving a tombstone (id, versions, times, reason)."""
         current = await self.require(article_id)
+        _refuse_second_purge(current)
         if not current.killed:
             current = (await self.kill(article_id, actor, reason)).article
         now = utc_now()
-        stored = await self.redis.hgetall(keys.revisions(article_id))
         async with self.redis.pipeline(transaction=True) as pipe:
+            # Watched: of two purges at once, one wins and the other is refused below, so the first
+            # record (time and reason) is never overwritten.
+            await pipe.watch(keys.article(article_id))
+            if await pipe.hget(keys.article(article_id), "purgedAt"):
+                await pipe.reset()
+                _refuse_second_purge(await self.require(article_id))
+            stored = await pipe.hgetall(keys.revisions(article_id))
+            pipe.multi()
             for version, raw in stored.items():
                 revision = Revision.from_json(raw)
                 # The tombstone keeps versions, times and the reason; the editors' note may repeat
@@ -220,7 +228,10 @@ class ArticleStore:
             await self._append_change(
                 keys=[keys.changelog_seq(), keys.changelog(), *(keys.feed_generation(f) for f in touched)],
                 args=[article_id, current.version, PURGE, iso(now), *touched, keys.CHANGES_CHANNEL], client=pipe)
-            results = await pipe.execute()
+            try:
+                results = await pipe.execute()
+            except WatchError:  # another purge (or revision) came first: judge again on what is stored now
+                return await self.purge(article_id, reason, actor)
         self._announce(results[-1])
         log.info("purged article %s (%d revisions) by %s", article_id, len(stored), actor)
         return await self.require(article_id)
@@ -549,3 +560,10 @@ def _parse_cursor(cursor: str) -> tuple[str, str]:
         raise Problem("cursor is not one this server handed out.", parameter="cursor")
     return score, article_id
 
+
+def _refuse_second_purge(article: Article) -> None:
+    """A purge is recorded once: the first time and reason stay, a second purge is a 409."""
+    if article.purged_at is not None:
+        raise Conflict(f"Article {article.id} was already purged at {iso(article.purged_at)} "
+                       f"(reason: {article.purge_reason or 'none given'}); that record is kept.",
+                       slug="already-purged")

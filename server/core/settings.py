@@ -1,7 +1,7 @@
 """Typed settings, read from environment variables in one place.
 
-Every setting is an environment variable (``REDIS_URL`` or ``SYNDICATE_*``); the README's settings
-table lists them all with their defaults. A bad value raises :class:`SettingsError` whose message is one
+Every setting is an environment variable (``REDIS_URL`` or ``SYNDICATE_*``); the settings table of
+docs/operations.md lists them all with their defaults. A bad value raises :class:`SettingsError` whose message is one
 line naming the variable, which the CLI prints before exiting non-zero.
 """
 
@@ -117,7 +117,7 @@ class Settings:
             cache_redis_address=_redis_address(env, "SYNDICATE_CACHE_REDIS_URL"),
             data_dir=Path(env.get("SYNDICATE_DATA_DIR") or "var"),
             host=env.get("SYNDICATE_HOST") or "127.0.0.1",
-            port=_int(env, "SYNDICATE_PORT", 8080, low=1, high=65535),
+            port=parse_port(env.get("SYNDICATE_PORT") or "8080", "SYNDICATE_PORT"),
             base_url_setting=_base_url(env),
             publisher_tokens=_publisher_tokens(env),
             admin_token=_token(env, "SYNDICATE_ADMIN_TOKEN"),
@@ -173,6 +173,11 @@ class Settings:
             raise SettingsError("SYNDICATE_REPLICA_ACK_TIMEOUT_MS: it must be shorter than SYNDICATE_REDIS_TIMEOUT_MS "
                                 "(a commit and its wait share one answer)")
         return settings
+
+
+def parse_port(text: str, name: str) -> int:
+    """A TCP port, 1 to 65535: ``SYNDICATE_PORT`` and ``syndicate serve --port`` alike."""
+    return _int({name: text}, name, 8080, low=1, high=65535)
 
 
 def _int(env: Mapping[str, str], name: str, default: int, low: int | None = None, high: int | None = None) -> int:

@@ -73,13 +73,21 @@ BUILT_IN_LATEST = FeedDefinition(
 
 
 def load_feed_definitions(directory: Path) -> dict[str, FeedDefinition]:
-    """Every ``*.toml`` in ``directory`` plus the built-in ``latest``; a missing folder means only it."""
+    """Every ``*.toml`` in ``directory`` plus the built-in ``latest``. A folder that is missing, is not
+    a folder or holds no ``*.toml`` is an error: a mistyped ``SYNDICATE_FEEDS_DIR`` (or a server started
+    from another folder) must not start quietly with ``latest`` alone."""
     feeds = {LATEST: BUILT_IN_LATEST}
+    where = f"SYNDICATE_FEEDS_DIR: {directory}" + ("" if directory.is_absolute() else f" ({directory.absolute()})")
     if not directory.exists():
-        return feeds
+        raise FeedDefinitionError(f"{where} does not exist; set SYNDICATE_FEEDS_DIR to the folder of feed "
+                                  "definitions (*.toml), e.g. the repository's feeds/")
     if not directory.is_dir():
-        raise FeedDefinitionError(f"{directory}: SYNDICATE_FEEDS_DIR is not a folder")
-    for path in sorted(directory.glob("*.toml")):
+        raise FeedDefinitionError(f"{where} is not a folder")
+    files = sorted(directory.glob("*.toml"))
+    if not files:
+        raise FeedDefinitionError(f"{where} holds no feed definitions (*.toml); add one (a latest.toml "
+                                  "is enough) or point SYNDICATE_FEEDS_DIR at the right folder")
+    for path in files:
         definition = parse_feed_file(path)
         if definition.name in feeds and definition.name != LATEST:
             raise FeedDefinitionError(f"{path}: name: {definition.name!r} is already defined by "

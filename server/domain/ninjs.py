@@ -19,17 +19,19 @@ import re
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import nh3
 import orjson
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import ValidationError
-from referencing import Registry, Resource
 
 from server.core.text import scrub_xml
 from server.core.values import parse_iso
 from server.domain import ninjs1
+
+if TYPE_CHECKING:  # jsonschema is imported on the first validation: with its format checkers it takes
+    # seconds to import (rfc3987-syntax builds a grammar), which every CLI command would otherwise pay.
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import ValidationError
 
 SCHEMAS_DIR = Path(__file__).resolve().parents[2] / "schemas"
 MAX_DEPTH = 32
@@ -285,8 +287,16 @@ def content_hash(document: dict[str, Any], extra: dict[str, Any] | None = None) 
     return "sha256:" + hashlib.sha256(orjson.dumps(hashed, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
+def load_validators() -> None:
+    """Build the schema validators now (a server does at start-up, so no request waits for the import)."""
+    _validators()
+
+
 @cache
 def _validators() -> dict[str, Draft202012Validator]:
+    from jsonschema import Draft202012Validator
+    from referencing import Registry, Resource
+
     def load(name: str) -> dict[str, Any]:
         loaded: dict[str, Any] = json.loads((SCHEMAS_DIR / name).read_text(encoding="utf-8"))
         return loaded

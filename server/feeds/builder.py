@@ -49,7 +49,7 @@ RENDERERS: dict[str, tuple[str, Callable[[FeedView, list[ItemView]], bytes]]] = 
 }
 ENCODINGS = ("br", "gzip", "identity")
 HEAD = "head"
-# Compression is most of a render's cost, so the levels are chosen for time (see the README's
+# Compression is most of a render's cost, so the levels are chosen for time (see docs/benchmarks.md's
 # Benchmarks): gzip 2 is ~3.5x faster than gzip 6 for ~20% more bytes on a 50-item feed, brotli 3 is
 # ~2x faster than brotli 5 and still smaller than the gzip encoding.
 GZIP_LEVEL = 2

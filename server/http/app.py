@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from server.core.settings import Settings
+from server.domain import ninjs
 from server.http import dashboard
 from server.http.api import articles, feeds, health, hub, me, partners, superdesk
 from server.http.api import ops as ops_api
@@ -55,11 +56,16 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
+    app.on_startup.append(_load_document_checks)
     app.cleanup_ctx.append(_services_context)
     _add_routes(app)
     dashboard.setup(app)  # /ops: templates and routes
     app.on_startup.append(_add_unmatched_route)  # last: after every route, tests' own included
     return app
+
+
+async def _load_document_checks(_app: web.Application) -> None:
+    ninjs.load_validators()  # jsonschema is imported lazily (the CLI's start-up); a server pays it here
 
 
 async def _add_unmatched_route(app: web.Application) -> None:

@@ -222,7 +222,7 @@ async def open_services(settings: Settings, role: Role, metrics: Metrics | None 
                 return
             if embedded is None:
                 for warning in await durability_warnings(clients.store):
-                    log.warning("%s (see README, 'Using your own Redis')", warning)
+                    log.warning("%s (see docs/operations.md, 'Using your own Redis')", warning)
             async with _running(services, clients):
                 yield services
         finally:

@@ -16,7 +16,7 @@ for ``atom:link``, the element means exactly "last significant change", and comm
 and the readers built on it or on similar libraries) read it as the entry's updated time.
 We do not use ``dc:date``, which many readers take as the publication date.
 
-README paragraph (how an RSS reader sees a correction):
+docs/feeds.md paragraph (how an RSS reader sees a correction):
 
     A correction keeps the item's guid (the story's ninjs uri) and its pubDate, so an RSS reader treats
     the corrected version as the same item, not as a new story. Readers that refresh items they have

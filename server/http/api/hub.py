@@ -21,7 +21,7 @@ from aiohttp import web
 from server.core.errors import Problem
 from server.core.networks import address_bucket
 from server.core.values import whole_number
-from server.domain.access import feed_refusal, readable_feeds
+from server.domain.access import feed_refusal
 from server.domain.feeds import FORMATS
 from server.domain.ninjs import DocumentError, parse_json_object
 from server.domain.partners import check_name
@@ -31,13 +31,11 @@ from server.http.state import ACCESS, DESTINATIONS, FEEDS, HUB_TASKS, PARTNERS, 
 from server.partners.ratelimit import SharedCounts, seconds_left
 from server.push.destinations import (
     WEBHOOK,
-    WEBHOOK_FEED_FORMATS,
-    WEBHOOK_FORMATS,
     WEBSUB,
     Destination,
-    new_webhook,
     subscription_id,
 )
+from server.push.endpoints import checked_webhook
 from server.push.safety import UnsafeDestination, check_destination
 from server.push.websub import HubMode, verify_intent
 
@@ -169,20 +167,9 @@ async def add_endpoint(request: web.Request) -> web.Response:
     if unknown:
         raise Problem(f"Unknown field {unknown[0]!r}; an endpoint takes url, format and secret.", status=422,
                       errors=[{"pointer": f"/{unknown[0]}", "detail": "unknown field"}])
-    url, fmt, secret = body.get("url"), body.get("format"), body.get("secret")
-    if not isinstance(url, str):
-        raise Problem("url is required.", status=422, errors=[{"pointer": "/url", "detail": "required"}])
-    if fmt not in WEBHOOK_FORMATS:
-        raise Problem(f"format must be one of {', '.join(WEBHOOK_FORMATS)}.", status=422,
-                      errors=[{"pointer": "/format", "detail": "unknown format"}])
-    if not isinstance(secret, str) or not 16 <= len(secret.encode()) <= MAX_SECRET_BYTES:
-        raise Problem("secret must be a string of 16 to 199 bytes.", status=422,
-                      errors=[{"pointer": "/secret", "detail": "16 to 199 bytes"}])
-    if not readable_feeds(partner, request.app[FEEDS].values(), WEBHOOK_FEED_FORMATS[fmt]):
-        raise Problem(f"Partner {partner.name!r} is not entitled to the {WEBHOOK_FEED_FORMATS[fmt]} format.",
-                      status=422, errors=[{"pointer": "/format", "detail": "format not granted to the partner"}])
-    await check_destination(url, request.app[SETTINGS].push_allow_networks)
-    endpoint = await request.app[DESTINATIONS].save(new_webhook(partner.name, url, fmt, secret))
+    webhook = await checked_webhook(partner, body.get("url"), body.get("format"), body.get("secret"),
+                                    request.app[FEEDS].values(), request.app[SETTINGS].push_allow_networks)
+    endpoint = await request.app[DESTINATIONS].save(webhook)
     return web.Response(body=orjson.dumps(endpoint.public_view()), status=201, content_type="application/json",
                         headers={"Location": f"/api/partners/{partner.name}/endpoints/{endpoint.id}"})
 
