@@ -102,23 +102,27 @@ local function settle_receipts()
 end
 """
 
-# KEYS 1: to settle; then per item its pending set and its hash. ARGV 1-6: as the settling's, 7: "1" to
-# return the names still pending; then per item: article, version. Settles, then returns per item
-# {count, kind, names...}: counting is a SCARD, whatever the number of pending pairs.
-_SETTLE_LUA = _SETTLE_FUNCTION + """
+# KEYS 1: to settle, 2: the items. ARGV 1-6: as the settling's, 7: since (epoch ms), 8: "1" to return
+# the names still pending. Settles, then returns per item of the window, newest first, {member, ingest
+# ms, count, kind, names...}: the item keys are built here, and counting is a SCARD, whatever the number
+# of pending pairs (the read's cost is the window's items, passed neither way as key names).
+_WINDOW_LUA = _SETTLE_FUNCTION + """
 settle_receipts()
+local entries = redis.call('ZRANGE', KEYS[2], '+inf', ARGV[7], 'BYSCORE', 'REV', 'WITHSCORES')
 local result = {}
-for i = 1, (#KEYS - 1) / 2 do
-  local pending = KEYS[2 * i]
-  local answer
-  if ARGV[7] == '1' then
-    answer = {0, redis.call('HGET', KEYS[2 * i + 1], 'kind') or ''}
+for i = 1, #entries, 2 do
+  local member = entries[i]
+  local article, version = string.match(member, '^(.*)|([^|]*)$')
+  local pending = ARGV[5] .. article .. ':' .. version .. ARGV[6]
+  local kind = redis.call('HGET', string.sub(pending, 1, #pending - #ARGV[6]), 'kind') or ''
+  local answer = {member, entries[i + 1], 0, kind}
+  if ARGV[8] == '1' then
     for _, name in ipairs(redis.call('SMEMBERS', pending)) do answer[#answer + 1] = name end
-    answer[1] = #answer - 2
+    answer[3] = #answer - 4
   else
-    answer = {redis.call('SCARD', pending), redis.call('HGET', KEYS[2 * i + 1], 'kind') or ''}
+    answer[3] = redis.call('SCARD', pending)
   end
-  result[i] = answer
+  result[#result + 1] = answer
 end
 return result
 """
@@ -226,7 +230,7 @@ class Requirements:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self._require = redis.register_script(_REQUIRE_LUA)
-        self._settle = redis.register_script(_SETTLE_LUA)
+        self._window = redis.register_script(_WINDOW_LUA)
         self._settle_only = redis.register_script(_SETTLE_ONLY_LUA)
         self._summary = redis.register_script(_SUMMARY_LUA)
         self._advance = redis.register_script(_ADVANCE_LUA)
@@ -372,18 +376,14 @@ class Requirements:
 
     async def window(self, since: datetime, names: bool = False) -> list[Settled]:
         """Every correction and kill since ``since``, newest first, with how many partners (and, with
-        ``names``, which) have not yet received it: one ``ZRANGE`` and one Lua step for the window."""
-        entries = await self.redis.zrange(keys.propagation_items(), "+inf", int(since.timestamp() * 1000),
-                                          desc=True, byscore=True, withscores=True)
-        members = [(m.partition("|")[0], int(m.partition("|")[2]), score) for m, score in entries]
-        if not members:
-            await self.settle_receipts()
-            return []
-        script_keys = [keys.propagation_receipts_to_settle(),
-                       *(k for a, v, _s in members for k in (keys.propagation_pending(a, v), keys.propagation_item(a, v)))]
-        answers = await self._settle(keys=script_keys, args=[*_SETTLE_PARTS, "1" if names else "0"])
-        return [Settled(a, v, str(answer[1]), _ms(score), int(answer[0]), tuple(answer[2:]))
-                for (a, v, score), answer in zip(members, answers, strict=True)]
+        ``names``, which) have not yet received it: one Lua step for the window."""
+        answers = await self._window(keys=[keys.propagation_receipts_to_settle(), keys.propagation_items()],
+                                     args=[*_SETTLE_PARTS, int(since.timestamp() * 1000), "1" if names else "0"])
+        result = []
+        for member, score, count, kind, *pending in answers:
+            article_id, _, version = member.partition("|")
+            result.append(Settled(article_id, int(version), kind, _ms(score), int(count), tuple(pending)))
+        return result
 
     async def items(self, page: Sequence[Settled]) -> list[Item]:
         """One page of settled items with their details and counts."""
