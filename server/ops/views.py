@@ -186,10 +186,10 @@ async def propagation(ctx: OpsContext, since: datetime | None = None, now: datet
     ordered = sorted(window, key=lambda i: (i.outstanding == 0, i.kind != KILL)) if outstanding_first else window
     page = await ctx.requirements.items(ordered[offset:offset + limit])
     items = []
-    for item in page:
+    listed = await ctx.requirements.items_partners([(i.article_id, i.version) for i in page], 0, partner_limit)
+    for item, partners in zip(page, listed, strict=True):
         rows = []
-        for name, sent, got, at in await ctx.requirements.item_partners(item.article_id, item.version, 0,
-                                                                       partner_limit):
+        for name, sent, got, at in partners:
             done = got >= item.version
             rows.append(PropagationReceipt(
                 partner=name, received=done, received_at=at if done else None, received_version=got or None,
@@ -206,7 +206,7 @@ async def propagation(ctx: OpsContext, since: datetime | None = None, now: datet
 
 async def outstanding_gauges(ctx: OpsContext, now: datetime | None = None) -> list[OutstandingGauge]:
     """For ``/metrics``: per active partner and kind (correction, kill), the window's items it has not
-    received and the oldest one's age (one Lua step over the window's items and their pending sets)."""
+    received and the oldest one's age (one Lua step over the window's items, answering per partner)."""
     now = now or utc_now()
     await ctx.ledger.flush()
     everyone = (await ctx.partners.load_all())[0]
@@ -214,12 +214,10 @@ async def outstanding_gauges(ctx: OpsContext, now: datetime | None = None) -> li
     partners = [p.name for p in everyone if p.active]
     counts = {(p, k): 0 for p in partners for k in (CORRECTION, KILL)}
     ages = dict.fromkeys(counts, 0.0)
-    for item in await ctx.requirements.window(now - STATUS_WINDOW, names=True):
-        for name in item.pending:
-            slot = (name, item.kind)
-            if slot in counts:
-                counts[slot] += 1
-                ages[slot] = max(ages[slot], (now - item.ingested_at).total_seconds())
+    for name, kind, count, oldest in await ctx.requirements.pending_per_partner(now - STATUS_WINDOW):
+        if (name, kind) in counts:
+            counts[(name, kind)] = count
+            ages[(name, kind)] = max(0.0, (now - oldest).total_seconds())
     return [OutstandingGauge(partner=p, kind=ChangeKind(k), count=counts[(p, k)], oldest_seconds=round(ages[(p, k)], 3))
             for p, k in sorted(counts)]
 

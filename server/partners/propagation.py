@@ -104,12 +104,32 @@ end
 
 # KEYS 1: to settle, 2: the items. ARGV 1-6: as the settling's, 7: since (epoch ms), 8: "1" to return
 # the names still pending. Settles, then returns per item of the window, newest first, {member, ingest
-# ms, count, kind, names...}: the item keys are built here, and counting is a SCARD, whatever the number
+# ms, count, kind, names...}; with ARGV 8 "per-partner", instead per (partner, kind) with anything
+# pending {name, kind, count, oldest ingest ms}: the item keys are built here, and counting is a SCARD, whatever the number
 # of pending pairs (the read's cost is the window's items, passed neither way as key names).
 _WINDOW_LUA = _SETTLE_FUNCTION + """
 settle_receipts()
 local entries = redis.call('ZRANGE', KEYS[2], '+inf', ARGV[7], 'BYSCORE', 'REV', 'WITHSCORES')
 local result = {}
+if ARGV[8] == 'per-partner' then
+  local at = {}
+  for i = 1, #entries, 2 do
+    local article, version = string.match(entries[i], '^(.*)|([^|]*)$')
+    local item = ARGV[5] .. article .. ':' .. version
+    local kind = redis.call('HGET', item, 'kind') or ''
+    for _, name in ipairs(redis.call('SMEMBERS', item .. ARGV[6])) do
+      local slot = name .. '|' .. kind
+      if at[slot] == nil then
+        result[#result + 1] = {name, kind, 0, entries[i + 1]}
+        at[slot] = #result
+      end
+      local row = result[at[slot]]
+      row[3] = row[3] + 1
+      row[4] = entries[i + 1]  -- newest first: the last one seen is the oldest
+    end
+  end
+  return result
+end
 for i = 1, #entries, 2 do
   local member = entries[i]
   local article, version = string.match(member, '^(.*)|([^|]*)$')
@@ -385,6 +405,13 @@ class Requirements:
             result.append(Settled(article_id, int(version), kind, _ms(score), int(count), tuple(pending)))
         return result
 
+    async def pending_per_partner(self, since: datetime) -> list[tuple[str, str, int, datetime]]:
+        """(partner, kind, how many of the window's items of that kind it has not received, the oldest's
+        ingest time): one Lua step, answering per partner rather than per pending pair."""
+        answers = await self._window(keys=[keys.propagation_receipts_to_settle(), keys.propagation_items()],
+                                     args=[*_SETTLE_PARTS, int(since.timestamp() * 1000), "per-partner"])
+        return [(name, kind, int(count), _ms(oldest)) for name, kind, count, oldest in answers]
+
     async def items(self, page: Sequence[Settled]) -> list[Item]:
         """One page of settled items with their details and counts."""
         if not page:
@@ -407,16 +434,26 @@ class Requirements:
                             limit: int = 100) -> list[tuple[str, Delivery, int, datetime | None]]:
         """One page of an item's partners, not received first, then by name: (partner, what it is sent,
         the version it has received (0: none), when)."""
+        return (await self.items_partners([(article_id, version)], offset, limit))[0]
+
+    async def items_partners(self, items: Sequence[tuple[str, int]], offset: int = 0,
+                             limit: int = 100) -> list[list[tuple[str, Delivery, int, datetime | None]]]:
+        """:meth:`item_partners` for each (article, version), in two round trips for them all."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(keys.propagation_partners(article_id, version))
-            pipe.smembers(keys.propagation_pending(article_id, version))
-            partners, pending = await pipe.execute()
-        ordered = sorted(partners, key=lambda p: (p not in pending, p))[offset:offset + limit]
+            for article_id, version in items:
+                pipe.hgetall(keys.propagation_partners(article_id, version))
+                pipe.smembers(keys.propagation_pending(article_id, version))
+            answers = await pipe.execute()
+        pages = []
+        for partners, pending in zip(answers[0::2], answers[1::2], strict=True):
+            pages.append((partners, sorted(partners, key=lambda p: (p not in pending, p))[offset:offset + limit]))
         async with self.redis.pipeline(transaction=False) as pipe:
-            for name in ordered:
-                pipe.hget(keys.partner_received(name), article_id)
-            got = await pipe.execute()
-        return [(name, Delivery(partners[name]), *_receipt(raw)) for name, raw in zip(ordered, got, strict=True)]
+            for (article_id, _version), (_partners, ordered) in zip(items, pages, strict=True):
+                for name in ordered:
+                    pipe.hget(keys.partner_received(name), article_id)
+            got = iter(await pipe.execute())
+        return [[(name, Delivery(partners[name]), *_receipt(next(got))) for name in ordered]
+                for partners, ordered in pages]
 
     async def settle_receipts(self) -> None:
         """Drop the partners of the receipts noted since the last settling from their items' pending sets."""
