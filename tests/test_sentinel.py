@@ -262,16 +262,40 @@ async def test_slow_no_acknowledged_write_is_lost_in_a_failover(cluster, tmp_pat
             server.wait()
 
 
-async def test_a_write_no_replica_confirms_is_a_503_and_its_retry_says_unchanged(aiohttp_client, settings, seed_v1):
-    """SYNDICATE_MIN_REPLICAS_ACKED=1 on a Redis without replicas: the commit is made but not confirmed."""
+async def test_a_write_no_replica_confirms_is_a_503_and_so_is_its_retry_until_one_does(
+        aiohttp_client, settings, seed_v1, tmp_path):
+    """SYNDICATE_MIN_REPLICAS_ACKED=1 on a Redis without replicas: the commit is made but not confirmed.
+    Its retry is recognised ('unchanged') but confirmed too before it is acknowledged: 503 while no
+    replica has it, 200 once one does."""
     import dataclasses
 
+    from server.core.redis_address import DirectRedis
     from server.http.app import create_app
 
-    client = await aiohttp_client(create_app(dataclasses.replace(settings, min_replicas_acked=1,
-                                                                 replica_ack_timeout_seconds=0.05)))
-    response = await client.post("/api/articles", data=orjson.dumps(seed_v1), headers=JSON_HEADERS)
-    assert response.status == 503 and response.headers["Retry-After"] == "1"
-    assert (await response.json())["type"].endswith("/write-not-confirmed")
-    retry = await client.post("/api/articles", data=orjson.dumps(seed_v1), headers=JSON_HEADERS)
-    assert retry.status == 200, await retry.text()  # stored by the first attempt: unchanged
+    primary, port = start_redis(tmp_path / "primary")
+    replica = None
+    try:
+        client = await aiohttp_client(create_app(dataclasses.replace(
+            settings, redis_address=DirectRedis(f"redis://127.0.0.1:{port}/0"), min_replicas_acked=1,
+            replica_ack_timeout_seconds=0.05)))
+        response = await client.post("/api/articles", data=orjson.dumps(seed_v1), headers=JSON_HEADERS)
+        assert response.status == 503 and response.headers["Retry-After"] == "1"
+        assert (await response.json())["type"].endswith("/write-not-confirmed")
+        retry = await client.post("/api/articles", data=orjson.dumps(seed_v1), headers=JSON_HEADERS)
+        assert retry.status == 503, await retry.text()  # stored, but still on no replica
+        replica, _replica_port = start_redis(tmp_path / "replica", "--replicaof", "127.0.0.1", str(port))
+        primary_client = redis_sync.Redis(port=port)
+        wait_until(lambda: any(v.get("state") == "online" for k, v in primary_client.info("replication").items()
+                               if k.startswith("slave") and isinstance(v, dict)), 30, "the replica in sync")
+        for _attempt in range(40):  # as a CMS retries on 503 (the new replica may still be settling in)
+            retry = await client.post("/api/articles", data=orjson.dumps(seed_v1), headers=JSON_HEADERS)
+            if retry.status != 503:
+                break
+            await asyncio.sleep(0.5)
+        assert retry.status == 200, await retry.text()  # stored by the first attempt, now on a replica
+        assert (await retry.json())["outcome"] == "unchanged"
+    finally:
+        for process in (replica, primary):
+            if process is not None:
+                process.send_signal(signal.SIGTERM)
+                process.wait(timeout=30)

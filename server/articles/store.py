@@ -161,6 +161,7 @@ class ArticleStore:
                 # checked: its If-Match named the version before its own.
                 known = await self._known_revision(current, incoming.content_hash)
                 if known is not None:
+                    await self.acks.confirm()  # the first attempt may have timed out waiting for replicas
                     return IngestResult(known, UNCHANGED, incoming.removed_characters)
             _check_if_match(current, if_match)
             if current is not None:
@@ -179,6 +180,7 @@ class ArticleStore:
             current = await self.require(article_id)
             _check_if_match(current, if_match)
             if current.killed:
+                await self.acks.confirm()
                 return IngestResult(current, UNCHANGED)
             now = utc_now()
             latest = current.latest

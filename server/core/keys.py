@@ -143,6 +143,11 @@ def activity_hour(hour_start: int) -> str:
     return f"{PREFIX}:activity:{hour_start}"
 
 
+def replication_probe() -> str:
+    """Counter: written only so that a following ``WAIT`` covers every earlier write (``ReplicaAcks.confirm``)."""
+    return f"{PREFIX}:replication:probe"
+
+
 def partners_last_poll() -> str:
     """Sorted set: partner name -> epoch ms of its last poll with a key (``ZADD GT``, with the last-used
     hash): every partner's last poll in one read, for the ops views."""

@@ -36,6 +36,7 @@ from redis.asyncio.client import Pipeline
 from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.exceptions import RedisError
 
+from server.core import keys
 from server.core.errors import Problem
 from server.core.redis_connection import follow_primary
 
@@ -144,6 +145,17 @@ class ReplicaAcks:
         else:
             pipe.execute_command("WAIT", needed, self.timeout_ms)
         return needed
+
+    async def confirm(self) -> None:
+        """Wait for the replicas to hold every write the primary has now, whoever made it (an idempotent
+        retry answering 'unchanged' about a write another connection made, which may not have reached
+        them): a small write of this connection's own, then the wait. Replication is ordered, so a
+        replica that has it has everything before it. Nothing to do when no replica is needed."""
+        if self.required == 0:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.incr(keys.replication_probe())
+            await self.execute(pipe)
 
     async def execute(self, pipe: Pipeline) -> list[Any]:
         """Run the writes queued in ``pipe`` and the wait, on one connection; the writes' replies.
