@@ -11,7 +11,7 @@ import sys
 
 import orjson
 import pytest
-from conftest import ADMIN_TOKEN, ROOT, SEED_V1, cli_env, free_port, run_cli
+from conftest import ADMIN_TOKEN, ROOT, SEED_V1, cli_env, free_port, make_partner, run_cli
 
 from server.domain.articles import article_id_for_uri
 
@@ -162,3 +162,22 @@ async def test_a_sign_in_form_that_cannot_be_read_is_400(client, content_type, b
     assert (await response.json())["status"] == 400
     good = await client.post("/ops/login", data={"token": ADMIN_TOKEN}, allow_redirects=False)
     assert good.status == 303
+
+
+async def test_status_fits_the_terminal_and_never_cuts_a_name(redis_url, tmp_path):
+    """`syndicate status` on a narrow terminal (COLUMNS=60): no line is wider, and a long partner name
+    is folded onto more lines, never cut with an ellipsis."""
+    name = "a-partner-with-a-rather-long-name-indeed"
+    await make_partner(redis_url, name=name)
+    env = cli_env(REDIS_URL=redis_url, SYNDICATE_DATA_DIR=str(tmp_path / "var"), COLUMNS="60")
+    result = run_cli("status", env=env)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 60, result.stdout
+    rule = next(i for i, line in enumerate(lines) if set(line.strip()) == {"─"})
+    first_column = []
+    for line in lines[rule + 1:]:
+        if not line.strip():
+            break
+        first_column.append(line.split()[0] if line[:2].strip() else "")
+    assert "".join(first_column) == name, result.stdout
