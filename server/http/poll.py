@@ -46,6 +46,7 @@ from server.http.caching import (
     choose_coding,
     head_response,
     if_modified_since,
+    keyed_response_head,
     response_head,
 )
 from server.observability.logs import REQUEST_ID_HEADER
@@ -70,6 +71,7 @@ class Poll:
     modified_since: datetime | None  # If-Modified-Since, read as a time
     request_id: str | None  # the client's own X-Request-Id, if it sent one
     address: str  # the client's, as aiohttp's request.remote gives it (for the brute-force throttle)
+    url_key: str | None = None  # the key, when it came in the URL (?key=): the answer's links carry it
 
 
 @dataclass(slots=True)  # made for every poll: not frozen, for the same reason
@@ -132,7 +134,8 @@ class FeedPolls:
         if_none_match = headers.get("If-None-Match")
         modified_since = None if if_none_match is not None else if_modified_since(headers.get("If-Modified-Since"))
         return Poll(target, feed, fmt, since, page_name(since), presented, headers.get("Accept-Encoding", ""),
-                    if_none_match, modified_since, headers.get(REQUEST_ID_HEADER), address)
+                    if_none_match, modified_since, headers.get(REQUEST_ID_HEADER), address,
+                    query_key if query_key is not None and presented == query_key else None)
 
     def read_request(self, request: web.Request) -> Poll:
         """The poll an aiohttp request to the feed route is (see :meth:`read`)."""
@@ -161,8 +164,14 @@ class FeedPolls:
         return self._answer(poll, grant, rendered)
 
     def _answer(self, poll: Poll, grant: Grant, rendered: RenderedFeed) -> PollAnswer:
-        head = response_head(rendered, choose_coding(poll.accept_encoding, rendered.bodies),
-                             cache_control(poll.feed, grant, self.max_age))
+        coding, control = choose_coding(poll.accept_encoding, rendered.bodies), cache_control(poll.feed, grant,
+                                                                                             self.max_age)
+        if poll.url_key is not None and grant.partner is not None:
+            # A reader that authenticates by URL follows links with the key; the cached page (its body
+            # and its shared heads) never holds one: the key goes into this answer's Link header only.
+            head = keyed_response_head(rendered, coding, control, poll.url_key)
+        else:
+            head = response_head(rendered, coding, control)
         return PollAnswer(poll, grant, rendered, head,
                           answer_status(head, poll.if_none_match, poll.modified_since, rendered.last_modified))
 

@@ -231,7 +231,8 @@ def parse_topic(raw: str, base_url: str, feeds: Iterable[str]) -> Topic | str:
     if parts.fragment or "#" in raw:
         return "hub.topic must not have a fragment."
     query = parse_qs(parts.query, keep_blank_values=True) if parts.query else {}
-    if set(query) - {"key"} or len(query.get("key", [])) > 1 or (parts.query and not query):
+    keys_given = query.get("key", [])
+    if set(query) - {"key"} or len(keys_given) > 1 or ("?" in raw and not (keys_given and keys_given[0])):
         return "hub.topic may carry no query but one key=<partner key> (a topic is a feed's head, not a page)."
     key = query.get("key", [None])[0]
     return Topic(url=f"{base_url}{path}", feed=name, fmt=fmt, key=key or None, as_sent=raw)
