@@ -15,6 +15,10 @@ know): ``syndicate:version`` (1, 2, ...), ``syndicate:signal`` ("update" or "cor
 first version) and ``syndicate:pubStatus`` ("usable", "withheld", "canceled"). The same
 :class:`RevisionEntryExtension` serves the RSS renderer; JSON Feed has the same data in ``_syndicate``.
 
+An entry whose article has a language says so in ``xml:lang`` (the article's, not the feed's: an
+Arabic story in an English feed is read as Arabic); a right-to-left story's HTML comes wrapped in
+``<div dir="rtl">`` (:meth:`~server.feeds.render.view.ItemView.reader_html`).
+
 A withdrawn story is a tombstone entry: "Withdrawn: <headline>" as title, a summary saying it was
 withdrawn (and why, when a reason was given), no content, no photos.
 """
@@ -35,6 +39,7 @@ from server.feeds.render.view import FeedView, ItemView, photos_to_show
 
 ATOM_NS = "http://www.w3.org/2005/Atom"
 ATOM_MEDIA_TYPE = "application/atom+xml"
+XML_LANG = "{http://www.w3.org/XML/1998/namespace}lang"
 GENERATOR_NAME = "syndicate"
 SYNDICATE_NS = "urn:x-syndicate:feed-extension:1"
 REVISION_EXTENSION = "syndicate"
@@ -123,7 +128,10 @@ def _build_entry(feed: FeedView, item: ItemView) -> etree._Element:
     entry.register_extension(MEDIA_RSS_EXTENSION, MediaRssEntryExtension, atom=True, rss=True)
     entry.register_extension(REVISION_EXTENSION, RevisionEntryExtension, atom=True, rss=False)
     _fill_entry(entry, feed, item)
-    return entry.atom_entry()
+    element = entry.atom_entry()
+    if item.language_tag:  # the article's own language, whatever the feed's (RFC 4287 2: xml:lang)
+        element.set(XML_LANG, item.language_tag)
+    return element
 
 
 def render_atom_entry(feed: FeedView, item: ItemView) -> bytes:
@@ -133,9 +141,9 @@ def render_atom_entry(feed: FeedView, item: ItemView) -> bytes:
     root = etree.Element(entry.tag, entry.attrib,
                          nsmap={None: ATOM_NS, "media": MEDIA_RSS_NS, "syndicate": SYNDICATE_NS})
     root.extend(list(entry))
-    language = feed_root.get("{http://www.w3.org/XML/1998/namespace}lang")
-    if language:
-        root.set("{http://www.w3.org/XML/1998/namespace}lang", language)
+    language = feed_root.get(XML_LANG)
+    if language and root.get(XML_LANG) is None:  # the entry's own language wins over the feed's
+        root.set(XML_LANG, language)
     return etree.tostring(root, encoding="UTF-8", xml_declaration=True)
 
 

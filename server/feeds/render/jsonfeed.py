@@ -70,8 +70,8 @@ def _item(feed: FeedView, item: ItemView) -> dict[str, Any]:
     entry["date_modified"] = iso(item.version_created)
     if item.byline:
         entry["authors"] = [{"name": item.byline}]
-    if item.language:
-        entry["language"] = item.language
+    if item.language_tag:  # the article's own language (the feed's is the top-level one)
+        entry["language"] = item.language_tag
     if item.subjects:
         entry["tags"] = [subject.name for subject in item.subjects]
     attachments = [_attachment(photo) for photo in photos if photo.content_type]

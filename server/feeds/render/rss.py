@@ -5,7 +5,7 @@ The channel has title, link (the web page), description, language, lastBuildDate
 ``"first"`` when paged. An item has its headline as title, the web link, ``guid isPermaLink="false"``
 holding the ninjs uri (the same across revisions), ``pubDate`` (RFC 822) = when the story was first
 created, the standfirst as ``description``, the body (with its correction note) as ``content:encoded``,
-the byline as ``dc:creator``, subjects as ``category``, photos as Media RSS, and the revision number and
+the byline as ``dc:creator``, the article's language as ``dc:language``, subjects as ``category``, photos as Media RSS, and the revision number and
 signal as ``syndicate:version`` / ``syndicate:signal`` / ``syndicate:pubStatus`` (see ``atom``). The
 edNote goes in as ``syndicate:edNote``, for the partner's editors.
 
@@ -149,6 +149,8 @@ def _fill_item(entry: FeedEntry, feed: FeedView, item: ItemView) -> FeedEntry:
     getattr(entry, REVISION_EXTENSION).revision(item)
     if item.byline:
         entry.dc.dc_creator(item.byline)
+    if item.language_tag:  # the article's own language (the channel's <language> is the feed's)
+        entry.dc.dc_language(item.language_tag)
     if item.is_tombstone:
         entry.description(item.tombstone_notice, isSummary=True)
         return entry
