@@ -244,6 +244,19 @@ class FeedView:
     first_url: str | None = None
     include_photos: bool = True
     author: str | None = None  # who entries without a byline are credited to; default: the title
+    # RFC 5005 archived feeds: an archive page says so (fh:archive) and links to its neighbours and to
+    # the subscription document (current); the head links to the newest archive page (prev-archive).
+    archive: bool = False
+    prev_archive_url: str | None = None
+    next_archive_url: str | None = None
+    current_url: str | None = None
+
+    @property
+    def archive_links(self) -> tuple[tuple[str, str], ...]:
+        """The RFC 5005 archive links the document carries: (rel, URL), in a fixed order."""
+        return tuple((rel, url) for rel, url in (("current", self.current_url),
+                                                 ("prev-archive", self.prev_archive_url),
+                                                 ("next-archive", self.next_archive_url)) if url)
 
     @property
     def feed_id(self) -> str:
