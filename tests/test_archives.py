@@ -10,6 +10,7 @@ from datetime import datetime
 import orjson
 import pytest
 from conftest import AUTH
+from feed_validation import errors_for
 from lxml import etree
 from push_helpers import parse_link_header
 from render_helpers import ATOM_NS, SAFE_PARSER
@@ -83,6 +84,8 @@ async def test_archive_pages_hold_the_history_and_link_to_each_other(partner_cli
     head_links = parse_link_header(head.headers["Link"])
     assert head_links["prev-archive"].endswith(f"/feeds/latest/{fmt}?archive=2")
     assert body_links(fmt, head_body) == ({"prev-archive": head_links["prev-archive"]}, False)
+    if fmt != "json":
+        assert errors_for(fmt, head_body) == []
 
     # Walk the history back from the head, as RFC 5005 says a reader may.
     pages, url = [], head_links["prev-archive"]
@@ -93,6 +96,8 @@ async def test_archive_pages_hold_the_history_and_link_to_each_other(partner_cli
         assert "hub" not in links and "next" not in links  # an archive page is not a subscription
         assert links["current"].endswith(f"/feeds/latest/{fmt}")
         assert body_links(fmt, body) == ({k: v for k, v in links.items() if k != "self"}, True)
+        if fmt != "json":
+            assert errors_for(fmt, body, url) == []  # RFC 4287 / RSS 2.0 (and the W3C's, when at hand)
         pages.append((links, entries(fmt, body), response))
         url = links.get("prev-archive")
     assert len(pages) == 2
