@@ -5,7 +5,8 @@ our hub is the app (its in-process push worker included) on a TestServer whose b
 address, so the topics and the hub URL the feed advertises are the ones the subscriber talks to. The
 subscriber discovers the hub and the topic from a feed read by ``?key=`` (the Link header carries the
 key), subscribes, is verified (it refuses a verification whose ``hub.topic`` is not the topic it sent),
-receives a push, and is told ``hub.mode=denied`` with the reason when its partner loses the feed.
+receives a push, unsubscribes (verified the same way) and subscribes again, and is told
+``hub.mode=denied`` with the reason when its partner loses the feed.
 
 Also here, without a network: the sealing of topics (:mod:`server.core.sealing`), the hub's topic
 parser, and a record sealed under another secret.
@@ -134,6 +135,10 @@ class FlaskSubscriber:
         with self.app.app_context():
             return self.subscriber.subscribe(**request)
 
+    def unsubscribe(self, callback_id: str) -> None:
+        with self.app.app_context():
+            self.subscriber.unsubscribe(callback_id)
+
 
 async def until(check, seconds: float = 15.0, message: str = "") -> None:
     deadline = time.monotonic() + seconds
@@ -169,6 +174,14 @@ async def test_flask_websub_subscribes_to_a_keyed_topic_gets_pushes_and_hears_th
         await until(lambda: subscriber.notifications, message="the push")
         [(heard_topic, heard_id, body)] = subscriber.notifications
         assert (heard_topic, heard_id) == (topic, callback_id) and seed_v1["uri"].encode() in body
+
+        # Unsubscribing is verified with the topic as sent too, and ends the subscription at the hub.
+        await asyncio.to_thread(subscriber.unsubscribe, callback_id)
+        await until(lambda: len(subscriber.successes) == 2, message="the unsubscription")
+        assert subscriber.successes[1] == (topic, callback_id, "unsubscribe")
+        await until(lambda: redis.scard(keys.destination_ids()) == 0, message="the subscription removed")
+        callback_id = await asyncio.to_thread(subscriber.subscribe, **found, lease_seconds=3600)
+        await until(lambda: redis.scard(keys.destination_ids()) == 1, message="the subscription again")
 
         # The partner loses the feed: the hub ends the subscription and the subscriber hears why.
         response = await client.patch("/api/partners/acme", data=orjson.dumps({"feeds": ["world"]}),

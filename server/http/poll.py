@@ -11,9 +11,12 @@ here. Both go through :class:`FeedPolls`, step by step:
 2. the access decision (:meth:`AccessControl.feed_grant <server.partners.access.AccessControl.feed_grant>`)
    and the page (:meth:`FeedCache.hit <server.feeds.cache.FeedCache.hit>`, then, for the route,
    :meth:`FeedCache.get <server.feeds.cache.FeedCache.get>` on a miss);
-3. the answer (:class:`PollAnswer`): the coding, ``Cache-Control``, the status (200, 304, or 204 for an
-   empty page: :func:`server.http.caching.answer_status`) and the memoised head
-   (:class:`server.http.caching.ResponseHead`);
+3. the answer (:class:`PollAnswer`): the coding, ``Cache-Control`` (a day's ``max-age`` for an RFC 5005
+   archive page that has a page after it), the status (200, 304, or 204 for an empty page:
+   :func:`server.http.caching.answer_status`) and the memoised head
+   (:class:`server.http.caching.ResponseHead`); for a partner whose key came as ``?key=``, a head of its
+   own whose ``Link`` URLs carry the key (:func:`server.http.caching.keyed_response_head`), so the links
+   it follows keep working while no cached page ever holds a key;
 4. :meth:`FeedPolls.settle`: the quota charge and the poll-ledger line;
 5. the answer sent as an aiohttp response (:meth:`PollAnswer.response`) or as the bytes of its head
    (:meth:`PollAnswer.head_bytes`): the same header lines either way;
