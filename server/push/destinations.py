@@ -101,6 +101,7 @@ class DestinationStore:
         self.redis = redis
         self.acks = acks or ReplicaAcks(redis, 0, 1.0)  # default: a single Redis, nothing to wait for
         self.sealer = sealer  # None: no secret configured, a keyed topic is kept without its key
+        self._unopened: set[str] = set()  # subscriptions whose sealed topic did not open (logged once each)
         self._save = redis.register_script(_SAVE_LUA)
 
     def encode(self, destination: Destination) -> bytes:
@@ -117,7 +118,8 @@ class DestinationStore:
         sealed = record.get("sealedTopic")
         if sealed:
             opened = self.sealer.open(sealed, destination.id) if self.sealer else None
-            if opened is None:
+            if opened is None and destination.id not in self._unopened and len(self._unopened) < 10_000:
+                self._unopened.add(destination.id)
                 log.warning("subscription %s: its topic as sent cannot be opened (the topic secret changed?); "
                             "its topic without the key is used", destination.id)
             destination = replace(destination, topic_as_sent=opened)
