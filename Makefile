@@ -32,7 +32,8 @@ lint: install
 
 # The feed, partner and fast-path tests run twice: with the fast path (the default, as `syndicate serve`
 # runs) and without it (SYNDICATE_FAST_PATH=off: every poll through aiohttp's route), for the same answers.
-FEED_TESTS := tests/test_feeds_http.py tests/test_partners.py tests/test_fast_path.py tests/test_metrics_and_logs.py
+FEED_TESTS := tests/test_feeds_http.py tests/test_partners.py tests/test_fast_path.py tests/test_metrics_and_logs.py \
+              tests/test_archives.py
 
 test: install system lint
 	@scripts/ensure-system.sh browser

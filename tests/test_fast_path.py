@@ -241,7 +241,8 @@ async def test_a_key_in_the_query_a_since_page_and_the_public_feed(polling):
     client, key, connection = polling
     status, headers, body = await connection.get(f"/feeds/latest/atom?key={key}")
     assert status == 200
-    cursor = headers["link"].split("since=")[1].split(">")[0]
+    cursor, _, link_key = headers["link"].split("since=")[1].split(">")[0].partition("&key=")
+    assert link_key == key  # a reader by ?key= follows links that carry it (issue 12)
     before = fast_answers(client)
     for _ in range(2):  # the first renders the page, the second is served from memory
         status, headers, page = await connection.get(f"/feeds/latest/json?since={int(cursor) - 1}&key={key}")

@@ -14,6 +14,7 @@ import pytest
 import redis as redis_sync
 from conftest import AUTH, make_partner
 from render_helpers import newsml_errors, parse_xml
+from yarl import URL
 
 from server.domain.articles import article_id_for_uri
 from server.domain.feeds import FeedDefinitionError, load_feed_definitions
@@ -397,3 +398,34 @@ async def test_a_public_answer_varies_on_the_key_headers(client, seed_v1):
     public = await client.get("/feeds/headlines/rss")
     assert public.headers["Cache-Control"].startswith("public")
     assert public.headers["Vary"] == "Accept-Encoding, Authorization, X-API-Key"
+
+
+async def test_a_reader_by_url_key_gets_links_with_its_key_and_no_cached_page_holds_it(client, redis_url,
+                                                                                        sync_redis, seed_v1):
+    """Issue 12: a partner that authenticates by ?key= can follow self and next (and every other feed
+    link but the hub); the key is only in its own answer's Link header, never in a cached body or head."""
+    from push_helpers import parse_link_header
+
+    acme = await make_partner(redis_url, "acme", feeds=["latest"], formats=["*"])
+    other = await make_partner(redis_url, "other", feeds=["latest"], formats=["*"])
+    await post(client, seed_v1)
+    for fmt in ("atom", "rss", "json", "newsml"):
+        for _ in range(3):  # the route renders, then memory answers (the fast path on a kept-alive connection)
+            response = await client.get(f"/feeds/latest/{fmt}?key={acme}")
+            assert response.status == 200, fmt
+            links = parse_link_header(response.headers["Link"])
+            assert links["self"].endswith(f"/feeds/latest/{fmt}?key={acme}"), links
+            assert "?since=" in links["next"] and links["next"].endswith(f"&key={acme}"), links
+            assert "key=" not in links["hub"]
+            assert response.headers["Cache-Control"].startswith("private")
+            body = await response.read()
+            assert acme.encode() not in body
+        followed = await client.get(URL(links["next"]).path_qs)
+        assert followed.status in (200, 204), fmt  # an empty NewsML page is 204
+        assert parse_link_header(followed.headers["Link"])["self"].endswith(f"&key={acme}")
+        by_header = await client.get(f"/feeds/latest/{fmt}", headers={"X-API-Key": other})
+        assert "key=" not in by_header.headers["Link"]
+        assert await by_header.read() == body  # the same shared page
+    raw = redis_sync.Redis.from_url(redis_url)
+    for cache_key in raw.keys("syn:cache:*"):
+        assert all(acme.encode() not in value for value in raw.hgetall(cache_key).values())

@@ -2,8 +2,10 @@
 documents from the seed, some hostile (characters XML forbids, raw and as character references, odd
 whitespace, lowercase ``z``, extreme dates, huge integers, right-to-left and astral text). After each
 one: nothing answered 5xx; a refusal left the article as it was; after an accepted one every feed in
-every format is well-formed, NewsML-G2 is valid against the XSD, JSON Feed parses, and the item's
-NewsML is valid too.
+every format is well-formed, RSS and Atom are valid (:mod:`feed_validation`: RFC 4287's schema and
+rules, the RSS 2.0 specification's, and the W3C validator's errors when ``SYNDICATE_FEEDVALIDATOR``
+names a copy of it), NewsML-G2 is valid against the XSD, JSON Feed parses, and the item's NewsML is
+valid too. The newest RFC 5005 archive page (10 changes a page here) is checked the same way.
 
 ``SYNDICATE_FUZZ_EXAMPLES`` sets the number of documents (300 in ``make test``; ``make fuzz`` runs
 10,000 and prints the figures).
@@ -22,6 +24,7 @@ import http_helpers as http
 import orjson
 import pytest
 from conftest import ADMIN_TOKEN, PUBLISHER_TOKEN, ROOT, SEED_V1, cli_env, free_port, start_redis
+from feed_validation import errors_for, w3c_available
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lxml import etree
@@ -29,11 +32,13 @@ from render_helpers import SAFE_PARSER, g2_schema
 
 from server.domain.articles import article_id_for_uri
 
+ATOM_NS = "http://www.w3.org/2005/Atom"
 EXAMPLES = int(os.environ.get("SYNDICATE_FUZZ_EXAMPLES", "300"))
 PUBLISH = {"Authorization": f"Bearer {PUBLISHER_TOKEN}", "Content-Type": "application/json"}
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 SEED = orjson.loads(SEED_V1.read_bytes())
 OUTCOMES: Counter[str] = Counter()
+CHECKED: Counter[str] = Counter()  # documents checked, by kind
 pytestmark = pytest.mark.timeout(max(120, EXAMPLES // 5))  # about 40 ms a document, with slack
 
 # Text a CMS might send, and text an attacker would: controls, non-characters, RTL, astral, entities.
@@ -89,7 +94,7 @@ def server(tmp_path_factory):
     port = free_port()
     env = cli_env(REDIS_URL=f"redis://127.0.0.1:{redis_port}/0", SYNDICATE_DATA_DIR=str(directory / "var"),
                   SYNDICATE_PORT=str(port), SYNDICATE_PUBLISHER_TOKENS=f"newsroom:{PUBLISHER_TOKEN}",
-                  SYNDICATE_ADMIN_TOKEN=ADMIN_TOKEN, SYNDICATE_WORKERS="OFF")
+                  SYNDICATE_ADMIN_TOKEN=ADMIN_TOKEN, SYNDICATE_WORKERS="OFF", SYNDICATE_ARCHIVE_PAGE_CHANGES="10")
     process = subprocess.Popen([sys.executable, "-m", "server.cli", "serve"], cwd=ROOT, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -104,6 +109,7 @@ def server(tmp_path_factory):
         redis.terminate()
         redis.wait(10)
         print(f"\nfuzz: {sum(OUTCOMES.values())} documents, " + ", ".join(f"{k} {v}" for k, v in sorted(OUTCOMES.items())))
+        print("checked: " + ", ".join(f"{k} {v}" for k, v in sorted(CHECKED.items())))
 
 
 @pytest.fixture(scope="module")
@@ -118,9 +124,18 @@ def _versions(port: int, article_id: str) -> bytes:
 
 
 def _check_feeds(port: int, schema: etree.XMLSchema, article_id: str) -> None:
-    for fmt in ("rss", "atom", "newsml", "json"):
-        status, body = http.request(port, "GET", f"/feeds/latest/{fmt}", None, ADMIN)
-        assert status in (200, 204), (fmt, status, body[:300])
+    pages = [f"/feeds/latest/{fmt}" for fmt in ("rss", "atom", "newsml", "json")]
+    status, body = http.request(port, "GET", "/feeds/latest/atom", None, ADMIN)
+    assert status == 200, (status, body[:300])
+    archive = etree.fromstring(body, SAFE_PARSER).find(f"{{{ATOM_NS}}}link[@rel='prev-archive']")
+    if archive is not None:  # the newest archive page, in every format
+        query = archive.get("href").rsplit("?", 1)[1]
+        pages += [f"/feeds/latest/{fmt}?{query}" for fmt in ("rss", "atom", "newsml", "json")]
+        CHECKED["archive pages"] += 4
+    for path in pages:
+        fmt = path.split("/")[3].split("?")[0]
+        status, body = http.request(port, "GET", path, None, ADMIN)
+        assert status in (200, 204), (path, status, body[:300])
         if status == 204:
             continue
         if fmt == "json":
@@ -129,6 +144,10 @@ def _check_feeds(port: int, schema: etree.XMLSchema, article_id: str) -> None:
         document = etree.fromstring(body, SAFE_PARSER)
         if fmt == "newsml":
             assert schema.validate(document), schema.error_log.last_error
+        else:
+            errors = errors_for(fmt, body, f"http://127.0.0.1:{port}{path}")
+            assert not errors, (path, errors[:5])
+            CHECKED[f"valid {fmt}" + (" (W3C too)" if w3c_available() else "")] += 1
     status, body = http.request(port, "GET", f"/items/{article_id}/newsml", None, ADMIN)
     assert status in (200, 404), (status, body[:300])  # 404: under embargo or withheld
     if status == 200:

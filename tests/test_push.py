@@ -282,10 +282,12 @@ async def test_non_public_topic_needs_an_entitled_key(push, push_settings, sync_
     for record in (by_header, by_query):
         assert record["topic"] == topic  # stored without the key
         assert record["partner"] == "acme" and record["keyId"] == acme["key_id"]
+    assert "sealedTopic" not in by_header and by_query["sealedTopic"].startswith("v1.")
     raw = orjson.dumps(destinations(sync_redis))
-    assert acme["key"].encode() not in raw  # only the key id is stored
-    for verification in receiver.verifications:
-        assert verification.query["hub.topic"] == topic and "key=" not in verification.query["hub.topic"]
+    assert acme["key"].encode() not in raw  # only the key id is stored, and the topic as sent sealed
+    # WebSub 5.3: the verification carries hub.topic exactly as each subscriber sent it.
+    echoed = {v.path: v.query["hub.topic"] for v in receiver.verifications}
+    assert echoed == {"/bearer": topic, "/query": f"{topic}?key={acme['key']}"}
     listed = await (await push.get("/api/partners/acme/endpoints", headers=ADMIN)).json()
     assert sorted(s["url"] for s in listed["subscriptions"]) == [receiver.url("/bearer"), receiver.url("/query")]
 
@@ -1174,7 +1176,69 @@ async def test_the_hub_limits_requests_per_address_and_per_subscription(push, pu
     await hub_idle(push)
 
 
-@pytest.mark.parametrize("path", ["/feeds/latest/atom/", "//feeds/latest/atom", "/feeds//latest/atom"])
-async def test_the_hub_refuses_a_topic_the_server_does_not_serve(push, push_settings, path):
+@pytest.mark.parametrize(("path", "says"), [
+    ("/feeds/latest/atom/", "trailing slash"), ("//feeds/latest/atom", "not a feed URL"),
+    ("/feeds//latest/atom", "not a feed URL"), ("/feeds/latest", "not a feed URL"),
+    ("/feeds/nope/atom", "names no feed"), ("/feeds/latest/pdf", "names no format"),
+    ("/feeds/latest/atom?since=3", "no query but one key"), ("/feeds/latest/atom?key=a&key=b", "no query but"),
+    ("/feeds/latest/atom?key=a&utm=x", "no query but"), ("/feeds/latest/atom#top", "fragment"),
+])
+async def test_the_hub_refuses_a_topic_the_server_does_not_serve(push, push_settings, path, says):
     response = await hub_request(push, "http://127.0.0.1:9/cb", topic_url(push_settings, path))
-    assert response.status == 400
+    assert response.status == 400 and response.content_type == "text/plain"
+    assert says in await response.text()
+
+
+# ----- keyed topics (issue 12): the topic as sent, echoed everywhere, never stored in clear ------------
+
+async def test_a_keyed_topic_is_echoed_in_every_push_and_denial_and_never_stored_in_clear(
+        push, push_settings, sync_redis, redis_url, receivers, seed_v1):
+    from conftest import snapshot
+
+    acme = await create_partner(push, name="acme", feeds=["latest"], formats=["atom"])
+    receiver = await receivers()
+    keyed = topic_url(push_settings, "/feeds/latest/atom") + f"?key={acme['key']}"
+    record = await subscribe_verified(push, sync_redis, receiver, keyed)
+    assert record["topic"] == topic_url(push_settings, "/feeds/latest/atom")
+    await publish(push, seed_v1)
+    [post] = await wait_for(lambda: receiver.delivered, message="the push")
+    assert parse_link_header(post.headers["Link"])["self"] == keyed  # WebSub 8: rel=self is the topic
+    assert acme["key"] not in repr(snapshot(redis_url))  # nowhere in Redis, in any key or value
+
+    # The partner loses the feed: the subscription ends, and the subscriber is told why, for its topic.
+    response = await push.patch("/api/partners/acme", data=orjson.dumps({"feeds": ["world"]}), headers=ADMIN_JSON)
+    assert response.status == 200
+    await publish(push, {**seed_v1, "uri": seed_v1["uri"] + "-2"})
+    [denied] = await wait_for(lambda: receiver.verifications_of("denied"), message="hub.mode=denied")
+    assert denied.query["hub.topic"] == keyed
+    assert denied.query["hub.reason"] == "the partner is no longer entitled to this topic's feed"
+    assert record["id"] not in destinations(sync_redis)
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    ({"formats": ["rss"]}, "the partner is no longer entitled to this topic's format"),
+    ({"active": False}, "the partner was disabled"),
+    (None, "the partner key it subscribed with was revoked or has expired"),
+])
+async def test_the_denial_says_why_the_subscription_ended(push, push_settings, sync_redis, receivers, seed_v1,
+                                                         change, reason):
+    acme = await create_partner(push, name="acme", feeds=["latest"], formats=["atom"])
+    receiver = await receivers()
+    await subscribe_verified(push, sync_redis, receiver, topic_url(push_settings, "/feeds/latest/atom"),
+                             headers={"Authorization": f"Bearer {acme['key']}"})
+    if change is None:
+        response = await push.delete(f"/api/partners/acme/keys/{acme['key_id']}", headers=ADMIN)
+    else:
+        response = await push.patch("/api/partners/acme", data=orjson.dumps(change), headers=ADMIN_JSON)
+    assert response.status == 200
+    await publish(push, seed_v1)
+    [denied] = await wait_for(lambda: receiver.verifications_of("denied"), message="hub.mode=denied")
+    assert denied.query["hub.reason"] == reason
+
+
+async def test_two_different_keys_in_one_hub_request_are_refused(push, push_settings):
+    acme = await create_partner(push, name="acme", feeds=["latest"], formats=["atom"])
+    other = (await (await push.post("/api/partners/acme/keys", headers=ADMIN)).json())["key"]
+    topic = topic_url(push_settings, "/feeds/latest/atom") + f"?key={acme['key']}"
+    response = await hub_request(push, "http://127.0.0.1:9/cb", topic, headers={"Authorization": f"Bearer {other}"})
+    assert response.status == 400 and "different keys" in await response.text()

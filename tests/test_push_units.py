@@ -16,7 +16,7 @@ from server.domain.articles import Article, Revision
 from server.domain.feeds import FeedDefinition, FeedFilters
 from server.domain.partners import AccessKey, KeyTable, Partner
 from server.push.destinations import WEBHOOK, WEBSUB, Destination
-from server.push.dispatcher import may_still_push, wants
+from server.push.dispatcher import may_still_push, push_refusal, wants
 from server.push.payloads import (
     Payload,
     delivery_id,
@@ -82,6 +82,30 @@ def article(slugline="sport-football", document: dict | None = None) -> Article:
 ])
 def test_may_still_push(destination, partners, allowed):
     assert may_still_push(destination, table(*partners), FEEDS, NOW) is allowed
+
+
+@pytest.mark.parametrize(("destination", "partners", "reason"), [
+    (subscription(), (), "the partner no longer exists"),
+    (subscription(), (partner(active=False),), "the partner was disabled"),
+    (subscription(feed="nowhere"), (partner(),), "this hub no longer serves the topic's feed"),
+    (subscription(), (partner(feeds=("sport",)),), "the partner is no longer entitled to this topic's feed"),
+    (subscription(), (partner(formats=("rss",)),), "the partner is no longer entitled to this topic's format"),
+    (subscription(), (partner(keys=(AccessKey("k1", "0" * 64, NOW, revoked_at=NOW),)),),
+     "the partner key it subscribed with was revoked or has expired"),
+    (subscription(key_id="k2"), (partner(),), "the partner key it subscribed with was revoked or has expired"),
+    (subscription(), (partner(),), None),
+])
+def test_the_reason_a_subscriber_is_denied_is_the_one_that_applies(destination, partners, reason):
+    assert push_refusal(destination, table(*partners), FEEDS, NOW) == reason
+
+
+def test_a_keyed_subscription_echoes_its_topic_as_sent():
+    keyed = dataclasses.replace(subscription(), topic_as_sent="https://syndicate.test/feeds/news/atom?key=syn_k1_x")
+    headers = push_headers(keyed, "a1", 2, Payload(b"<feed/>", "application/atom+xml"),
+                           hub_url="https://syndicate.test/hub", timestamp="1")
+    assert '<https://syndicate.test/feeds/news/atom?key=syn_k1_x>; rel="self"' in headers["Link"]
+    assert "topic_as_sent" not in keyed.to_record() and "syn_k1_x" not in orjson.dumps(keyed.public_view()).decode()
+    assert subscription().echo_topic == "https://syndicate.test/feeds/news/atom"
 
 
 # ----- wants ----------------------------------------------------------------------------------------

@@ -315,6 +315,16 @@ class ArticleStore:
             raise NotFound(f"Article {article_id} has no version {version}.")
         return Revision.from_json(raw)
 
+    async def revisions_at(self, pairs: list[tuple[str, int]]) -> list[Revision | None]:
+        """The revisions (article id, version), in one round trip; None for one not stored."""
+        if not pairs:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for article_id, version in pairs:
+                pipe.hget(keys.revisions(article_id), str(version))
+            raws = await pipe.execute()
+        return [Revision.from_json(raw) if raw is not None else None for raw in raws]
+
     async def revision_json(self, article_id: str, version: int) -> bytes:
         """One revision's record exactly as stored."""
         raw = await self.redis.hget(keys.revisions(article_id), str(version))

@@ -93,7 +93,7 @@ def feed_generation(feed_name: str) -> str:
 def rendered_feed(feed_name: str, fmt: str, page: str, generation: int, variant: str = "full",
                   epoch: str = "") -> str:
     """Hash (cache, with a TTL): the rendered bytes of one feed page in every encoding, and its metadata.
-    The store's epoch is part of the name: after the store Redis comes back empty, generations start
+    ``page`` is ``head``, ``since-<cursor>`` or ``archive-<n>`` (an RFC 5005 archive page). The store's epoch is part of the name: after the store Redis comes back empty, generations start
     again from 0, and a separate cache Redis must not answer with pages of the store that was lost."""
     return f"{PREFIX}:cache:feed:{epoch}:{feed_name}:{generation}:{variant}:{fmt}:{page}"
 
@@ -276,7 +276,8 @@ DISPATCH_GROUP = "push"  # consumer group on the change log that fans changes ou
 
 
 def destination(destination_id: str) -> str:
-    """String (JSON): one push destination (a WebSub subscription or a partner webhook endpoint)."""
+    """String (JSON): one push destination (a WebSub subscription or a partner webhook endpoint). A
+    subscription made with a keyed topic holds that topic only sealed (``sealedTopic``), never the key."""
     return f"{PREFIX}:destination:{destination_id}"
 
 

@@ -50,6 +50,7 @@ class Settings:
     admin_token: str | None = None
     superdesk_secrets: tuple[SuperdeskSecret, ...] = ()  # SYNDICATE_SUPERDESK_SECRETS
     session_secret: str | None = None  # /ops cookies and CSRF; default: derived from admin_token
+    topic_secret: str | None = None  # seals keyed WebSub topics; default: session_secret, else admin_token
     max_body_bytes: int = 2 * 1024 * 1024
     retention_days: float = 90.0
     changelog_retention_days: float = 90.0
@@ -60,6 +61,7 @@ class Settings:
     feed_max_age_seconds: int = 60
     kill_visible_days: float = 7.0
     since_page_limit: int = 100
+    archive_page_changes: int = 100  # RFC 5005 archive pages: changes of the change log per page
     memory_cache_bytes: int = 256 * 1024 * 1024
     default_rate_limit: int = 600
     flush_interval_seconds: float = 0.1
@@ -123,6 +125,7 @@ class Settings:
             admin_token=_token(env, "SYNDICATE_ADMIN_TOKEN"),
             superdesk_secrets=_superdesk_secrets(env),
             session_secret=_token(env, "SYNDICATE_SESSION_SECRET"),
+            topic_secret=_token(env, "SYNDICATE_TOPIC_SECRET"),
             max_body_bytes=_int(env, "SYNDICATE_MAX_BODY_BYTES", 2 * 1024 * 1024, low=1024),
             retention_days=_float(env, "SYNDICATE_RETENTION_DAYS", 90.0, low=0.0),
             changelog_retention_days=_float(env, "SYNDICATE_CHANGELOG_RETENTION_DAYS", 90.0, low=0.0),
@@ -133,6 +136,7 @@ class Settings:
             feed_max_age_seconds=_int(env, "SYNDICATE_FEED_MAX_AGE", 60, low=0),
             kill_visible_days=_float(env, "SYNDICATE_KILL_VISIBLE_DAYS", 7.0, low=0.0),
             since_page_limit=_int(env, "SYNDICATE_SINCE_PAGE_LIMIT", 100, low=1, high=1000),
+            archive_page_changes=_int(env, "SYNDICATE_ARCHIVE_PAGE_CHANGES", 100, low=1, high=1000),
             memory_cache_bytes=_int(env, "SYNDICATE_MEMORY_CACHE_MB", 256, low=1) * 1024 * 1024,
             default_rate_limit=_int(env, "SYNDICATE_DEFAULT_RATE_LIMIT", 600, low=1),
             flush_interval_seconds=_int(env, "SYNDICATE_FLUSH_INTERVAL_MS", 100, low=10, high=100) / 1000,

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from server.core.text import single_line, xml_safe
-from server.domain.articles import CANCELED, WITHHELD, Article, Revision
+from server.domain.articles import CANCELED, EMBARGO_LIFT, PURGE, WITHHELD, Article, Revision
 
 LATEST = "latest"
 FORMATS = ("rss", "atom", "newsml", "json")
@@ -178,6 +178,18 @@ def _same_language(actual: Any, wanted: str) -> bool:
         return False
     actual, wanted = actual.casefold(), wanted.casefold()
     return bool(actual == wanted or actual.startswith(wanted + "-"))
+
+
+def in_archive(feed: FeedDefinition, revision: Revision | None, kind: str, changed_at: datetime) -> bool:
+    """Whether an RFC 5005 archive page of ``feed`` shows ``revision`` at the change-log entry that made
+    it (``kind``, at ``changed_at``): the feed holds it, it is not withheld, and it was not under embargo
+    then. An embargoed revision is shown at its ``embargo-lift`` entry instead, so a page, once complete,
+    never changes with the clock. Kills are always shown: a reader of the history must hear of them."""
+    if revision is None or not feed.holds(revision) or revision.pub_status == WITHHELD or kind == PURGE:
+        return False
+    if kind == EMBARGO_LIFT:
+        return True
+    return revision.embargoed_until is None or revision.embargoed_until <= changed_at
 
 
 def in_feed(article: Article, now: datetime, kill_window: timedelta | None) -> bool:

@@ -60,8 +60,11 @@ class ChangeNotice:
         return cls(int(seq), generations)
 
 
-def page_name(since: int | None) -> str:
-    """The cache's name for a page: the feed's head, or the page after a ``?since=`` cursor."""
+def page_name(since: int | None, archive: int | None = None) -> str:
+    """The cache's name for a page: the feed's head, the page after a ``?since=`` cursor, or an
+    archive page (``?archive=``)."""
+    if archive is not None:
+        return f"archive-{archive}"
     return HEAD if since is None else f"since-{since}"
 
 
@@ -120,8 +123,9 @@ class FeedCache:
         self.metrics.cache_result("memory_hit")
         return cached[0]
 
-    async def get(self, feed: FeedDefinition, fmt: str, since: int | None, variant: str = "full") -> RenderedFeed:
-        page = page_name(since)
+    async def get(self, feed: FeedDefinition, fmt: str, since: int | None, variant: str = "full",
+                  archive: int | None = None) -> RenderedFeed:
+        page = page_name(since, archive)
         found = self.hit(feed, fmt, page, variant)
         if found is not None:
             return found
@@ -130,7 +134,7 @@ class FeedCache:
         flight_key = (*memory_key, generation)
         task = self._inflight.get(flight_key)
         if task is None:
-            task = asyncio.create_task(self._load_or_render(feed, fmt, since, page, variant, generation))
+            task = asyncio.create_task(self._load_or_render(feed, fmt, since, page, variant, generation, archive))
             self._inflight[flight_key] = task
             task.add_done_callback(lambda _t: self._inflight.pop(flight_key, None))
         rendered = await asyncio.shield(task)
@@ -138,12 +142,14 @@ class FeedCache:
             self._remember(memory_key, rendered)
         return rendered
 
-    async def _keeps(self, since: int | None) -> bool:
-        """Whether a page is worth keeping: the head, or a ``since`` page near the head."""
+    async def _keeps(self, since: int | None, archive: int | None = None) -> bool:
+        """Whether a page is worth keeping: the head, or a ``since`` or archive page near the head."""
+        if archive is not None:  # the archive pages a walk from the head reads first
+            since = (archive - 1) * self.builder.settings.archive_page_changes
         return since is None or since >= await self.builder.store.last_change_seq() - self.recent_cursor_changes
 
     async def _load_or_render(self, feed: FeedDefinition, fmt: str, since: int | None, page: str, variant: str,
-                              generation: int) -> RenderedFeed:
+                              generation: int, archive: int | None = None) -> RenderedFeed:
         cache_key = keys.rendered_feed(feed.name, fmt, page, generation, variant, self.epoch)
         stored = await self.cache_redis.hgetall(cache_key)
         if stored:
@@ -157,13 +163,14 @@ class FeedCache:
                 return RenderedFeed.from_redis(stored)
         try:
             with self.metrics.rendering(fmt):
-                rendered = await self.builder.build(feed, fmt, since, generation, include_photos=variant == "full")
-            if not await self._keeps(since):
+                rendered = await self.builder.build(feed, fmt, since, generation, include_photos=variant == "full",
+                                                    archive=archive)
+            if not await self._keeps(since, archive):
                 return replace(rendered, cacheable=False)
             async with self.cache_redis.pipeline(transaction=False) as pipe:
                 pipe.hset(cache_key, mapping=rendered.to_redis())
-                pipe.expire(cache_key, self.ttl_seconds if since is None else min(self.ttl_seconds,
-                                                                                   SINCE_PAGE_TTL_SECONDS))
+                pipe.expire(cache_key, self.ttl_seconds if since is None and archive is None
+                            else min(self.ttl_seconds, SINCE_PAGE_TTL_SECONDS))
                 if generation > 0:  # the page's previous render is superseded: do not let them pile up
                     pipe.delete(keys.rendered_feed(feed.name, fmt, page, generation - 1, variant, self.epoch))
                 await pipe.execute()

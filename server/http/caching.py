@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate
 from functools import lru_cache
+from urllib.parse import quote
 
 from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
@@ -144,15 +145,30 @@ def response_head(representation: Representation, coding: str, cache_control: st
     return head
 
 
-def _head(representation: Representation, coding: str, cache_control: str) -> ResponseHead:
+def keyed_response_head(representation: Representation, coding: str, cache_control: str, key: str) -> ResponseHead:
+    """The head of an answer to a reader that authenticates by ``?key=``: its ``Link`` URLs (all but the
+    hub's) carry the key, so the links it follows keep working. Made for that answer alone and never
+    memoised: the key is in no cached head or body, which every reader of the page shares."""
+    return _head(representation, coding, cache_control, keyed_links(representation.links, key))
+
+
+def keyed_links(links: dict[str, str], key: str) -> dict[str, str]:
+    """``links`` with ``key=<key>`` added to the query of every URL but the hub's."""
+    param = "key=" + quote(key, safe="-_.~")
+    return {rel: url if rel == "hub" else f"{url}{'&' if '?' in url else '?'}{param}" for rel, url in links.items()}
+
+
+def _head(representation: Representation, coding: str, cache_control: str,
+          links: dict[str, str] | None = None) -> ResponseHead:
     # A public answer may be stored by shared caches; a partner presenting a key may get another
     # representation (without photos), so the cache must tell the requests apart by those headers too.
     vary = PUBLIC_VARY if cache_control.startswith("public") else "Accept-Encoding"
     headers = CIMultiDict({"ETag": representation.etags[coding], "Cache-Control": cache_control, "Vary": vary})
     if representation.last_modified is not None:
         headers["Last-Modified"] = http_date(representation.last_modified)
-    if representation.links:
-        headers["Link"] = ", ".join(f'<{url}>; rel="{rel}"' for rel, url in representation.links.items())
+    links = representation.links if links is None else links
+    if links:
+        headers["Link"] = ", ".join(f'<{url}>; rel="{rel}"' for rel, url in links.items())
     with_body = CIMultiDict(headers)
     if coding != "identity":
         with_body["Content-Encoding"] = coding

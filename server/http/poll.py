@@ -11,9 +11,12 @@ here. Both go through :class:`FeedPolls`, step by step:
 2. the access decision (:meth:`AccessControl.feed_grant <server.partners.access.AccessControl.feed_grant>`)
    and the page (:meth:`FeedCache.hit <server.feeds.cache.FeedCache.hit>`, then, for the route,
    :meth:`FeedCache.get <server.feeds.cache.FeedCache.get>` on a miss);
-3. the answer (:class:`PollAnswer`): the coding, ``Cache-Control``, the status (200, 304, or 204 for an
-   empty page: :func:`server.http.caching.answer_status`) and the memoised head
-   (:class:`server.http.caching.ResponseHead`);
+3. the answer (:class:`PollAnswer`): the coding, ``Cache-Control`` (a day's ``max-age`` for an RFC 5005
+   archive page that has a page after it), the status (200, 304, or 204 for an empty page:
+   :func:`server.http.caching.answer_status`) and the memoised head
+   (:class:`server.http.caching.ResponseHead`); for a partner whose key came as ``?key=``, a head of its
+   own whose ``Link`` URLs carry the key (:func:`server.http.caching.keyed_response_head`), so the links
+   it follows keep working while no cached page ever holds a key;
 4. :meth:`FeedPolls.settle`: the quota charge and the poll-ledger line;
 5. the answer sent as an aiohttp response (:meth:`PollAnswer.response`) or as the bytes of its head
    (:meth:`PollAnswer.head_bytes`): the same header lines either way;
@@ -46,6 +49,7 @@ from server.http.caching import (
     choose_coding,
     head_response,
     if_modified_since,
+    keyed_response_head,
     response_head,
 )
 from server.http.client_address import request_address
@@ -54,6 +58,7 @@ from server.partners.access import AccessControl, Grant, presented_key
 from server.partners.ratelimit import Quota
 
 FEED_ROUTE = "/feeds/{name}/{format}"
+ARCHIVE_MAX_AGE = 86400  # seconds: max-age of an RFC 5005 archive page that has a page after it
 
 
 @dataclass(slots=True)  # not frozen, like Grant: a frozen init costs several times as much
@@ -71,6 +76,8 @@ class Poll:
     modified_since: datetime | None  # If-Modified-Since, read as a time
     request_id: str | None  # the client's own X-Request-Id, if it sent one
     address: str  # the client's, as server.http.client_address gives it (for the brute-force throttle)
+    url_key: str | None = None  # the key, when it came in the URL (?key=): the answer's links carry it
+    archive: int | None = None  # ?archive=<page>: an RFC 5005 archive page (the route's; not the fast path's)
 
 
 @dataclass(slots=True)  # made for every poll: not frozen, for the same reason
@@ -122,18 +129,25 @@ class FeedPolls:
             raise NotFound(f"No feed {name!r}; the feeds are {', '.join(sorted(feeds))}.", feeds=sorted(feeds))
         if fmt not in FORMATS:
             raise NotFound(f"No format {fmt!r}; this feed comes as {', '.join(FORMATS)}.", formats=list(FORMATS))
-        since = query_key = None
+        since = query_key = archive = None
         if query:
-            raw_since, query_key = query.get("since"), query.get("key")
+            raw_since, query_key, raw_archive = query.get("since"), query.get("key"), query.get("archive")
             if raw_since is not None:
                 since = whole_number(raw_since)
                 if since is None:
                     raise Problem("since must be the cursor a feed handed out (a whole number).", parameter="since")
+            if raw_archive is not None:
+                archive = whole_number(raw_archive)
+                if archive is None or archive < 1:
+                    raise Problem("archive must be the number of an archive page (1, 2, ...).", parameter="archive")
+                if since is not None:
+                    raise Problem("Ask for an archive page or a since page, not both.", parameter="archive")
         presented = presented_key(headers, query_key)
         if_none_match = headers.get("If-None-Match")
         modified_since = None if if_none_match is not None else if_modified_since(headers.get("If-Modified-Since"))
-        return Poll(target, feed, fmt, since, page_name(since), presented, headers.get("Accept-Encoding", ""),
-                    if_none_match, modified_since, headers.get(REQUEST_ID_HEADER), address)
+        return Poll(target, feed, fmt, since, page_name(since, archive), presented,
+                    headers.get("Accept-Encoding", ""), if_none_match, modified_since, headers.get(REQUEST_ID_HEADER),
+                    address, query_key if query_key is not None and presented == query_key else None, archive)
 
     def read_request(self, request: web.Request) -> Poll:
         """The poll an aiohttp request to the feed route is (see :meth:`read`)."""
@@ -158,12 +172,20 @@ class FeedPolls:
         grant = self.access.feed_grant(poll.presented, feed, fmt, poll.address)
         assert grant is not None  # refusals are raised
         cache = self.cache
-        rendered = cache.hit(feed, fmt, poll.page, grant.variant) or await cache.get(feed, fmt, poll.since, grant.variant)
+        rendered = cache.hit(feed, fmt, poll.page, grant.variant) or await cache.get(feed, fmt, poll.since, grant.variant,
+                                                                                  poll.archive)
         return self._answer(poll, grant, rendered)
 
     def _answer(self, poll: Poll, grant: Grant, rendered: RenderedFeed) -> PollAnswer:
-        head = response_head(rendered, choose_coding(poll.accept_encoding, rendered.bodies),
-                             cache_control(poll.feed, grant, self.max_age))
+        # An archive page with a page after it will not change: readers may keep it for a day.
+        max_age = ARCHIVE_MAX_AGE if rendered.sealed_archive else self.max_age
+        coding, control = choose_coding(poll.accept_encoding, rendered.bodies), cache_control(poll.feed, grant, max_age)
+        if poll.url_key is not None and grant.partner is not None:
+            # A reader that authenticates by URL follows links with the key; the cached page (its body
+            # and its shared heads) never holds one: the key goes into this answer's Link header only.
+            head = keyed_response_head(rendered, coding, control, poll.url_key)
+        else:
+            head = response_head(rendered, coding, control)
         return PollAnswer(poll, grant, rendered, head,
                           answer_status(head, poll.if_none_match, poll.modified_since, rendered.last_modified))
 

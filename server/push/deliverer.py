@@ -207,8 +207,7 @@ class Deliverer:
         trips for the batch."""
         destination_ids = list(dict.fromkeys(c.destination_id for c in claims))
         records = await self.redis.mget([keys.destination(d) for d in destination_ids])
-        destinations = {d: Destination.from_record(orjson.loads(r))
-                        for d, r in zip(destination_ids, records, strict=True) if r}
+        destinations = {d: self.destinations.decode(r) for d, r in zip(destination_ids, records, strict=True) if r}
         articles = {a.id: a for a in await self.store.get_many(list(dict.fromkeys(c.article_id for c in claims)))}
         async with self.redis.pipeline(transaction=False) as pipe:
             for claim in claims:

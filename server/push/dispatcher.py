@@ -31,7 +31,7 @@ from redis.exceptions import ResponseError
 from server.articles.store import ArticleStore
 from server.core import keys
 from server.core.values import utc_now
-from server.domain.access import feed_refusal, may_read_item
+from server.domain.access import Refusal, feed_refusal, may_read_item
 from server.domain.articles import PURGE, Article
 from server.domain.feeds import FeedDefinition, in_feed
 from server.domain.partners import KeyTable
@@ -60,24 +60,44 @@ async def ensure_dispatch_group(redis: Redis) -> None:
 
 def may_still_push(destination: Destination, table: KeyTable, feeds: dict[str, FeedDefinition],
                    now: datetime) -> bool:
-    """Whether anything may still be pushed to the destination: a public subscriber always; a partner's
-    destination while the partner is active, and for a subscription while the topic is still the
-    partner's to read and the key it subscribed with is usable."""
+    """Whether anything may still be pushed to the destination (:func:`push_refusal` gives none)."""
+    return push_refusal(destination, table, feeds, now) is None
+
+
+_ENTITLEMENT_REASONS = {
+    Refusal.INACTIVE: "the partner was disabled",
+    Refusal.FEED: "the partner is no longer entitled to this topic's feed",
+    Refusal.FORMAT: "the partner is no longer entitled to this topic's format",
+    Refusal.NEEDS_KEY: "this topic now needs a partner key",
+}
+
+
+def push_refusal(destination: Destination, table: KeyTable, feeds: dict[str, FeedDefinition],
+                 now: datetime) -> str | None:
+    """Why nothing may be pushed to the destination any more (the ``hub.reason`` a subscriber is told),
+    or None: a public subscriber is always served; a partner's destination while the partner is active,
+    and a subscription while the topic is still the partner's to read (the access policy) and the key it
+    subscribed with is usable."""
     if destination.partner is None:
-        return True
+        return None
     partner = table.partners.get(destination.partner)
-    if partner is None or not partner.active:
-        return False
+    if partner is None:
+        return "the partner no longer exists"
+    if not partner.active:
+        return _ENTITLEMENT_REASONS[Refusal.INACTIVE]
     if destination.kind == WEBSUB:
         feed = feeds.get(destination.feed or "")
         if feed is None:
-            return False
+            return "this hub no longer serves the topic's feed"
         # Entitlements can change after subscribing: the topic must still be the partner's to read.
-        if feed_refusal(partner, feed, destination.format) is not None:
-            return False
+        refusal = feed_refusal(partner, feed, destination.format)
+        if refusal is not None:
+            return _ENTITLEMENT_REASONS.get(refusal, "the partner may no longer read this topic")
         # Subscribed with a key (even to a public feed): revoking that key ends the subscription.
-        return any(k.key_id == destination.key_id and k.usable(now) for k in partner.keys)
-    return True
+        key = next((k for k in partner.keys if k.key_id == destination.key_id), None)
+        if key is None or not key.usable(now):
+            return "the partner key it subscribed with was revoked or has expired"
+    return None
 
 
 def wants(destination: Destination, article: Article, table: KeyTable, feeds: dict[str, FeedDefinition]) -> bool:

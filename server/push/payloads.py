@@ -138,7 +138,7 @@ def push_headers(destination: Destination, article_id: str, version: int, payloa
                     "X-Syndicate-Timestamp": timestamp,
                     "X-Syndicate-Signature": sign_webhook(destination.secret or "", timestamp, payload.body)}
     else:
-        headers["Link"] = f'<{hub_url}>; rel="hub", <{destination.topic}>; rel="self"'
+        headers["Link"] = f'<{hub_url}>; rel="hub", <{destination.echo_topic}>; rel="self"'
         headers["X-Syndicate-Delivery"] = delivery_id(destination.id, article_id, version)
         if destination.secret:
             headers["X-Hub-Signature"] = sign_websub(destination.secret, payload.body)

@@ -7,8 +7,9 @@
   subscription that still cannot be saved is denied (:func:`deny`), so no subscriber is left
   believing it is subscribed when it is not.
 - :class:`LeaseKeeper`: whether a destination is kept. A subscription whose lease ran out is removed;
-  one no longer entitled (:func:`server.push.dispatcher.may_still_push`) is removed and told
-  ``hub.mode=denied`` (:func:`deny`); a webhook of a disabled partner is skipped, not removed.
+  one no longer entitled (:func:`server.push.dispatcher.push_refusal`) is removed and told
+  ``hub.mode=denied`` (:func:`deny`) with that refusal's reason (disabled, feed or format taken away,
+  key revoked); a webhook of a disabled partner is skipped, not removed.
   :meth:`LeaseKeeper.sweep` puts every destination through it.
 
 Redirects are never followed, and only a little of any answer is read.
@@ -34,7 +35,7 @@ from server.core.values import utc_now
 from server.domain.feeds import FeedDefinition
 from server.domain.partners import KeyTable
 from server.push.destinations import WEBHOOK, Destination, DestinationStore
-from server.push.dispatcher import may_still_push
+from server.push.dispatcher import push_refusal
 from server.push.safety import SafeResolver, UnsafeDestination, check_destination, check_literal_address
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ async def verify_intent(destinations: DestinationStore, mode: HubMode, subscript
     """Verification of intent; on success the subscription is made, replaced or removed. A verified
     subscription that cannot be saved (Redis failing for all of ``save_retry``) is denied: False."""
     challenge = secrets.token_urlsafe(24)
-    params = {"hub.mode": str(mode), "hub.topic": subscription.topic or "", "hub.challenge": challenge}
+    params = {"hub.mode": str(mode), "hub.topic": subscription.echo_topic, "hub.challenge": challenge}
     if mode is HubMode.SUBSCRIBE:
         params["hub.lease_seconds"] = str(lease_seconds)
     timeout = aiohttp.ClientTimeout(total=timeout_seconds)
@@ -128,7 +129,7 @@ async def verify_intent(destinations: DestinationStore, mode: HubMode, subscript
 async def deny(session: aiohttp.ClientSession, destination: Destination, reason: str,
                allow_networks: tuple[Network, ...]) -> None:
     """Tell the subscriber the hub has ended its subscription (``hub.mode=denied``); a failure is logged."""
-    params = {"hub.mode": str(HubMode.DENIED), "hub.topic": destination.topic or "", "hub.reason": reason}
+    params = {"hub.mode": str(HubMode.DENIED), "hub.topic": destination.echo_topic, "hub.reason": reason}
     try:
         await check_destination(destination.url, allow_networks)
         async with session.get(str(URL(destination.url).update_query(params)), allow_redirects=False) as response:
@@ -160,12 +161,12 @@ class LeaseKeeper:
             log.info("subscription %s: lease expired", destination.id)
             await self.destinations.remove(destination.id)
             return False
-        if not may_still_push(destination, table, self.feeds, utc_now()):
+        reason = push_refusal(destination, table, self.feeds, utc_now())
+        if reason is not None:
             if destination.kind == WEBHOOK:
                 return False  # a disabled partner's endpoints are kept, and get nothing until it is enabled
-            log.info("ending subscription %s: its key or partner is no longer valid", destination.id)
+            log.info("ending subscription %s: %s", destination.id, reason)
             await self.destinations.remove(destination.id)
-            await deny(self.session(), destination, "the partner key was revoked or the partner disabled",
-                       self.allow_networks)
+            await deny(self.session(), destination, reason, self.allow_networks)
             return False
         return True

@@ -31,6 +31,7 @@ from server.core.embedded_redis import EmbeddedRedis, start_embedded_redis
 from server.core.redis_address import DirectRedis, RedisAddress
 from server.core.redis_connection import connect, durability_warnings
 from server.core.replication import ReplicaAcks
+from server.core.sealing import Sealer, sealing_key
 from server.core.settings import Settings
 from server.domain.callers import TokenTable
 from server.domain.feeds import FeedDefinition, load_feed_definitions
@@ -183,11 +184,14 @@ def _build(settings: Settings, role: Role, metrics: Metrics, embedded: EmbeddedR
     throttle = FailedKeyThrottle(counts, ThrottleLimits(settings.failed_keys_per_address, settings.failed_keys_per_key,
                                                         settings.failed_tokens_per_address))
     access = AccessControl(partners, tokens, ledger, limiter, settings.default_rate_limit, throttle)
-    destinations, queue = DestinationStore(clients.store, acks), PushQueue(clients.store)
+    key = sealing_key(settings.topic_secret, settings.session_secret, settings.admin_token)
+    sealer = Sealer(key) if key else None  # keyed WebSub topics, stored sealed
+    destinations, queue = DestinationStore(clients.store, acks, sealer), PushQueue(clients.store)
     worker = None
     if role is Role.WORKER or (role is Role.SERVER and settings.run_workers):
         push_store = ArticleStore(clients.push, feeds, acks=acks)
-        worker = PushWorker(clients.push, push_store, DestinationStore(clients.push, acks), PushQueue(clients.push),
+        worker = PushWorker(clients.push, push_store, DestinationStore(clients.push, acks, sealer),
+                            PushQueue(clients.push),
                             FeedBuilder(push_store, settings), feeds, ledger, lambda: access.table, settings,
                             consumer=f"{role}-{os.getpid()}", metrics=metrics)
     ops = OpsContext(store, partners, ledger, destinations, queue, feeds, Requirements(clients.store),

@@ -2,7 +2,8 @@
 
 A feed carries id (the first page's URL, shared by every page), title, updated (the build time),
 links ``self``, ``alternate``, ``hub`` (WebSub) and, when paged, ``next``/``previous``/``first``
-(RFC 5005). An entry's ``id`` is the ninjs uri, so it is the same entry across revisions; ``published``
+(RFC 5005 paging); ``prev-archive``/``next-archive``/``current`` and ``fh:archive`` on archive pages
+(RFC 5005 archived feeds; the head carries ``prev-archive``). An entry's ``id`` is the ninjs uri, so it is the same entry across revisions; ``published``
 is when the story was first created and ``updated`` when this revision was. The body goes into
 ``content type="html"`` (sanitised on ingest), opened by a visible correction-note paragraph when the
 revision carries one; photos go in as Media RSS. The editorial note (edNote, e.g. a machine-translation notice) goes in
@@ -14,6 +15,10 @@ of our own namespace (:data:`SYNDICATE_NS`, prefix ``syndicate``; readers ignore
 know): ``syndicate:version`` (1, 2, ...), ``syndicate:signal`` ("update" or "correction", absent for a
 first version) and ``syndicate:pubStatus`` ("usable", "withheld", "canceled"). The same
 :class:`RevisionEntryExtension` serves the RSS renderer; JSON Feed has the same data in ``_syndicate``.
+
+An entry whose article has a language says so in ``xml:lang`` (the article's, not the feed's: an
+Arabic story in an English feed is read as Arabic); a right-to-left story's HTML comes wrapped in
+``<div dir="rtl">`` (:meth:`~server.feeds.render.view.ItemView.reader_html`).
 
 A withdrawn story is a tombstone entry: "Withdrawn: <headline>" as title, a summary saying it was
 withdrawn (and why, when a reason was given), no content, no photos.
@@ -35,9 +40,12 @@ from server.feeds.render.view import FeedView, ItemView, photos_to_show
 
 ATOM_NS = "http://www.w3.org/2005/Atom"
 ATOM_MEDIA_TYPE = "application/atom+xml"
+XML_LANG = "{http://www.w3.org/XML/1998/namespace}lang"
 GENERATOR_NAME = "syndicate"
 SYNDICATE_NS = "urn:x-syndicate:feed-extension:1"
 REVISION_EXTENSION = "syndicate"
+FEED_HISTORY_NS = "http://purl.org/syndication/history/1.0"  # RFC 5005
+HISTORY_EXTENSION = "feed_history"
 
 
 class RevisionExtension(BaseExtension):
@@ -45,6 +53,31 @@ class RevisionExtension(BaseExtension):
 
     def extend_ns(self) -> dict[str, str]:
         return {"syndicate": SYNDICATE_NS}
+
+
+class HistoryExtension(BaseExtension):
+    """Feed level (Atom feed, RSS channel): RFC 5005's ``fh:archive`` on an archive page."""
+
+    def __init__(self) -> None:
+        self.archive = False
+
+    def extend_ns(self) -> dict[str, str]:
+        return {"fh": FEED_HISTORY_NS} if self.archive else {}
+
+    def extend_atom(self, feed: etree._Element) -> etree._Element:
+        if self.archive:
+            etree.SubElement(feed, f"{{{FEED_HISTORY_NS}}}archive")
+        return feed
+
+    def extend_rss(self, rss: etree._Element) -> etree._Element:
+        if self.archive:
+            etree.SubElement(rss.find("channel"), f"{{{FEED_HISTORY_NS}}}archive")
+        return rss
+
+
+def register_history_extension(generator: FeedGenerator, feed: FeedView, atom: bool = True, rss: bool = True) -> None:
+    generator.register_extension(HISTORY_EXTENSION, HistoryExtension, atom=atom, rss=rss)
+    getattr(generator, HISTORY_EXTENSION).archive = feed.archive
 
 
 class RevisionEntryExtension(BaseEntryExtension):
@@ -123,7 +156,10 @@ def _build_entry(feed: FeedView, item: ItemView) -> etree._Element:
     entry.register_extension(MEDIA_RSS_EXTENSION, MediaRssEntryExtension, atom=True, rss=True)
     entry.register_extension(REVISION_EXTENSION, RevisionEntryExtension, atom=True, rss=False)
     _fill_entry(entry, feed, item)
-    return entry.atom_entry()
+    element = entry.atom_entry()
+    if item.language_tag:  # the article's own language, whatever the feed's (RFC 4287 2: xml:lang)
+        element.set(XML_LANG, item.language_tag)
+    return element
 
 
 def render_atom_entry(feed: FeedView, item: ItemView) -> bytes:
@@ -133,9 +169,9 @@ def render_atom_entry(feed: FeedView, item: ItemView) -> bytes:
     root = etree.Element(entry.tag, entry.attrib,
                          nsmap={None: ATOM_NS, "media": MEDIA_RSS_NS, "syndicate": SYNDICATE_NS})
     root.extend(list(entry))
-    language = feed_root.get("{http://www.w3.org/XML/1998/namespace}lang")
-    if language:
-        root.set("{http://www.w3.org/XML/1998/namespace}lang", language)
+    language = feed_root.get(XML_LANG)
+    if language and root.get(XML_LANG) is None:  # the entry's own language wins over the feed's
+        root.set(XML_LANG, language)
     return etree.tostring(root, encoding="UTF-8", xml_declaration=True)
 
 
@@ -143,6 +179,7 @@ def _feed_generator(feed: FeedView) -> FeedGenerator:
     generator = FeedGenerator()
     register_media_rss(generator)
     register_revision_extension(generator, atom=True, rss=False)
+    register_history_extension(generator, feed, atom=True, rss=False)
     generator.id(feed.feed_id)
     generator.title(feed.title)
     if feed.description:
@@ -162,6 +199,8 @@ def _feed_generator(feed: FeedView) -> FeedGenerator:
         generator.link(href=feed.prev_url, rel="previous", type=ATOM_MEDIA_TYPE)
     if feed.next_url:
         generator.link(href=feed.next_url, rel="next", type=ATOM_MEDIA_TYPE)
+    for rel, href in feed.archive_links:
+        generator.link(href=href, rel=rel, type=ATOM_MEDIA_TYPE)
     return generator
 
 

@@ -1,7 +1,9 @@
 """JSON Feed 1.1 (https://jsonfeed.org/version/1.1), serialised with orjson.
 
 The feed has version, title, home_page_url, feed_url, description, language, authors, ``hubs`` (WebSub)
-and ``next_url`` when paged. An item's ``id`` is the ninjs uri (stable across revisions); ``url`` the
+and ``next_url`` when paged; RFC 5005's archive links, which JSON Feed has no member for, are in a
+top-level ``_syndicate`` object (``archive``: whether this is an archive page, ``current_url``,
+``prev_archive_url``, ``next_archive_url``). An item's ``id`` is the ninjs uri (stable across revisions); ``url`` the
 web page; ``title``, ``summary`` (the standfirst), ``content_html`` (the body, opened by a visible
 correction note) and ``content_text`` (the plain-text body, when the CMS sent one); ``date_published``
 = first created, ``date_modified`` = this revision; ``authors`` (the byline), ``tags`` (subject names),
@@ -47,6 +49,9 @@ def render_json_feed(feed: FeedView, items: list[ItemView]) -> bytes:
         document["next_url"] = feed.next_url
     if feed.hub_url:
         document["hubs"] = [{"type": "WebSub", "url": feed.hub_url}]
+    if feed.archive or feed.archive_links:  # RFC 5005, which JSON Feed has no words for
+        document[EXTENSION_KEY] = {"archive": feed.archive, **{rel.replace("-", "_") + "_url": url
+                                                               for rel, url in feed.archive_links}}
     document["items"] = [_item(feed, item) for item in items]
     return orjson.dumps(document)
 
@@ -70,8 +75,8 @@ def _item(feed: FeedView, item: ItemView) -> dict[str, Any]:
     entry["date_modified"] = iso(item.version_created)
     if item.byline:
         entry["authors"] = [{"name": item.byline}]
-    if item.language:
-        entry["language"] = item.language
+    if item.language_tag:  # the article's own language (the feed's is the top-level one)
+        entry["language"] = item.language_tag
     if item.subjects:
         entry["tags"] = [subject.name for subject in item.subjects]
     attachments = [_attachment(photo) for photo in photos if photo.content_type]

@@ -2,10 +2,11 @@
 
 The channel has title, link (the web page), description, language, lastBuildDate (the build time) and
 ``atom:link`` elements: ``rel="self"``, plus ``rel="hub"`` (WebSub) and ``rel="next"``/``"previous"``/
-``"first"`` when paged. An item has its headline as title, the web link, ``guid isPermaLink="false"``
+``"first"`` when paged; RFC 5005's ``prev-archive``/``next-archive``/``current`` and ``fh:archive`` on
+archive pages (the head carries ``prev-archive``). An item has its headline as title, the web link, ``guid isPermaLink="false"``
 holding the ninjs uri (the same across revisions), ``pubDate`` (RFC 822) = when the story was first
 created, the standfirst as ``description``, the body (with its correction note) as ``content:encoded``,
-the byline as ``dc:creator``, subjects as ``category``, photos as Media RSS, and the revision number and
+the byline as ``dc:creator``, the article's language as ``dc:language``, subjects as ``category``, photos as Media RSS, and the revision number and
 signal as ``syndicate:version`` / ``syndicate:signal`` / ``syndicate:pubStatus`` (see ``atom``). The
 edNote goes in as ``syndicate:edNote``, for the partner's editors.
 
@@ -43,6 +44,7 @@ from server.feeds.render.atom import (
     REVISION_EXTENSION,
     CopiedEntry,
     RevisionEntryExtension,
+    register_history_extension,
     register_revision_extension,
 )
 from server.feeds.render.mediarss import EXTENSION_NAME as MEDIA_RSS_EXTENSION
@@ -120,6 +122,7 @@ def _feed_generator(feed: FeedView) -> FeedGenerator:
     generator = FeedGenerator()
     register_media_rss(generator)
     register_revision_extension(generator, atom=False, rss=True)
+    register_history_extension(generator, feed, atom=False, rss=True)
     generator.register_extension("dc", DcExtension, DcEntryExtension, atom=False, rss=True)  # = load_extension("dc")
     generator.register_extension(EXTENSION_NAME, RssAtomLinksExtension, RssAtomUpdatedExtension,
                                  atom=False, rss=True)
@@ -134,7 +137,7 @@ def _feed_generator(feed: FeedView) -> FeedGenerator:
     generator.link(href=feed.alternate_url, rel="alternate")
     links = getattr(generator, EXTENSION_NAME)
     for rel, href in (("hub", feed.hub_url), ("first", feed.first_url), ("previous", feed.prev_url),
-                      ("next", feed.next_url)):
+                      ("next", feed.next_url), *feed.archive_links):
         if href:
             links.add_link(rel, href)
     return generator
@@ -149,6 +152,8 @@ def _fill_item(entry: FeedEntry, feed: FeedView, item: ItemView) -> FeedEntry:
     getattr(entry, REVISION_EXTENSION).revision(item)
     if item.byline:
         entry.dc.dc_creator(item.byline)
+    if item.language_tag:  # the article's own language (the channel's <language> is the feed's)
+        entry.dc.dc_language(item.language_tag)
     if item.is_tombstone:
         entry.description(item.tombstone_notice, isSummary=True)
         return entry

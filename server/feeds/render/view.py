@@ -6,12 +6,19 @@ the items (URLs, build time, render id). Both are frozen and hold everything a r
 renderers do no I/O, read no clock, and give byte-identical output for the same input.
 
 This module also owns the reader-facing wording shared by all formats: the title and notice of a
-withdrawn or no-longer-available story (a *tombstone*) and the visible correction-note paragraph.
+withdrawn or no-longer-available story (a *tombstone*) and the visible correction-note paragraph; and
+what every format says of an item's language and direction: :attr:`ItemView.language_tag` (the
+article's own language when it is a well-formed language tag, which Atom puts in the entry's
+``xml:lang``, RSS in the item's ``dc:language`` and JSON Feed in the item's ``language``) and
+:func:`text_direction` (right-to-left scripts: the reader's HTML is wrapped in ``<div dir="rtl">`` so
+that readers lay it out right to left even inside a left-to-right feed; ``dir`` attributes the CMS
+sent are kept by the sanitiser).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -25,6 +32,12 @@ from server.core.text import xml_safe
 from server.domain.articles import CANCELED, Revision
 from server.domain.ninjs import without_pictures
 
+# A language tag as xml:lang (XML Schema's xs:language), dc:language and JSON Feed's language take it.
+LANGUAGE_TAG = re.compile(r"[a-zA-Z]{1,8}(-[a-zA-Z0-9]{1,8})*")
+# Languages written right to left (ISO 639 primary subtags), and the right-to-left scripts (ISO 15924)
+# a tag may name (``az-Arab``, ``pa-Arab``): Arabic, Hebrew, Syriac, Thaana, N'Ko, Adlam, Mandaic, ...
+RTL_LANGUAGES = frozenset({"ar", "arc", "ckb", "dv", "fa", "he", "iw", "ks", "ps", "sd", "syr", "ug", "ur", "yi"})
+RTL_SCRIPTS = frozenset({"arab", "hebr", "syrc", "thaa", "nkoo", "adlm", "mand", "samr", "rohg"})
 HTML_BODY_TYPES = ("text/html", "application/xhtml+xml", "body_xhtml")
 PICTURE_TYPES = ("picture", "image", "graphic")
 CORRECTION_NOTE_CLASS = "correction"
@@ -183,14 +196,24 @@ class ItemView:
             return f"{notice} Reason: {self.kill_reason}" if self.kill_reason else notice
         return "This story is no longer available."
 
+    @property
+    def language_tag(self) -> str | None:
+        """The article's language when it is a well-formed language tag (else None: no format states it)."""
+        return language_tag(self.language)
+
     def reader_html(self, include_photos: bool = True) -> str:
         """The body as HTML for readers, opened by a visible correction note when there is one; without
-        photo rights, without its pictures (and their captions)."""
+        photo rights, without its pictures (and their captions). A story in a right-to-left language is
+        wrapped in ``<div dir="rtl" lang="...">``."""
         note = correction_note_html(self.correction_note) if self.correction_note else ""
         body = self.body_for(include_photos)
         if body is None and self.body_text is not None:  # a plain-text story: its paragraphs, escaped
             body = "".join(_paragraph_html(p) for p in self.body_text.split("\n\n") if p.strip())
-        return note + (body or "")
+        html = note + (body or "")
+        tag = self.language_tag
+        if html and tag and text_direction(tag) == "rtl":
+            html = f'<div dir="rtl" lang="{tag}">{html}</div>'
+        return html
 
     def body_for(self, include_photos: bool) -> str | None:
         if self.body_html is None or include_photos:
@@ -221,6 +244,19 @@ class FeedView:
     first_url: str | None = None
     include_photos: bool = True
     author: str | None = None  # who entries without a byline are credited to; default: the title
+    # RFC 5005 archived feeds: an archive page says so (fh:archive) and links to its neighbours and to
+    # the subscription document (current); the head links to the newest archive page (prev-archive).
+    archive: bool = False
+    prev_archive_url: str | None = None
+    next_archive_url: str | None = None
+    current_url: str | None = None
+
+    @property
+    def archive_links(self) -> tuple[tuple[str, str], ...]:
+        """The RFC 5005 archive links the document carries: (rel, URL), in a fixed order."""
+        return tuple((rel, url) for rel, url in (("current", self.current_url),
+                                                 ("prev-archive", self.prev_archive_url),
+                                                 ("next-archive", self.next_archive_url)) if url)
 
     @property
     def feed_id(self) -> str:
@@ -236,6 +272,19 @@ VIEW_MEMO_SIZE = 512
 _VIEWS: OrderedDict[tuple[Any, ...], ItemView] = OrderedDict()
 _VIEWS_LOCK = threading.Lock()
 _REVISION_KEY_FIELDS = tuple(f.name for f in dataclasses.fields(Revision) if f.name != "document")
+
+
+def language_tag(value: str | None) -> str | None:
+    """``value`` when it is a well-formed language tag (``en``, ``ar``, ``pt-BR``, ``az-Arab``), else None."""
+    return value if value is not None and LANGUAGE_TAG.fullmatch(value) else None
+
+
+def text_direction(tag: str) -> str | None:
+    """``"rtl"`` for a language tag whose language or script is written right to left, else None."""
+    subtags = tag.lower().split("-")
+    if len(subtags) > 1 and len(subtags[1]) == 4:  # a script subtag decides: az-Arab is, ku-Latn is not
+        return "rtl" if subtags[1] in RTL_SCRIPTS else None
+    return "rtl" if subtags[0] in RTL_LANGUAGES else None
 
 
 def clear_view_memo() -> None:

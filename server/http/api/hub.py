@@ -1,7 +1,7 @@
 """The W3C WebSub hub at ``POST /hub``, and partners' webhook endpoints under ``/api/partners``.
 
-Subscribing: a form-encoded request is checked (topic is one of our feed URLs, callback is a safe
-http(s) URL, the key entitles the subscriber to the topic unless the feed is public) and answered 202;
+Subscribing: a form-encoded request is checked (topic is one of our feed URLs, :func:`parse_topic`:
+a known feed and format, no trailing slash, no query but ``?key=``; callback is a safe http(s) URL, the key entitles the subscriber to the topic unless the feed is public) and answered 202;
 the hub then verifies intent with a GET carrying a random single-use ``hub.challenge`` and only a 2xx
 echoing it makes (or replaces) the subscription (:func:`server.push.websub.verify_intent`: a save that
 Redis fails is retried for a bounded time, and a subscription never saved is denied). Hub errors
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
@@ -94,13 +95,16 @@ async def hub(request: web.Request) -> web.Response:
     if not isinstance(callback, str) or not isinstance(raw_topic, str) or not callback or not raw_topic:
         return _plain(400, "hub.callback and hub.topic are required.")
     settings = request.app[SETTINGS]
-    topic, feed_name, fmt, topic_key = _parse_topic(raw_topic, settings.base_url)
-    feed = request.app[FEEDS].get(feed_name or "")
-    if feed is None or fmt not in FORMATS:
-        return _plain(400, f"hub.topic must be a feed of this hub: {settings.base_url}/feeds/<name>/<format>.")
-    wait = limits.over("topic", topic, limits.per_topic)
+    topic = parse_topic(raw_topic, settings.base_url, request.app[FEEDS])
+    if isinstance(topic, str):
+        return _plain(400, topic)
+    feed, fmt = request.app[FEEDS][topic.feed], topic.fmt
+    wait = limits.over("topic", topic.url, limits.per_topic)
     if wait is not None:
         return _too_many("Too many hub requests for this topic; try again later.", wait)
+    bearer = _bearer(request)
+    if bearer and topic.key and bearer != topic.key:
+        return _plain(400, "The Authorization header and the topic's ?key= name different keys; send one.")
     try:
         await check_destination(callback, settings.push_allow_networks, field="hub.callback")
     except UnsafeDestination as exc:
@@ -113,7 +117,7 @@ async def hub(request: web.Request) -> web.Response:
         return _plain(400, "hub.lease_seconds must be a whole number of seconds.")
 
     partner_name, key_id = None, None
-    presented = _bearer(request) or topic_key
+    presented = bearer or topic.key
     if not feed.public or presented:
         try:  # the same key check and failed-key throttle as a feed poll
             reader = request.app[ACCESS].check_key(presented or "", address)
@@ -129,9 +133,12 @@ async def hub(request: web.Request) -> web.Response:
             return _plain(403, f"Partner {partner.name} is not entitled to {feed.name} in {fmt}.")
         partner_name, key_id = partner.name, key.key_id
 
+    # The id and the record's topic are the feed URL without the key; the topic as sent is echoed in the
+    # verification (WebSub 5.3) and kept, sealed, for denials and content distribution.
     subscription = Destination(
-        id=subscription_id(callback, topic), kind=WEBSUB, url=callback, format=fmt, secret=secret or None,
-        partner=partner_name, key_id=key_id, feed=feed.name, topic=topic)
+        id=subscription_id(callback, topic.url), kind=WEBSUB, url=callback, format=fmt, secret=secret or None,
+        partner=partner_name, key_id=key_id, feed=feed.name, topic=topic.url,
+        topic_as_sent=topic.as_sent if topic.as_sent != topic.url else None)
     wait = limits.over("subscription", subscription.id, limits.per_subscription)
     if wait is not None:
         return _too_many("Too many requests for this callback and topic; try again later.", wait)
@@ -192,18 +199,45 @@ async def remove_endpoint(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-def _parse_topic(raw: str, base_url: str) -> tuple[str, str | None, str | None, str | None]:
-    """(topic without its key parameter, feed name, format, key) for one of our feed URLs."""
-    parts = urlsplit(raw)
-    base = urlsplit(base_url)
-    key = parse_qs(parts.query).get("key", [None])[0]
+@dataclass(frozen=True, slots=True)
+class Topic:
+    """A ``hub.topic`` this hub serves: the feed URL without its key, the feed and format, the key it
+    carries (``?key=``), and the string exactly as the subscriber sent it (echoed back: WebSub 5.3)."""
+
+    url: str
+    feed: str
+    fmt: str
+    key: str | None
+    as_sent: str
+
+
+def parse_topic(raw: str, base_url: str, feeds: Iterable[str]) -> Topic | str:
+    """The topic ``raw`` names, or why this hub does not serve it (a sentence for the 400): only
+    ``<base URL>/feeds/<name>/<format>`` of a known feed and format, with no query but one ``key``, no
+    fragment, no trailing slash."""
+    parts, base = urlsplit(raw), urlsplit(base_url)
+    shape = f"{base_url}/feeds/<name>/<format>"
+    if (parts.scheme, parts.netloc) != (base.scheme, base.netloc):
+        return f"hub.topic must be a feed of this hub: {shape}."
     prefix = base.path.rstrip("/")  # a base URL may have a path (behind a proxy)
     path = parts.path[len(prefix):] if parts.path.startswith(prefix + "/") else ""
-    segments = path[1:].split("/") if path.startswith("/") else []  # exactly /feeds/<name>/<format>
-    topic = f"{base_url}{path}"
-    if (parts.scheme, parts.netloc) != (base.scheme, base.netloc) or len(segments) != 3 or segments[0] != "feeds":
-        return topic, None, None, key
-    return topic, segments[1], segments[2], key
+    segments = path[1:].split("/") if path.startswith("/") else []
+    if len(segments) != 3 or segments[0] != "feeds" or not segments[1] or not segments[2]:
+        return f"hub.topic {raw!r} is not a feed URL of this hub (no trailing slash, no empty segment): {shape}."
+    name, fmt = segments[1], segments[2]
+    known = sorted(feeds)
+    if name not in known:
+        return f"hub.topic names no feed of this hub: {name!r}; the feeds are {', '.join(known)}."
+    if fmt not in FORMATS:
+        return f"hub.topic names no format of this hub: {fmt!r}; the formats are {', '.join(FORMATS)}."
+    if parts.fragment or "#" in raw:
+        return "hub.topic must not have a fragment."
+    query = parse_qs(parts.query, keep_blank_values=True) if parts.query else {}
+    keys_given = query.get("key", [])
+    if set(query) - {"key"} or len(keys_given) > 1 or ("?" in raw and not (keys_given and keys_given[0])):
+        return "hub.topic may carry no query but one key=<partner key> (a topic is a feed's head, not a page)."
+    key = query.get("key", [None])[0]
+    return Topic(url=f"{base_url}{path}", feed=name, fmt=fmt, key=key or None, as_sent=raw)
 
 
 def _lease(raw: object, settings) -> int | None:
