@@ -286,7 +286,8 @@ class Requirements:
             done = int(str(group.get("last-delivered-id") or "0-0").partition("-")[0] or 0)
             if group.get("pending"):  # taken but not yet acknowledged (being judged): not done yet
                 pending = await self.redis.xpending(keys.changelog(), keys.DISPATCH_GROUP)
-                done = min(done, int(str(pending["min"]).partition("-")[0]) - 1)
+                if pending.get("min"):  # none left: acknowledged since XINFO looked
+                    done = min(done, int(str(pending["min"]).partition("-")[0]) - 1)
         start = max(done, int(caught_up or 0))
         entries = await self.redis.xrange(keys.changelog(), f"({start}-0", "+", count=limit)
         if not entries:
