@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import shutil
 
 import orjson
 import pytest
@@ -168,28 +169,57 @@ async def test_a_poller_that_had_the_story_gets_the_withdrawal_at_items_and_is_l
     assert report["outstanding"] == 0
 
 
-async def test_a_cursor_poll_acknowledges_what_the_feed_showed_before_it(client, seed_v1):
-    """``?since=N`` is an offset commit (issue 11, item 2): a reader whose page receipts were lost (the
-    process that served them died before its flush) is healed by its next cursor poll, on any process.
-    Only what that feed's since pages show before N counts: world never showed the re-filed v2."""
+async def head_cursor(client, feed: str) -> str:
+    """The cursor a head page hands out now, read as the admin (no receipts)."""
+    page = await (await client.get(f"/feeds/{feed}/json", headers=ADMIN)).json()
+    return page["next_url"].rpartition("?")[2]
+
+
+async def test_a_cursor_poll_acknowledges_the_changes_since_the_readers_last_cursor(client, seed_v1):
+    """``?since=N`` after ``?since=L`` is an offset commit (issue 11, item 2): the reader got the pages
+    between, so a page whose receipts were lost (the process that served it died before its flush) is
+    healed by the next cursor poll, on any process. Only what that feed's since pages show counts:
+    world never showed the re-filed v2."""
     both = await partner(client, "follower", feeds=["latest", "world"], formats=["json"])
+    reader = {"X-API-Key": both}
     await publish(client, seed_v1)
     article = article_id_for_uri(seed_v1["uri"])
-    assert (await client.get("/feeds/world/json", headers={"X-API-Key": both})).status == 200  # has v1
+    assert (await client.get("/feeds/world/json", headers=reader)).status == 200  # has v1
+    before = {feed: await head_cursor(client, feed) for feed in ("world", "latest")}
+    for feed in ("world", "latest"):  # the reader's cursors L, before v2 (nothing after them yet)
+        assert (await client.get(f"/feeds/{feed}/json?{before[feed]}", headers=reader)).status == 200
     await publish(client, refiled(seed_v1), "?signal=correction")  # in latest only
     assert rows(await flow(client))[(article, 2)] == {"follower": (False, "content")}
 
-    # The cursors after v2, read as the admin (no receipts): as if served by a process that then died.
-    cursors = {}
-    for feed in ("world", "latest"):
-        page = await (await client.get(f"/feeds/{feed}/json", headers=ADMIN)).json()
-        cursors[feed] = page["next_url"].rpartition("?")[2]
-    world = await client.get(f"/feeds/world/json?{cursors['world']}", headers={"X-API-Key": both})
-    assert world.status == 200
+    # The pages (L, N] holding v2 were served by a process that then died: only their cursors N come back.
+    after = {feed: await head_cursor(client, feed) for feed in ("world", "latest")}
+    assert (await client.get(f"/feeds/world/json?{after['world']}", headers=reader)).status == 200
     assert rows(await flow(client))[(article, 2)] == {"follower": (False, "content")}  # world never showed v2
-    latest = await client.get(f"/feeds/latest/json?{cursors['latest']}", headers={"X-API-Key": both})
+    latest = await client.get(f"/feeds/latest/json?{after['latest']}", headers=reader)
     assert latest.status == 200 and (await latest.json())["items"] == []  # nothing after the cursor
     assert rows(await flow(client))[(article, 2)] == {"follower": (True, "content")}
+
+
+async def test_a_cursor_from_a_head_page_acknowledges_nothing(aiohttp_client, settings, tmp_path, seed_v1):
+    """A head page shows the newest items, not every change before its cursor: a reader that follows a
+    head page's next_url has not seen a correction that fell off it (limit 2 here)."""
+    feeds = tmp_path / "feeds"
+    shutil.copytree(ROOT / "feeds", feeds)
+    (feeds / "small.toml").write_text('title = "Small"\ndescription = "Two items"\npublic = false\nlimit = 2\n')
+    client = await aiohttp_client(create_app(dataclasses.replace(settings, feeds_dir=feeds)))
+    reader = {"X-API-Key": await partner(client, "jumper", feeds=["small"], formats=["json"])}
+    await publish(client, seed_v1)
+    article = article_id_for_uri(seed_v1["uri"])
+    assert (await client.get("/feeds/small/json", headers=reader)).status == 200  # has v1
+    await publish(client, refiled(seed_v1), "?signal=correction")
+    for n in (1, 2):  # two newer stories push the correction off the two-item head page
+        await publish(client, {**seed_v1, "uri": f"{seed_v1['uri']}-other-{n}"})
+    assert rows(await flow(client))[(article, 2)] == {"jumper": (False, "content")}
+    head = await (await client.get("/feeds/small/json", headers=reader)).json()
+    assert article not in {i["id"].rpartition("/")[2] for i in head["items"]} and len(head["items"]) == 2
+    page = await client.get("/feeds/small/json?" + head["next_url"].rpartition("?")[2], headers=reader)
+    assert page.status == 200 and (await page.json())["items"] == []
+    assert rows(await flow(client))[(article, 2)] == {"jumper": (False, "content")}
 
 
 async def test_a_correction_that_stays_in_the_feed_reaches_the_poller_as_content(client, seed_v1, seed_v2):
@@ -406,13 +436,15 @@ async def test_a_receipt_ends_outstanding_only_at_the_required_version(redis_url
 
     sync_redis.hset(keys.partner_required("p"), "a1", 3)
     sync_redis.zadd(keys.partner_outstanding("p"), {"a1": 1})
+    sync_redis.sadd(keys.propagation_article_items("a1"), 3)  # a1 has a correction in the window
+    sync_redis.hset(keys.partner_required("p"), "u1", 2)  # u1 only an update: nothing to settle
     redis = await connect(redis_url)
     try:
         ledger = PollLedger(redis)
         ledger.record("p", None, "latest", "atom", 200, 10, "r1", (("a1", 2),))
         await ledger.flush()
         assert sync_redis.zscore(keys.partner_outstanding("p"), "a1") == 1
-        ledger.record("p", None, "latest", "atom", 200, 10, "r2", (("a1", 3),))
+        ledger.record("p", None, "latest", "atom", 200, 10, "r2", (("a1", 3), ("u1", 2)))
         await ledger.flush()
         assert sync_redis.zcard(keys.partner_outstanding("p")) == 0
     finally:

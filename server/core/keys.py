@@ -159,6 +159,11 @@ def partners_last_push() -> str:
     return f"{PREFIX}:partners:last-push"
 
 
+def partner_cursors(name: str) -> str:
+    """Hash: feed -> the last ``?since=`` cursor the partner acknowledged on it (server.partners.cursor_acks)."""
+    return f"{PREFIX}:partner:{name}:cursors"
+
+
 def partner_last_used(name: str) -> str:
     """Hash: key id -> when it was last used (written in the background, at most every flush); the field
     ``push`` holds the last acknowledged push."""

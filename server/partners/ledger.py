@@ -152,11 +152,8 @@ class PollLedger:
                         partner, ((article_id, version, int(at * 1000)) for article_id, (version, at) in received.items()),
                         client=pipe)
                 await pipe.execute()
-            if acks and self.cursor_acks is not None:
-                await self.cursor_acks.apply(acks)
         except Exception:
-            for ack, cursor in acks.items():
-                self._acks[ack] = max(cursor, self._acks.get(ack, -1))
+            self._keep_acks(acks)
             for partner, received in receipts.items():
                 mine = self._receipts.setdefault(partner, {})
                 for article_id, got in received.items():
@@ -167,7 +164,17 @@ class PollLedger:
                 self._lines[key] = line if newer is None else [newer[0], line[1] + newer[1], line[2] + newer[2]]
             self._manifests.update(manifests)
             raise
+        if acks and self.cursor_acks is not None:
+            try:  # after the lines and receipts are written: a failure here keeps only the acks
+                await self.cursor_acks.apply(acks)
+            except Exception:
+                self._keep_acks(acks)
+                raise
         return len(lines)
+
+    def _keep_acks(self, acks: dict[tuple[str, str], int]) -> None:
+        for ack, cursor in acks.items():
+            self._acks[ack] = max(cursor, self._acks.get(ack, -1))
 
     async def activity(self, start: datetime, hours: int) -> list[tuple[int, int]]:
         """(polls, acknowledged pushes) of every partner per hour, ``hours`` hours from ``start`` (an

@@ -43,6 +43,7 @@ from server.partners.ledger import PUSH_PREFIX, PollLedger
 
 CATCH_UP_LIMIT = 2000  # change-log entries a view records at most before answering
 STATUS_ARTICLES = 500  # a partner's status lists at most this many articles
+SETTLE_BATCH = 20_000  # noted receipts settled per Lua step (a read settles one batch; the retention job all)
 SUMMARY_LAG_SCAN = 3  # lag revisions are summed over this many oldest outstanding articles (1 each beyond)
 
 # KEYS 1 items, 2 item hash, 3 item partners, 4 item pending, 5 the article's items; then per partner:
@@ -85,9 +86,7 @@ return result
 # 5, 6: the pending key's (around ``<article>:<version>``).
 _SETTLE_FUNCTION = """
 local function settle_receipts()
-  local noted = redis.call('SMEMBERS', KEYS[1])
-  if #noted == 0 then return end
-  redis.call('DEL', KEYS[1])
+  local noted = redis.call('SPOP', KEYS[1], SETTLE_BATCH)
   for _, entry in ipairs(noted) do
     local received, article = string.match(entry, '^(.*)|([^|]*)$')
     local name = string.sub(received, #ARGV[1] + 1, #received - #ARGV[2])
@@ -99,8 +98,9 @@ local function settle_receipts()
       end
     end
   end
+  return redis.call('SCARD', KEYS[1])
 end
-"""
+""".replace("SETTLE_BATCH", str(SETTLE_BATCH))
 
 # KEYS 1: to settle, 2: the items. ARGV 1-6: as the settling's, 7: since (epoch ms), 8: "1" to return
 # the names still pending. Settles, then returns per item of the window, newest first, {member, ingest
@@ -147,11 +147,10 @@ end
 return result
 """
 
-# KEYS 1: to settle. ARGV 1-6: as the settling's. Settles only (the retention job: the set stays small
-# even when no ops view is read).
+# KEYS 1: to settle. ARGV 1-6: as the settling's. Settles one batch only, and returns how many are left
+# (the retention job drains the set this way even when no ops view is read).
 _SETTLE_ONLY_LUA = _SETTLE_FUNCTION + """
-settle_receipts()
-return 1
+return settle_receipts()
 """
 
 # KEYS: per partner its outstanding set, required hash, received hash. ARGV 1: how many oldest to sum
@@ -457,8 +456,10 @@ class Requirements:
                 for partners, ordered in pages]
 
     async def settle_receipts(self) -> None:
-        """Drop the partners of the receipts noted since the last settling from their items' pending sets."""
-        await self._settle_only(keys=[keys.propagation_receipts_to_settle()], args=list(_SETTLE_PARTS))
+        """Drop the partners of the receipts noted since the last settling from their items' pending sets,
+        a batch per Lua step (so Redis is never held long), until none are left."""
+        while await self._settle_only(keys=[keys.propagation_receipts_to_settle()], args=list(_SETTLE_PARTS)):
+            pass
 
     # ----- retention ----------------------------------------------------------------------------
 

@@ -27,10 +27,11 @@ from server.core import keys
 # Lua: a local function for scripts that include it. Its three keys must be among the script's KEYS
 # (see receipt_keys). Keeps the highest version and when it first arrived; a lower or equal version
 # changes nothing. Then, if the partner is required to receive a version no newer than the highest it
-# now has, the article is no longer outstanding; and a raised version of a required article is noted
-# for the propagation items to settle (server.partners.propagation).
+# now has, the article is no longer outstanding; and a raised version of a required article that has
+# propagation items (corrections, kills) is noted for them to settle (server.partners.propagation).
 RECEIVE_FUNCTION = """
 local function receive(received, required, outstanding, to_settle, article, version, at_ms)
+  local items = 'ITEMS_PREFIX' .. article .. 'ITEMS_SUFFIX'  -- keys.propagation_article_items(article)
   local highest = tonumber(version)
   local current = redis.call('HGET', received, article)
   local had = current and tonumber(string.match(current, '^(%d+)')) or 0
@@ -41,11 +42,13 @@ local function receive(received, required, outstanding, to_settle, article, vers
   end
   local need = redis.call('HGET', required, article)
   if need then
-    if had < highest then redis.call('SADD', to_settle, received .. '|' .. article) end
+    if had < highest and redis.call('EXISTS', items) == 1 then
+      redis.call('SADD', to_settle, received .. '|' .. article)
+    end
     if tonumber(need) <= highest then redis.call('ZREM', outstanding, article) end
   end
 end
-"""
+""".replace("ITEMS_PREFIX", keys.PROPAGATION_ARTICLE_ITEMS_PARTS[0]).replace("ITEMS_SUFFIX", keys.PROPAGATION_ARTICLE_ITEMS_PARTS[1])
 
 # KEYS: receipt_keys(partner). ARGV: article, version, epoch ms, article, version, ms, ...
 _RECEIVE_MANY_LUA = RECEIVE_FUNCTION + """

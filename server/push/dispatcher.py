@@ -198,7 +198,7 @@ class Dispatcher:
             await asyncio.sleep(wait)
         now = utc_now()
         table = self.key_table()
-        destinations = await self.destinations.all()
+        destinations = [d for d in await self.destinations.all() if await self.keeper.keep(d, now, table)]
         if version is not None and version < article.version:
             # A later change follows (it will be fanned out with its notices): record who must receive
             # this revision, as of this revision.
@@ -212,8 +212,6 @@ class Dispatcher:
                                                       await self.awaiting(article, destinations, table))
         picked = []
         for destination in destinations:
-            if not await self.keeper.keep(destination, now, table):
-                continue
             if chosen(destination, article, table, self.feeds, required):
                 picked.append(destination.id)
         await self.queue.enqueue(picked, article.id, article.version)
