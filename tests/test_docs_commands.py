@@ -123,8 +123,14 @@ def scratch_folder(tmp_path: Path) -> Path:
     return folder
 
 
-def start_server(folder: Path, port: int) -> subprocess.Popen[str]:
-    env = cli_env(SYNDICATE_PORT=str(port), SYNDICATE_PUSH_ALLOW_NETWORKS="127.0.0.0/8,::1/128")
+# Settings a page says its server runs with (in its text, next to the commands).
+SERVER_SETTINGS = {
+    "docs/superdesk.md": {"SYNDICATE_SUPERDESK_SECRETS": "newsroom:a-shared-secret-of-the-tour-0123"},
+}
+
+
+def start_server(folder: Path, port: int, settings: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    env = cli_env(SYNDICATE_PORT=str(port), SYNDICATE_PUSH_ALLOW_NETWORKS="127.0.0.0/8,::1/128", **(settings or {}))
     process = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--demo"], cwd=folder, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output, deadline = "", time.monotonic() + 60
@@ -155,7 +161,7 @@ def test_the_commands_of_the_page_work_in_order(page, tmp_path):
     server_port, subscriber_port = free_port(), free_port()
     script = script_for(page, server_port, subscriber_port)
     (tmp_path / "page.sh").write_text(script)
-    server = start_server(folder, server_port)
+    server = start_server(folder, server_port, SERVER_SETTINGS.get(page_name(page)))
     try:
         result = subprocess.run(["bash", str(tmp_path / "page.sh")], cwd=folder, capture_output=True, text=True,
                                 timeout=300, env={**cli_env(), "COLUMNS": "120"}, start_new_session=True)
@@ -176,3 +182,9 @@ def test_every_skip_is_still_a_block_of_its_page():
     """The skip-list stays small and current: an entry whose block is gone must be removed."""
     present = {(page_name(page), first_line(block)) for page in PAGES for block in shell_blocks(page)}
     assert set(SKIP) <= present, sorted(set(SKIP) - present)
+
+
+def test_every_page_setting_is_said_on_its_page():
+    for page, settings in SERVER_SETTINGS.items():
+        text = (ROOT / page).read_text(encoding="utf-8")
+        assert all(f"{name}={value}" in text for name, value in settings.items()), page

@@ -10,15 +10,12 @@ their files): ninjs 1.x plus Superdesk's extensions, dates as ``%Y-%m-%dT%H:%M:%
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import hashlib
 import hmac
 import json
-import os
 import re
 from dataclasses import replace
-from pathlib import Path
 
 import feedparser
 import orjson
@@ -421,22 +418,7 @@ async def test_every_unknown_field_of_every_object_is_reported_with_its_pointer(
 # ----- the commands docs/superdesk.md shows ---------------------------------------------------------------
 
 
-def shell_blocks(path: Path) -> list[str]:
-    return re.findall(r"```sh\n(.*?)```", path.read_text(encoding="utf-8"), flags=re.S)
-
-
-async def test_the_commands_in_docs_superdesk_md_work(sd):
-    blocks = shell_blocks(ROOT / "docs" / "superdesk.md")
-    assert blocks
-    env = {**os.environ, "SYNDICATE": str(sd.make_url("")).rstrip("/"), "SUPERDESK_SECRET": SECRET}
-    for block in blocks:
-        process = await asyncio.create_subprocess_exec(
-            "bash", "-euo", "pipefail", "-c", block, env=env,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        out, err = await asyncio.wait_for(process.communicate(), 60)
-        assert process.returncode == 0, (block, out, err)
-    body = await article(sd, "tag:example.com,2024:hello")
-    assert body["document"]["headlines"][0]["value"] == "Hello from Superdesk"
+# They run in order against a live server in tests/test_docs_commands.py, like every page's.
 
 
 def test_the_setting_in_docs_superdesk_md_parses():
