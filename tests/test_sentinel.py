@@ -298,4 +298,10 @@ async def test_a_write_no_replica_confirms_is_a_503_and_so_is_its_retry_until_on
         for process in (replica, primary):
             if process is not None:
                 process.send_signal(signal.SIGTERM)
-                process.wait(timeout=30)
+        for process in (replica, primary):
+            if process is not None:
+                try:
+                    process.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
