@@ -6,7 +6,7 @@ import shutil
 
 import orjson
 import pytest
-from conftest import SEED_V1, SEED_V2, cli_env, free_port, run_cli
+from conftest import ROOT, SEED_V1, SEED_V2, cli_env, free_port, run_cli
 
 from server.core.redis_address import DirectRedis, SentinelRedis
 from server.core.settings import Settings, SettingsError
@@ -192,3 +192,13 @@ def test_serve_prints_no_token_unless_it_is_the_demo(redis_url, tmp_path):
     assert "syndicate serving on" in output, output
     assert PUBLISHER_TOKEN not in output and ADMIN_TOKEN not in output
     assert "SYNDICATE_ADMIN_TOKEN" in output  # where the tokens are
+
+
+def test_every_setting_is_in_the_settings_table():
+    """docs/operations.md's settings table names every variable server/core/settings.py reads."""
+    import re
+
+    code = (ROOT / "server" / "core" / "settings.py").read_text(encoding="utf-8")
+    table = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8").partition("## Settings")[2]
+    read = set(re.findall(r'"((?:SYNDICATE|REDIS)_[A-Z0-9_]+)"', code))
+    assert read and sorted(n for n in read if f"| `{n}`" not in table) == []
