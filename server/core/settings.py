@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from server.core.forwarding import ForwardedHeader, TrustedProxies
 from server.core.networks import Network, parse_networks
 from server.core.redis_address import RedisAddress, parse_redis_address
 
@@ -71,6 +72,9 @@ class Settings:
     log_level: str = "INFO"
     log_format: str = "json"
     heartbeat_seconds: float = 5.0
+    processes: int = 1  # `syndicate serve`: 1 is this process alone; N, a supervisor and N children
+    worker_processes: int = 1  # the same for `syndicate worker`
+    trusted_proxies: TrustedProxies = TrustedProxies()  # whose X-Forwarded-For / Forwarded is believed
 
     @property
     def base_url(self) -> str:
@@ -132,6 +136,9 @@ class Settings:
             log_level=_choice(env, "SYNDICATE_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
             log_format=_choice(env, "SYNDICATE_LOG_FORMAT", "JSON", ("JSON", "TEXT")).lower(),
             heartbeat_seconds=_float(env, "SYNDICATE_HEARTBEAT_SECONDS", 5.0, low=0.1),
+            processes=_int(env, "SYNDICATE_PROCESSES", 1, low=1, high=256),
+            worker_processes=_int(env, "SYNDICATE_WORKER_PROCESSES", 1, low=1, high=256),
+            trusted_proxies=_trusted_proxies(env),
         )
         if settings.websub_lease_min > settings.websub_lease_max:
             raise SettingsError("SYNDICATE_WEBSUB_LEASE_MIN: it is larger than SYNDICATE_WEBSUB_LEASE_MAX")
@@ -180,6 +187,20 @@ def _networks(env: Mapping[str, str]) -> tuple[Network, ...]:
         return parse_networks(env.get("SYNDICATE_PUSH_ALLOW_NETWORKS") or "")
     except ValueError as exc:
         raise SettingsError(str(exc)) from None
+
+
+def _trusted_proxies(env: Mapping[str, str]) -> TrustedProxies:
+    try:
+        networks = parse_networks(env.get("SYNDICATE_TRUSTED_PROXIES") or "", "SYNDICATE_TRUSTED_PROXIES")
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+    raw = (env.get("SYNDICATE_FORWARDED_HEADER") or ForwardedHeader.X_FORWARDED_FOR).strip().lower()
+    try:
+        header = ForwardedHeader(raw)
+    except ValueError:
+        raise SettingsError(f"SYNDICATE_FORWARDED_HEADER: expected {ForwardedHeader.X_FORWARDED_FOR} or "
+                            f"{ForwardedHeader.FORWARDED}, got {raw!r}") from None
+    return TrustedProxies(networks, header)
 
 
 def _redis_address(env: Mapping[str, str], name: str) -> RedisAddress | None:

@@ -35,6 +35,7 @@ from server.core import keys
 from server.core.errors import NotFound
 from server.core.values import parse_iso, utc_now, whole_number
 from server.http.api.ops import DESTINATION_ID
+from server.http.clients import client_address
 from server.http.middleware import add_get, add_route
 from server.http.state import OPS, REDIS, SETTINGS, TOKENS
 from server.ops import views as ops
@@ -287,7 +288,7 @@ async def login(request: web.Request) -> web.Response:
     dashboard = request.app[DASHBOARD]
     if not _origin_ok(request):
         return _forbidden(request, "This form was sent from another site.")
-    address = request.remote or "unknown"
+    address = client_address(request)
     wait = dashboard.throttle.retry_after(address)
     if wait:
         response = _login_form(request, f"Too many failed attempts. Try again in {wait} s.", status=429)

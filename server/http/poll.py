@@ -48,6 +48,7 @@ from server.http.caching import (
     if_modified_since,
     response_head,
 )
+from server.http.clients import client_address
 from server.observability.logs import REQUEST_ID_HEADER
 from server.partners.access import AccessControl, Grant, presented_key
 from server.partners.ratelimit import Quota
@@ -69,7 +70,7 @@ class Poll:
     if_none_match: str | None
     modified_since: datetime | None  # If-Modified-Since, read as a time
     request_id: str | None  # the client's own X-Request-Id, if it sent one
-    address: str  # the client's, as aiohttp's request.remote gives it (for the brute-force throttle)
+    address: str  # the client's (server.core.forwarding's rule), for the brute-force throttle and the log
 
 
 @dataclass(slots=True)  # made for every poll: not frozen, for the same reason
@@ -138,7 +139,7 @@ class FeedPolls:
         """The poll an aiohttp request to the feed route is (see :meth:`read`)."""
         match = request.match_info
         return self.read(match["name"], match["format"], request.query if request.query_string else None,
-                         request.headers, request.path_qs, request.remote or "unknown")
+                         request.headers, request.path_qs, client_address(request))
 
     def from_memory(self, poll: Poll) -> PollAnswer | None:
         """The answer, when memory alone can give it without a side effect (nothing charged or recorded

@@ -176,10 +176,10 @@ class AccessControl:
             return self._within_quota(partner, key), sent
         return grant, Delivery.KILL if article.killed else Delivery.CONTENT
 
-    def authorise_self(self, request: web.Request) -> Grant:
+    def authorise_self(self, request: web.Request, address: str) -> Grant:
         """Let a partner's request about itself in (``/api/me/...``): its own key only (the admin token
         is not a partner: 403), the same key checks and throttle as feeds, and its rate limit (429)."""
-        reader = self.identify(request, open_to_anonymous=False)
+        reader = self.identify(request, open_to_anonymous=False, address=address)
         if reader is ADMIN_READER:
             raise Problem("This is a partner's own view: present the partner's key, not the admin token.",
                           status=403, slug="not-a-partner")
@@ -196,16 +196,17 @@ class AccessControl:
         self.limiter.charge(grant.quota, FULL)
         response.headers["RateLimit-Policy"], response.headers["RateLimit"] = grant.quota.header_values()
 
-    def identify(self, request: web.Request, open_to_anonymous: bool) -> Reader:
+    def identify(self, request: web.Request, open_to_anonymous: bool, address: str) -> Reader:
         """Who is reading: the admin, a partner and its key, or (when ``open_to_anonymous``) nobody.
-        401 for a missing or bad key, 429 for an address being throttled; see :meth:`check_key`."""
+        401 for a missing or bad key, 429 for ``address`` (the client's, ``server.http.clients``) being
+        throttled; see :meth:`check_key`."""
         presented = _presented_key(request)
         if presented is None:
             if open_to_anonymous:
                 return ANONYMOUS
             raise Unauthorised("This feed needs a partner key: 'Authorization: Bearer <key>', 'X-API-Key' or "
                                "'?key='.", headers={"WWW-Authenticate": _CHALLENGE})
-        return self.check_key(presented, request.remote or "unknown")
+        return self.check_key(presented, address)
 
     def check_key(self, presented: str, address: str) -> Reader:
         """The admin, or the partner and key that ``presented`` belongs to; 401 if none (counted against

@@ -18,6 +18,7 @@ from server.domain.propagation import as_delivered
 from server.feeds.builder import Representation
 from server.feeds.render import NEWSML_MESSAGE_MEDIA_TYPE
 from server.http.caching import respond
+from server.http.clients import client_address
 from server.http.poll import FEED_POLLS, FEED_ROUTE
 from server.http.state import ACCESS, FEED_BUILDER, FEEDS, SETTINGS, STORE
 from server.partners.access import ANONYMOUS, Grant, Reader
@@ -94,7 +95,8 @@ async def _visible_article(request: web.Request, fmt: str) -> tuple[Article, Rea
     if not is_article_id(article_id):
         raise NotFound(f"{article_id!r} is not an item id of this server.")
     feeds = request.app[FEEDS].values()
-    reader = request.app[ACCESS].identify(request, open_to_anonymous=any(f.public for f in feeds))
+    reader = request.app[ACCESS].identify(request, open_to_anonymous=any(f.public for f in feeds),
+                                          address=client_address(request))
     article = await request.app[STORE].get(article_id)
     if reader == ANONYMOUS:  # without a key: 401 unless a public feed shows it, whether it exists or not
         visible = article is not None and in_feed(article, utc_now(), None)

@@ -25,6 +25,7 @@ from server.domain.feeds import FORMATS
 from server.domain.ninjs import DocumentError, parse_json_object
 from server.domain.partners import check_name
 from server.http.auth import require_caller
+from server.http.clients import client_address
 from server.http.state import ACCESS, DESTINATIONS, FEEDS, HUB_TASKS, PARTNERS, SETTINGS, TOKENS
 from server.partners.ratelimit import Windows
 from server.push.destinations import (
@@ -72,7 +73,8 @@ def _plain(status: int, text: str) -> web.Response:
 
 async def hub(request: web.Request) -> web.Response:
     limits = request.app[HUB_LIMITS]
-    wait = limits.by_address.take(request.remote or "unknown")
+    address = client_address(request)
+    wait = limits.by_address.take(address)
     if wait is not None:
         return _too_many(f"Too many hub requests from this address; try again in {wait} s.", wait)
     if request.content_type != "application/x-www-form-urlencoded":
@@ -104,7 +106,7 @@ async def hub(request: web.Request) -> web.Response:
     presented = _bearer(request) or topic_key
     if not feed.public or presented:
         try:  # the same key check and failed-key throttle as a feed poll
-            reader = request.app[ACCESS].check_key(presented or "", request.remote or "unknown")
+            reader = request.app[ACCESS].check_key(presented or "", address)
         except Problem as exc:
             if exc.status == 429:
                 return web.Response(status=429, text=exc.detail + "\n", content_type="text/plain",

@@ -10,13 +10,14 @@ import orjson
 from aiohttp import web
 
 from server.http.api.ops import paging
+from server.http.clients import client_address
 from server.http.state import ACCESS, FEED_BUILDER, OPS
 from server.ops import views as ops
 
 
 async def get_my_status(request: web.Request) -> web.Response:
     access = request.app[ACCESS]
-    grant = access.authorise_self(request)
+    grant = access.authorise_self(request, client_address(request))
     assert grant.partner is not None
     offset, limit = paging(request, ops.MY_STATUS_PAGE)
     status = await ops.my_status(request.app[OPS], grant.partner, request.app[FEED_BUILDER].item_url, offset, limit)
