@@ -38,6 +38,7 @@ from server.ops.views import OpsContext
 from server.push.destinations import WEBHOOK_FEED_FORMATS, WEBHOOK_FORMATS, new_webhook
 from server.push.safety import check_destination
 from server.runtime.services import Role, Services, open_services
+from server.runtime.supervisor import LISTEN_BACKLOG, ChildKind, Supervisor, SupervisorError
 
 DEMO_PARTNER_KEY = web.AppKey("demo_partner_key", str)
 
@@ -79,9 +80,15 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port (default SYNDICATE_PORT or 8080)")
     serve.add_argument("--demo", action="store_true",
                        help="publish the seed article's first version at start-up and print how to try it")
+    serve.add_argument("--processes", type=int, metavar="N",
+                       help="server processes sharing the port under one supervisor (default SYNDICATE_PROCESSES or 1)")
+    _child_arguments(serve)
     serve.set_defaults(run=_serve)
 
     worker = commands.add_parser("worker", help="run push workers (and the background jobs) without HTTP")
+    worker.add_argument("--processes", type=int, metavar="N",
+                        help="worker processes under one supervisor (default SYNDICATE_WORKER_PROCESSES or 1)")
+    _child_arguments(worker)
     worker.set_defaults(run=_worker)
 
     imp = commands.add_parser("import", help="import ninjs JSON files or folders of them")
@@ -161,6 +168,12 @@ def _parser() -> argparse.ArgumentParser:
 # ----- serve ---------------------------------------------------------------------------------------
 
 
+def _child_arguments(parser: argparse.ArgumentParser) -> None:
+    """What a supervisor tells its children (server.runtime.supervisor); not for people."""
+    parser.add_argument("--slot", type=int, help=argparse.SUPPRESS)  # this child's slot under a supervisor
+    parser.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)  # the slot's listening socket
+
+
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from dataclasses import replace
 
@@ -170,23 +183,63 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         settings = replace(settings, host=args.host)
     if args.port:
         settings = replace(settings, port=args.port)
-    settings = with_local_credentials(settings)
+    settings = with_local_credentials(settings)  # before any child starts: one credentials file for all
+    processes = _processes(args.processes, settings.processes)
+    if processes > 1 and args.slot is None:
+        return _supervise(ChildKind.SERVER, processes, settings, args)
+    first = args.slot in (None, 0)  # the demo and the banner: once, by the first of a supervisor's children
     app = create_app(settings)
-    if args.demo:
+    if args.demo and first:
         app.on_startup.append(_publish_demo)
         app.on_startup.append(_ensure_demo_partner)
-    app.on_startup.append(_print_banner)
+    if first:
+        app.on_startup.append(_print_banner)
     # uvloop's transports move big cached bodies noticeably faster than asyncio's (see Benchmarks).
     use_zero_copy_writes()
-    uvloop.run(_run_server(app, settings.host, settings.port, settings.fast_path))
+    uvloop.run(_run_server(app, settings.host, settings.port, settings.fast_path, listen_fd=args.listen_fd))
     return 0
 
 
-async def _run_server(app: web.Application, host: str, port: int, fast_path: bool = True) -> None:
+def _processes(given: int | None, setting: int) -> int:
+    if given is not None and not 1 <= given <= 256:
+        raise CommandError(f"--processes: {given} is out of range (from 1 to 256)")
+    return given or setting
+
+
+def _supervise(kind: ChildKind, processes: int, settings: Settings, args: argparse.Namespace) -> int:
+    """N children of ``kind`` under one supervisor (server.runtime.supervisor), until SIGTERM."""
+    log = logging.getLogger("syndicate.supervisor")
+
+    def command(slot: int, fd: int | None) -> list[str]:
+        argv = [sys.executable, "-m", "server.cli", str(kind) if kind is ChildKind.WORKER else "serve",
+                "--processes", "1", "--slot", str(slot)]
+        if fd is not None:
+            argv += ["--listen-fd", str(fd), "--host", settings.host, "--port", str(supervisor.port)]
+        if getattr(args, "demo", False) and slot == 0:
+            argv.append("--demo")
+        return argv
+
+    def started(running: Supervisor) -> None:
+        where = f" on {settings.host}:{running.port}" if kind is ChildKind.SERVER else ""
+        log.info("supervisor pid %d: %d %s processes%s (pids %s)", os.getpid(), processes, kind, where,
+                 ", ".join(map(str, running.pids())))
+
+    supervisor = Supervisor(kind, processes, command, settings.data_dir, settings.redis_address is None,
+                            settings.redis_server_bin, settings.host, settings.port)
+    try:
+        return supervisor.run(started)
+    except SupervisorError as exc:
+        raise CommandError(str(exc)) from None
+
+
+async def _run_server(app: web.Application, host: str, port: int, fast_path: bool = True,
+                      listen_fd: int | None = None) -> None:
     """Serve until SIGINT or SIGTERM, then shut down gracefully: what ``web.run_app`` does, with the
     runner that answers cached feed polls on the fast path (:mod:`server.http.fast_path`), unless
-    ``SYNDICATE_FAST_PATH=off`` asks for aiohttp's own."""
+    ``SYNDICATE_FAST_PATH=off`` asks for aiohttp's own. ``listen_fd``: a socket a supervisor bound
+    (``--processes``), served instead of binding ``host``:``port``."""
     import signal
+    import socket
 
     from server.http.fast_path import FastPathRunner
 
@@ -194,7 +247,10 @@ async def _run_server(app: web.Application, host: str, port: int, fast_path: boo
         else web.AppRunner(app, access_log=None, keepalive_timeout=75.0)
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port).start()
+        if listen_fd is not None:
+            await web.SockSite(runner, socket.socket(fileno=listen_fd), backlog=LISTEN_BACKLOG).start()
+        else:
+            await web.TCPSite(runner, host, port).start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -223,6 +279,10 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     """The server's background half: change fan-out, push deliveries, embargo lifting and retention,
     without any of HTTP. It shares the queue with every other worker and server process through Redis."""
     import signal
+
+    processes = _processes(args.processes, settings.worker_processes)
+    if processes > 1 and args.slot is None:
+        return _supervise(ChildKind.WORKER, processes, settings, args)
 
     async def run() -> int:
         async with open_services(settings, Role.WORKER):
