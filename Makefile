@@ -38,6 +38,7 @@ FEED_TESTS := tests/test_feeds_http.py tests/test_partners.py tests/test_fast_pa
 
 test: install system lint
 	@scripts/ensure-system.sh browser
+	@scripts/ensure-system.sh nginx
 	SYNDICATE_REQUIRE_BROWSER=1 $(BIN)/python -m pytest
 	SYNDICATE_FAST_PATH=off $(BIN)/python -m pytest -q $(FEED_TESTS)
 
