@@ -226,3 +226,30 @@ def test_worker_processes_under_one_supervisor(redis_url, tmp_path):
     finally:
         stop(supervisor)
         client.close()
+
+
+def test_the_process_settings_and_a_bad_count(tmp_path):
+    from server.core.settings import Settings, SettingsError
+
+    assert (Settings.from_env({}).processes, Settings.from_env({}).worker_processes) == (1, 1)
+    settings = Settings.from_env({"SYNDICATE_PROCESSES": "4", "SYNDICATE_WORKER_PROCESSES": "2"})
+    assert (settings.processes, settings.worker_processes) == (4, 2)
+    with pytest.raises(SettingsError, match="SYNDICATE_PROCESSES"):
+        Settings.from_env({"SYNDICATE_PROCESSES": "0"})
+    from conftest import run_cli
+
+    result = run_cli("serve", "--processes", "0", env=cli_env(SYNDICATE_DATA_DIR=str(tmp_path / "var")))
+    assert result.returncode == 2 and result.stderr.strip() == "syndicate: --processes: 0 is out of range (from 1 to 256)"
+
+
+def test_a_port_in_use_is_a_one_line_error(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        supervisor = start("serve", tmp_path, port=port)
+        try:
+            assert supervisor.wait(60) == 2
+        finally:
+            stop(supervisor)
+    assert f"syndicate: cannot listen on 127.0.0.1:{port}: Address already in use" in (tmp_path / "serve.log").read_text()

@@ -183,8 +183,8 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         settings = replace(settings, host=args.host)
     if args.port:
         settings = replace(settings, port=args.port)
-    settings = with_local_credentials(settings)  # before any child starts: one credentials file for all
     processes = _processes(args.processes, settings.processes)
+    settings = with_local_credentials(settings)  # before any child starts: one credentials file for all
     if processes > 1 and args.slot is None:
         return _supervise(ChildKind.SERVER, processes, settings, args)
     first = args.slot in (None, 0)  # the demo and the banner: once, by the first of a supervisor's children
