@@ -714,6 +714,7 @@ def bench_push_fanout(children: Children, workdir: Path, subscribers: int, artic
             raise SystemExit(f"{exc} ({redis.scard('syn:destinations')} verified); the server's log ends:\n"
                              f"{log[-2000:]}") from None
     subscribe_seconds = time.monotonic() - started
+    calls_before, calls_at = redis_calls(redis_port), time.monotonic()
 
     pairs: dict[str, tuple[int, int]] = {}  # delivery id -> (subscriber, article)
     published: list[float] = []  # time.time() when each publishing call returned
@@ -730,6 +731,9 @@ def bench_push_fanout(children: Children, workdir: Path, subscribers: int, artic
         helper_call(control, "GET", f"/_wait?count={subscribers * (k + 1)}&timeout={PUSH_WAIT_SECONDS}")
     client.close()
     arrivals = helper_call(control, "GET", "/_arrivals")
+    time.sleep(0.5)  # the last acknowledgements' receipts
+    calls = redis_calls(redis_port) - calls_before
+    calls_seconds = time.monotonic() - calls_at
     children.stop(server)
     for name, proc in list(children.procs):
         if name == f"redis-push-{tag}":
@@ -755,7 +759,8 @@ def bench_push_fanout(children: Children, workdir: Path, subscribers: int, artic
             "p50": percentile(latencies, 50), "p99": percentile(latencies, 99),
             "max": latencies[-1] if latencies else float("nan"),
             "last": statistics.median(last_reached) if last_reached else float("nan"),
-            "rate": len(arrivals) / span if first else 0.0, "subscribe_seconds": subscribe_seconds}
+            "rate": len(arrivals) / span if first else 0.0, "subscribe_seconds": subscribe_seconds,
+            "commands": calls, "commands_seconds": calls_seconds}
 
 
 def percentile(ordered: list[float], q: float) -> float:
@@ -1195,6 +1200,22 @@ def start_processes(children: Children, workdir: Path, name: str, redis_port: in
     return port, proc
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of a process and its children still running (a supervisor's), so far."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry.name) == pid or int(fields[1]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
 def redis_calls(port: int) -> int:
     """Every command Redis has run so far (INFO commandstats)."""
     import redis as redis_sync
@@ -1283,28 +1304,31 @@ def bench_scaling(children: Children, nginx: str, wrk: str, workdir: Path, secon
         background = (redis_calls(redis_port) - idle_before) / (time.monotonic() - idle_at)
         figures: dict[str, Any] = {"background_commands_per_s": background, "errors": 0}
         for case, (server_headers, nginx_headers) in cases.items():
-            server_rates, nginx_rates, per_poll = [], [], []
+            server_rates, nginx_rates, per_poll, per_cpu = [], [], [], []
             for _round in range(rounds):
-                before, at = redis_calls(redis_port), time.monotonic()
+                before, at, cpu = redis_calls(redis_port), time.monotonic(), cpu_seconds(server.pid)
                 rate, total, bad = wrk_requests(wrk, port, path, server_headers, seconds, threads, connections)
                 spent = time.monotonic() - at
+                per_cpu.append(total / max(cpu_seconds(server.pid) - cpu, 1e-9))
                 per_poll.append(max(0.0, redis_calls(redis_port) - before - background * spent) / max(total, 1))
                 server_rates.append(rate)
                 figures["errors"] += bad
                 nginx_rates.append(wrk_requests(wrk, nginx_port, path, nginx_headers, seconds, threads, connections)[0])
             figures[case] = {"server": statistics.median(server_rates), "nginx": statistics.median(nginx_rates),
-                             "commands": statistics.median(per_poll)}
-        ingest_rates, per_article = [], []
+                             "commands": statistics.median(per_poll), "per_cpu": statistics.median(per_cpu)}
+        ingest_rates, per_article, ingest_cpu = [], [], []
         for number in range(rounds):
-            before, at = redis_calls(redis_port), time.monotonic()
+            before, at, cpu = redis_calls(redis_port), time.monotonic(), cpu_seconds(server.pid)
             rate, total, bad = wrk_requests(wrk, port, "/api/articles", {}, seconds, threads, SCALING_INGEST_CONNECTIONS,
                                             script, [f"p{processes}r{number}", str(template_file)])
             spent = time.monotonic() - at
             time.sleep(1)  # the background work each article causes (fan-out, flushes) lands too
+            ingest_cpu.append(total / max(cpu_seconds(server.pid) - cpu, 1e-9))
             per_article.append(max(0.0, redis_calls(redis_port) - before - background * (spent + 1)) / max(total, 1))
             ingest_rates.append(rate)
             figures["errors"] += bad
-        figures["ingest"] = {"server": statistics.median(ingest_rates), "commands": statistics.median(per_article)}
+        figures["ingest"] = {"server": statistics.median(ingest_rates), "commands": statistics.median(per_article),
+                             "per_cpu": statistics.median(ingest_cpu)}
         figures["bytes"] = {"identity": len(identity), "gzip": len(gzipped)}
         result["processes"][processes] = figures
         for proc in (server,):
@@ -1323,6 +1347,10 @@ def scaling_report(scaling: dict[str, Any], load: str) -> str:
     one, two = scaling["processes"][1], scaling["processes"][2]
     memory, push = scaling["memory"], scaling["push"]
     per_thousand = 1000 / memory["count"]
+    # Redis commands per delivery: the fan-out's, less its publications (at the ingest figure) and the
+    # background jobs' idle rate over the time.
+    delivery_commands = max(0.0, push["commands"] - push["articles"] * one["ingest"]["commands"]
+                            - one["background_commands_per_s"] * push["commands_seconds"]) / max(push["received"], 1)
     lines = [
         f"Measured {dt.date.today().isoformat()} on {machine()}; load average before the run: {load}. "
         f"`make bench` part h (`scripts/bench.py --only scaling`): each column a fresh Redis and one "
@@ -1343,6 +1371,12 @@ def scaling_report(scaling: dict[str, Any], load: str) -> str:
         f"| ingest, `POST /api/articles` (201) | {one['ingest']['server']:,.0f} /s | | "
         f"{two['ingest']['server']:,.0f} /s | | {two['ingest']['server'] / one['ingest']['server']:.2f}x |",
         "",
+        "| Per CPU-second of the server processes (user + system, every child) | 1 process | 2 processes |",
+        "| --- | ---: | ---: |",
+        f"| cached polls (200, gzip) | {one['gzip']['per_cpu']:,.0f} | {two['gzip']['per_cpu']:,.0f} |",
+        f"| 304s | {one['304']['per_cpu']:,.0f} | {two['304']['per_cpu']:,.0f} |",
+        f"| articles ingested | {one['ingest']['per_cpu']:,.0f} | {two['ingest']['per_cpu']:,.0f} |",
+        "",
         "| Redis commands (INFO commandstats, less the idle background rate) | 1 process | 2 processes |",
         "| --- | ---: | ---: |",
         f"| per cached poll (200, gzip) | {one['gzip']['commands']:.3f} | {two['gzip']['commands']:.3f} |",
@@ -1351,6 +1385,7 @@ def scaling_report(scaling: dict[str, Any], load: str) -> str:
         f"{two['ingest']['commands']:.1f} |",
         f"| background jobs, idle, per second | {one['background_commands_per_s']:.1f} | "
         f"{two['background_commands_per_s']:.1f} |",
+        f"| per push delivery (WebSub, signed, acknowledged; below) | {delivery_commands:.1f} | |",
         "",
         f"Memory: {(memory['one']['after'] - memory['one']['before']) * per_thousand / 1e6:.2f} MB of Redis per "
         f"1,000 articles of one revision ({memory['document_bytes'] / 1000:.1f} KB documents), "
