@@ -145,6 +145,18 @@ def test_a_killed_child_is_started_again_and_serves(served):
     assert supervisor.poll() is None
 
 
+def test_the_supervisor_restarts_the_embedded_redis_it_owns(served, tmp_path):
+    supervisor, port, pids = served
+    status, _ = http.request(port, "POST", "/api/articles", SEED_V1.read_bytes(), HEADERS)
+    assert status == 201
+    [redis_pid] = [p for p in children_of(supervisor.pid) if "redis-server" in command_of(p)]
+    os.kill(redis_pid, signal.SIGKILL)
+    wait_until(lambda: [p for p in children_of(supervisor.pid) if "redis-server" in command_of(p)
+                        and p != redis_pid], 30, "a new embedded redis-server", supervisor)
+    wait_until(lambda: answering_pids(port, pids, tries=20) == pids, 30, "both children ready again", supervisor)
+    assert syndicate_children(supervisor.pid) == pids  # the servers themselves were not restarted
+    assert embedded_redis(tmp_path).hlen("syn:articles:by-uri") == 1  # on the same data (AOF)
+
 def test_sigterm_drains_every_child_and_exits_0(served, tmp_path):
     supervisor, port, pids = served
     status, body = http.request(port, "POST", "/api/partners", orjson.dumps(
