@@ -1,7 +1,7 @@
 """Typed settings, read from environment variables in one place.
 
 Every setting is an environment variable (``REDIS_URL`` or ``SYNDICATE_*``); the README's settings
-table lists them all with their defaults. A bad value raises :class:`SettingsError` whose message is one
+table lists them with their defaults (docs/deployment.md those of processes and trusted proxies). A bad value raises :class:`SettingsError` whose message is one
 line naming the variable, which the CLI prints before exiting non-zero.
 """
 
