@@ -24,11 +24,13 @@ run: install system
 	SYNDICATE_PUSH_ALLOW_NETWORKS="$${SYNDICATE_PUSH_ALLOW_NETWORKS-127.0.0.0/8,::1/128}" $(BIN)/syndicate serve --demo
 
 # ruff; the import contracts of pyproject.toml (layers, no cycles, a pure domain); mypy (strict) on core,
-# domain, the renderers and the other modules listed in pyproject.toml.
+# domain, the renderers and the other modules listed in pyproject.toml; docker-compose.yml checked without
+# Docker (scripts/check-compose.py: the Compose schema subset in deploy/, interpolation, settings, topology).
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/mypy
+	$(BIN)/python scripts/check-compose.py
 
 # The feed, partner and fast-path tests run twice: with the fast path (the default, as `syndicate serve`
 # runs) and without it (SYNDICATE_FAST_PATH=off: every poll through aiohttp's route), for the same answers.
@@ -37,6 +39,7 @@ FEED_TESTS := tests/test_feeds_http.py tests/test_partners.py tests/test_fast_pa
 
 test: install system lint
 	@scripts/ensure-system.sh browser
+	@scripts/ensure-system.sh nginx
 	SYNDICATE_REQUIRE_BROWSER=1 $(BIN)/python -m pytest
 	SYNDICATE_FAST_PATH=off $(BIN)/python -m pytest -q $(FEED_TESTS)
 

@@ -38,6 +38,13 @@ f. The storm (issue 11): ``tests/storm.py`` at ``--storm-partners`` (100) partne
    quiesce). ``--write-docs`` puts them between ``<!-- storm:start -->``/``<!-- storm:end -->`` when
    docs/benchmarks.md has those markers.
 
+h. Scaling (``docs/scaling.md``): cached GET (gzip, 304) and ingest throughput of ``syndicate serve
+   --processes N`` for N = 1 and 2 side by side, each beside nginx with N workers serving the same bytes
+   from files; Redis commands per poll and per article (INFO commandstats, less the background jobs'
+   idle rate); memory per 1,000 articles (as d) and the signed deliveries per second of one process (50
+   subscribers). ``--write-docs`` writes its table into docs/scaling.md between
+   ``<!-- scaling:start -->``/``<!-- scaling:end -->``.
+
 ``--only PART`` runs one part (repeatable), ``--skip PART`` leaves one out. ``--write-docs`` puts the
 tables of the parts that ran into docs/benchmarks.md between ``<!-- bench:start -->``/``<!-- bench:end -->``
 (a, b, c), ``<!-- memory:start -->``/``<!-- memory:end -->`` (d) and ``<!-- push:start -->``/
@@ -707,6 +714,7 @@ def bench_push_fanout(children: Children, workdir: Path, subscribers: int, artic
             raise SystemExit(f"{exc} ({redis.scard('syn:destinations')} verified); the server's log ends:\n"
                              f"{log[-2000:]}") from None
     subscribe_seconds = time.monotonic() - started
+    calls_before, calls_at = redis_calls(redis_port), time.monotonic()
 
     pairs: dict[str, tuple[int, int]] = {}  # delivery id -> (subscriber, article)
     published: list[float] = []  # time.time() when each publishing call returned
@@ -723,6 +731,9 @@ def bench_push_fanout(children: Children, workdir: Path, subscribers: int, artic
         helper_call(control, "GET", f"/_wait?count={subscribers * (k + 1)}&timeout={PUSH_WAIT_SECONDS}")
     client.close()
     arrivals = helper_call(control, "GET", "/_arrivals")
+    time.sleep(0.5)  # the last acknowledgements' receipts
+    calls = redis_calls(redis_port) - calls_before
+    calls_seconds = time.monotonic() - calls_at
     children.stop(server)
     for name, proc in list(children.procs):
         if name == f"redis-push-{tag}":
@@ -748,7 +759,8 @@ def bench_push_fanout(children: Children, workdir: Path, subscribers: int, artic
             "p50": percentile(latencies, 50), "p99": percentile(latencies, 99),
             "max": latencies[-1] if latencies else float("nan"),
             "last": statistics.median(last_reached) if last_reached else float("nan"),
-            "rate": len(arrivals) / span if first else 0.0, "subscribe_seconds": subscribe_seconds}
+            "rate": len(arrivals) / span if first else 0.0, "subscribe_seconds": subscribe_seconds,
+            "commands": calls, "commands_seconds": calls_seconds}
 
 
 def percentile(ordered: list[float], q: float) -> float:
@@ -1138,7 +1150,258 @@ def ops_report(result: dict[str, Any], load: str) -> str:
     return "\n".join(lines)
 
 
-PARTS = ("render", "throughput", "staleness", "memory", "push", "storm", "ops")
+# ----- h. scaling: 1 and 2 processes per host -----------------------------------------------------------
+
+SCALING_PROCESSES = (1, 2)
+SCALING_INGEST_CONNECTIONS = 16
+SCALING_PUSH_SUBSCRIBERS = 50  # under the hub's 60 subscription requests a minute per address
+SCALING_PUSH_ARTICLES = 20
+SCALING_DOC = ROOT / "docs" / "scaling.md"
+INGEST_LUA = """\
+-- Each request a new article: the template's __N__ becomes <run>-<thread>-<counter>.
+local made = 0
+function setup(thread)
+  made = made + 1
+  thread:set("tid", made)
+end
+local counter, prefix, template = 0, "", ""
+function init(args)
+  prefix = args[1] .. "-" .. tostring(tid)
+  local handle = io.open(args[2], "r")
+  template = handle:read("*a")
+  handle:close()
+end
+function request()
+  counter = counter + 1
+  local body = template:gsub("__N__", prefix .. "-" .. counter)
+  return wrk.format("POST", "/api/articles", {["Content-Type"] = "application/json",
+                    ["Authorization"] = "Bearer " .. args_token}, body)
+end
+"""
+
+
+def start_processes(children: Children, workdir: Path, name: str, redis_port: int, processes: int) -> tuple[int, Any]:
+    """``syndicate serve --processes N`` on a fresh port, once every child answers /readyz."""
+    port = free_port()
+    data = workdir / name
+    data.mkdir()
+    env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+           "SYNDICATE_PUBLISHER_TOKENS": f"bench:{PUBLISHER_TOKEN}", "SYNDICATE_ADMIN_TOKEN": ADMIN_TOKEN,
+           "SYNDICATE_PORT": str(port), "SYNDICATE_DATA_DIR": str(data), "SYNDICATE_FEEDS_DIR": str(ROOT / "feeds"),
+           "SYNDICATE_LOG_LEVEL": "WARNING"}
+    log = open(data / "server.log", "wb")  # noqa: SIM115 - closed when the process ends
+    proc = children.start(name, [sys.executable, "-m", "server.cli", "serve", "--processes", str(processes)],
+                          cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    seen: set[int] = set()
+
+    def all_ready() -> bool:
+        status, _h, body = fetch(port, "GET", "/readyz")
+        if status == 200:
+            seen.add(orjson.loads(body)["pid"])
+        return len(seen) >= processes
+
+    wait_until(all_ready, 60, f"syndicate serve --processes {processes}", proc)
+    return port, proc
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of a process and its children still running (a supervisor's), so far."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry.name) == pid or int(fields[1]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
+def redis_calls(port: int) -> int:
+    """Every command Redis has run so far (INFO commandstats)."""
+    import redis as redis_sync
+
+    with redis_sync.Redis(host="127.0.0.1", port=port) as redis:
+        return sum(int(stats["calls"]) for stats in redis.info("commandstats").values())
+
+
+def wrk_requests(wrk: str, port: int, path: str, headers: dict[str, str], seconds: float, threads: int,
+                 connections: int, script: Path | None = None, script_args: list[str] | None = None
+                 ) -> tuple[float, int, int]:
+    """wrk's requests per second, requests and non-2xx/3xx answers."""
+    argv = [wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s"]
+    for name, value in headers.items():
+        argv += ["-H", f"{name}: {value}"]
+    if script is not None:
+        argv += ["-s", str(script)]
+    argv.append(f"http://127.0.0.1:{port}{path}")
+    if script_args:
+        argv += ["--", *script_args]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30, check=True).stdout
+    rate = re.search(r"Requests/sec:\s*([\d.]+)", out)
+    total = re.search(r"(\d+) requests in", out)
+    if rate is None or total is None:
+        raise SystemExit(f"bench: cannot read wrk's output:\n{out}")
+    bad = re.search(r"Non-2xx or 3xx responses:\s*(\d+)", out)
+    return float(rate.group(1)), int(total.group(1)), int(bad.group(1)) if bad else 0
+
+
+def start_nginx_workers(children: Children, nginx: str, workdir: Path, name: str, workers: int, identity: bytes,
+                        gzipped: bytes) -> int:
+    """nginx with ``workers`` worker processes serving the feed's bytes from files (the ceiling)."""
+    prefix = workdir / name
+    workdir.chmod(0o755)
+    (prefix / "www" / "feeds" / "latest").mkdir(parents=True)
+    for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        (prefix / "tmp" / sub).mkdir(parents=True)
+    (prefix / "www" / "feeds" / "latest" / "atom").write_bytes(identity)
+    (prefix / "www" / "feeds" / "latest" / "atom.gz").write_bytes(gzipped)
+    port = free_port()
+    conf = prefix / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(prefix=prefix, port=port).replace(
+        "worker_processes 1;", f"worker_processes {workers};").replace(f"listen 127.0.0.1:{port};",
+                                                                       f"listen 127.0.0.1:{port} reuseport;"))
+    proc = children.start(name, [nginx, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_until(lambda: fetch(port, "GET", "/feeds/latest/atom")[0] == 200, 15, name, proc)
+    return port
+
+
+def bench_scaling(children: Children, nginx: str, wrk: str, workdir: Path, seconds: float, rounds: int,
+                  threads: int, connections: int, memory_articles: int) -> dict[str, Any]:
+    """Cached GET (gzip, 304) and ingest for 1 and 2 processes (``--processes``), each beside nginx with as
+    many workers; Redis commands per poll and per article from INFO commandstats (less the background
+    jobs' idle rate); then memory per 1,000 articles and push deliveries per second of one process."""
+    seed = load_seed(SEED_V1)
+    path = "/feeds/latest/atom"
+    template = make_document(seed, 0)
+    template["uri"] = "urn:bench:scaling:__N__"
+    template["headlines"][0]["value"] = "Scaling __N__"
+    template_file = workdir / "ingest-template.json"
+    template_file.write_bytes(orjson.dumps(template))
+    script = workdir / "ingest.lua"
+    script.write_text(f'args_token = "{PUBLISHER_TOKEN}"\n' + INGEST_LUA)
+    result: dict[str, Any] = {"processes": {}, "seconds": seconds, "rounds": rounds, "threads": threads,
+                              "connections": connections}
+    for processes in SCALING_PROCESSES:
+        redis_port = start_redis(children, workdir, f"redis-scaling-{processes}")
+        port, server = start_processes(children, workdir, f"server-scaling-{processes}", redis_port, processes)
+        client = Client(port)
+        for index in range(FEED_ITEMS):
+            publish(client, make_document(seed, index, extra_paragraphs=FEED_EXTRA_PARAGRAPHS))
+        client.close()
+        credentials, _note = feed_credentials(port)
+        _s, head, identity = fetch(port, "GET", path, credentials)
+        _s, _h, gzipped = fetch(port, "GET", path, {**credentials, "Accept-Encoding": "gzip"})
+        nginx_port = start_nginx_workers(children, nginx, workdir, f"nginx-scaling-{processes}", processes,
+                                         identity, gzipped)
+        n_etag = fetch(nginx_port, "GET", path)[1]["etag"]
+        cases = {"gzip": ({**credentials, "Accept-Encoding": "gzip"}, {"Accept-Encoding": "gzip"}),
+                 "304": ({**credentials, "If-None-Match": head["etag"]}, {"If-None-Match": n_etag})}
+        for side_port, headers in ((port, cases["gzip"][0]), (nginx_port, cases["gzip"][1])):  # warm up
+            wrk_requests(wrk, side_port, path, headers, 1, threads, connections)
+        idle_before, idle_at = redis_calls(redis_port), time.monotonic()
+        time.sleep(3)
+        background = (redis_calls(redis_port) - idle_before) / (time.monotonic() - idle_at)
+        figures: dict[str, Any] = {"background_commands_per_s": background, "errors": 0}
+        for case, (server_headers, nginx_headers) in cases.items():
+            server_rates, nginx_rates, per_poll, per_cpu = [], [], [], []
+            for _round in range(rounds):
+                before, at, cpu = redis_calls(redis_port), time.monotonic(), cpu_seconds(server.pid)
+                rate, total, bad = wrk_requests(wrk, port, path, server_headers, seconds, threads, connections)
+                spent = time.monotonic() - at
+                per_cpu.append(total / max(cpu_seconds(server.pid) - cpu, 1e-9))
+                per_poll.append(max(0.0, redis_calls(redis_port) - before - background * spent) / max(total, 1))
+                server_rates.append(rate)
+                figures["errors"] += bad
+                nginx_rates.append(wrk_requests(wrk, nginx_port, path, nginx_headers, seconds, threads, connections)[0])
+            figures[case] = {"server": statistics.median(server_rates), "nginx": statistics.median(nginx_rates),
+                             "commands": statistics.median(per_poll), "per_cpu": statistics.median(per_cpu)}
+        ingest_rates, per_article, ingest_cpu = [], [], []
+        for number in range(rounds):
+            before, at, cpu = redis_calls(redis_port), time.monotonic(), cpu_seconds(server.pid)
+            rate, total, bad = wrk_requests(wrk, port, "/api/articles", {}, seconds, threads, SCALING_INGEST_CONNECTIONS,
+                                            script, [f"p{processes}r{number}", str(template_file)])
+            spent = time.monotonic() - at
+            time.sleep(1)  # the background work each article causes (fan-out, flushes) lands too
+            ingest_cpu.append(total / max(cpu_seconds(server.pid) - cpu, 1e-9))
+            per_article.append(max(0.0, redis_calls(redis_port) - before - background * (spent + 1)) / max(total, 1))
+            ingest_rates.append(rate)
+            figures["errors"] += bad
+        figures["ingest"] = {"server": statistics.median(ingest_rates), "commands": statistics.median(per_article),
+                             "per_cpu": statistics.median(ingest_cpu)}
+        figures["bytes"] = {"identity": len(identity), "gzip": len(gzipped)}
+        result["processes"][processes] = figures
+        for proc in (server,):
+            children.stop(proc, timeout=90)
+        for name, proc in list(children.procs):
+            if name in (f"nginx-scaling-{processes}", f"redis-scaling-{processes}"):
+                children.stop(proc)
+    result["memory"] = bench_memory(children, workdir, memory_articles)
+    helper_ports, _helper = start_push_subscriber(children, workdir, 1)
+    result["push"] = bench_push_fanout(children, workdir, SCALING_PUSH_SUBSCRIBERS, SCALING_PUSH_ARTICLES,
+                                       helper_ports, seed, "scaling")
+    return result
+
+
+def scaling_report(scaling: dict[str, Any], load: str) -> str:
+    one, two = scaling["processes"][1], scaling["processes"][2]
+    memory, push = scaling["memory"], scaling["push"]
+    per_thousand = 1000 / memory["count"]
+    # Redis commands per delivery: the fan-out's, less its publications (at the ingest figure) and the
+    # background jobs' idle rate over the time.
+    delivery_commands = max(0.0, push["commands"] - push["articles"] * one["ingest"]["commands"]
+                            - one["background_commands_per_s"] * push["commands_seconds"]) / max(push["received"], 1)
+    lines = [
+        f"Measured {dt.date.today().isoformat()} on {machine()}; load average before the run: {load}. "
+        f"`make bench` part h (`scripts/bench.py --only scaling`): each column a fresh Redis and one "
+        f"`syndicate serve --processes N` (push worker in process), 50 articles made from the seed; "
+        f"wrk -t{scaling['threads']} -c{scaling['connections']} for GETs, -c{SCALING_INGEST_CONNECTIONS} for "
+        f"ingest (every request a new article), median of {scaling['rounds']} x {scaling['seconds']:g} s; "
+        f"nginx serves the same bytes from files with as many workers (the ceiling). wrk, the servers and "
+        f"nginx share the same CPUs.",
+        "",
+        "| | 1 process | nginx, 1 worker | 2 processes | nginx, 2 workers | 2 processes / 1 |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        f"| cached `GET {'/feeds/latest/atom'}`, gzip ({one['bytes']['gzip'] / 1000:.0f} KB) | "
+        f"{one['gzip']['server']:,.0f} /s | {one['gzip']['nginx']:,.0f} /s | {two['gzip']['server']:,.0f} /s | "
+        f"{two['gzip']['nginx']:,.0f} /s | {two['gzip']['server'] / one['gzip']['server']:.2f}x |",
+        f"| 304 to `If-None-Match` | {one['304']['server']:,.0f} /s | {one['304']['nginx']:,.0f} /s | "
+        f"{two['304']['server']:,.0f} /s | {two['304']['nginx']:,.0f} /s | "
+        f"{two['304']['server'] / one['304']['server']:.2f}x |",
+        f"| ingest, `POST /api/articles` (201) | {one['ingest']['server']:,.0f} /s | | "
+        f"{two['ingest']['server']:,.0f} /s | | {two['ingest']['server'] / one['ingest']['server']:.2f}x |",
+        "",
+        "| Per CPU-second of the server processes (user + system, every child) | 1 process | 2 processes |",
+        "| --- | ---: | ---: |",
+        f"| cached polls (200, gzip) | {one['gzip']['per_cpu']:,.0f} | {two['gzip']['per_cpu']:,.0f} |",
+        f"| 304s | {one['304']['per_cpu']:,.0f} | {two['304']['per_cpu']:,.0f} |",
+        f"| articles ingested | {one['ingest']['per_cpu']:,.0f} | {two['ingest']['per_cpu']:,.0f} |",
+        "",
+        "| Redis commands (INFO commandstats, less the idle background rate) | 1 process | 2 processes |",
+        "| --- | ---: | ---: |",
+        f"| per cached poll (200, gzip) | {one['gzip']['commands']:.3f} | {two['gzip']['commands']:.3f} |",
+        f"| per 304 | {one['304']['commands']:.3f} | {two['304']['commands']:.3f} |",
+        f"| per article ingested (commit, fan-out, flushes) | {one['ingest']['commands']:.1f} | "
+        f"{two['ingest']['commands']:.1f} |",
+        f"| background jobs, idle, per second | {one['background_commands_per_s']:.1f} | "
+        f"{two['background_commands_per_s']:.1f} |",
+        f"| per push delivery (WebSub, signed, acknowledged; below) | {delivery_commands:.1f} | |",
+        "",
+        f"Memory: {(memory['one']['after'] - memory['one']['before']) * per_thousand / 1e6:.2f} MB of Redis per "
+        f"1,000 articles of one revision ({memory['document_bytes'] / 1000:.1f} KB documents), "
+        f"{(memory['two']['after'] - memory['two']['before']) * per_thousand / 1e6:.2f} MB with two revisions each. "
+        f"Push: {push['rate']:,.0f} signed deliveries/s from one process ({push['subscribers']} WebSub subscribers "
+        f"x {push['articles']} articles, one article at a time; p50 {push['p50']:.0f} ms, p99 {push['p99']:.0f} ms "
+        f"from publication to arrival). Non-2xx/3xx answers during the runs: {one['errors'] + two['errors']}.",
+    ]
+    return "\n".join(lines)
+
+
+PARTS = ("render", "throughput", "staleness", "memory", "push", "storm", "ops", "scaling")
 
 
 def main() -> int:
@@ -1179,7 +1442,7 @@ def main() -> int:
     push_counts = [int(n) for n in args.push_subscribers.split(",") if n.strip()]
     started = time.monotonic()
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    nginx, wrk = ensure_tools() if "throughput" in parts else ("", "")
+    nginx, wrk = ensure_tools() if parts & {"throughput", "scaling"} else ("", "")
     children = Children()
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -1189,7 +1452,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     workdir = Path(tempfile.mkdtemp(prefix="syndicate-bench-"))
-    render = throughput = staleness = memory = push = storm = ops_views = None
+    render = throughput = staleness = memory = push = storm = ops_views = scaling = None
     atom, credentials_note = b"", ""
     try:
         if "render" in parts:
@@ -1234,6 +1497,11 @@ def main() -> int:
             children.stop_all()
             print("g. ops views at 1,000 partners ...", file=sys.stderr)
             ops_views = bench_ops(children, workdir, args.ops_partners, args.ops_changes, args.ops_runs)
+        if "scaling" in parts:
+            children.stop_all()
+            print("h. scaling: 1 and 2 processes against nginx ...", file=sys.stderr)
+            scaling = bench_scaling(children, nginx, wrk, workdir, args.duration, args.rounds, args.threads,
+                                    args.connections, args.memory_articles)
     finally:
         children.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -1250,14 +1518,18 @@ def main() -> int:
         outputs.append(("<!-- storm:start -->", "<!-- storm:end -->", storm_report(storm, load)))
     if ops_views is not None:
         outputs.append(("<!-- ops:start -->", "<!-- ops:end -->", ops_report(ops_views, load)))
+    if scaling is not None:
+        outputs.append(("<!-- scaling:start -->", "<!-- scaling:end -->", scaling_report(scaling, load)))
     print("\n\n".join(text for _start, _end, text in outputs))
     if args.write_readme:
         for start_marker, end_marker, text in outputs:
             if start_marker == "<!-- storm:start -->" and start_marker not in BENCHMARKS_DOC.read_text():
                 print("docs/benchmarks.md has no storm markers: the storm's figures are only printed", file=sys.stderr)
                 continue
-            write_between(BENCHMARKS_DOC, start_marker, end_marker, text)
-        print("docs/benchmarks.md updated", file=sys.stderr)
+            # The scaling figures live in docs/scaling.md, beside what they are for.
+            write_between(SCALING_DOC if start_marker == "<!-- scaling:start -->" else BENCHMARKS_DOC, start_marker,
+                          end_marker, text)
+        print("docs/benchmarks.md and docs/scaling.md updated", file=sys.stderr)
     print(f"bench took {time.monotonic() - started:.0f} s", file=sys.stderr)
     return 0
 

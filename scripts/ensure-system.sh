@@ -4,6 +4,7 @@
 #   ensure-system.sh python   - python3 with the venv module
 #   ensure-system.sh redis    - a redis-server binary (SYNDICATE_REDIS_SERVER overrides the name)
 #   ensure-system.sh browser  - Debian's chromium at /usr/bin/chromium, for the dashboard's browser test
+#   ensure-system.sh nginx    - Debian's nginx, the balancer of the load-balanced deployment test
 set -euo pipefail
 
 need_root() {
@@ -15,7 +16,8 @@ apt_install() {
   if [ "$(id -u)" -ne 0 ]; then need_root "$1" "$2"; fi
   echo "Installing Debian package $2 ..." >&2
   apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+  # RUNLEVEL=1: invoke-rc.d then leaves a packaged service (nginx's on port 80) stopped.
+  DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -qq "$2" >/dev/null
 }
 
 case "${1:-}" in
@@ -35,8 +37,12 @@ case "${1:-}" in
     # Playwright (a test dependency) drives this binary; it never downloads a browser of its own.
     [ -x /usr/bin/chromium ] || apt_install "chromium (for the dashboard browser test)" chromium
     ;;
+  nginx)
+    # The tests run nginx as a foreground child with its own config and prefix; the service stays off.
+    command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || apt_install "nginx (for the balancer test)" nginx
+    ;;
   *)
-    echo "usage: $0 python|redis|browser" >&2
+    echo "usage: $0 python|redis|browser|nginx" >&2
     exit 2
     ;;
 esac

@@ -47,6 +47,10 @@ SKIP: dict[tuple[str, str], str] = {
     ("docs/benchmarks.md", ".venv/bin/python scripts/bench.py --only push --write-docs"):
         "rewrites docs/benchmarks.md and loads the machine",
     ("docs/operations.md", "docker compose up -d --build"): "needs Docker and builds an image",
+    ("docs/deployment.md", "syndicate serve --processes 2"):
+        "starts a supervisor and two servers for good; tests/test_processes.py runs exactly that",
+    ("docs/deployment.md", 'kill -TERM "$supervisor_pid"'):
+        "stops that supervisor; tests/test_processes.py sends it SIGTERM and checks the drain",
     ("docs/operations.md", ".venv/bin/syndicate serve --host 0.0.0.0 --port 9090"):
         "a second server and a worker, which run until stopped",
     ("docs/operations.md", ".venv/bin/syndicate retry 3f9a1c0e5b7d2468ace013579bdf2468   # send a given-up delivery again"):
@@ -188,3 +192,13 @@ def test_every_page_setting_is_said_on_its_page():
     for page, settings in SERVER_SETTINGS.items():
         text = (ROOT / page).read_text(encoding="utf-8")
         assert all(f"{name}={value}" in text for name, value in settings.items()), page
+
+
+def test_the_scaling_benchmark_is_a_part_of_make_bench():
+    """docs/scaling.md's figures come from `make bench` (part `scaling`), which is not a test: its
+    command line is checked to exist."""
+    assert "$(BIN)/python scripts/bench.py" in (ROOT / "Makefile").read_text()
+    result = subprocess.run([sys.executable, "scripts/bench.py", "--help"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0 and "scaling" in result.stdout
+    assert "<!-- scaling:start -->" in (ROOT / "docs" / "scaling.md").read_text()

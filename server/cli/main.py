@@ -80,6 +80,12 @@ def _port(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc).removeprefix("--port: ")) from None
 
 
+def _child_arguments(parser: argparse.ArgumentParser) -> None:
+    """What a supervisor tells its children (server.runtime.supervisor); not for people."""
+    parser.add_argument("--slot", type=int, help=argparse.SUPPRESS)  # this child's slot under a supervisor
+    parser.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)  # the slot's listening socket
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="syndicate", description=DESCRIPTION, formatter_class=_Formatter)
     commands = parser.add_subparsers(required=True, metavar="COMMAND", parser_class=_Parser)
@@ -96,7 +102,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=_port, help="port, 1 to 65535 (default SYNDICATE_PORT or 8080)")
     serve.add_argument("--demo", action="store_true",
                        help="publish the demo article and make the demo partner at start-up")
-    command("worker", "run push workers and background jobs, no HTTP", "serve:worker")
+    serve.add_argument("--processes", type=int, metavar="N",
+                       help="server processes sharing the port under one supervisor (default SYNDICATE_PROCESSES or 1)")
+    _child_arguments(serve)
+    worker = command("worker", "run push workers and background jobs, no HTTP", "serve:worker")
+    worker.add_argument("--processes", type=int, metavar="N",
+                        help="worker processes under one supervisor (default SYNDICATE_WORKER_PROCESSES or 1)")
+    _child_arguments(worker)
 
     imp = command("import", "import ninjs JSON files or folders of them", "articles:import_files")
     imp.add_argument("paths", nargs="+", type=Path, metavar="PATH")

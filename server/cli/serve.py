@@ -13,6 +13,7 @@ import errno
 import logging
 import os
 import socket
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from server.domain.articles import article_id_for_uri
 from server.domain.ninjs import parse_json_object, read_document
 from server.http.state import ACCESS, PARTNERS, SETTINGS, STORE
 from server.runtime.services import Role, open_services
+from server.runtime.supervisor import LISTEN_BACKLOG, ChildKind, Supervisor, SupervisorError
 
 DEMO_PARTNER_KEY = web.AppKey("demo_partner_key", str)
 
@@ -45,19 +47,56 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
         settings = replace(settings, host=args.host)
     if args.port:
         settings = replace(settings, port=args.port)
-    settings = with_local_credentials(settings)
-    listening = listen(settings.host, settings.port)
+    processes = _processes(args.processes, settings.processes)
+    settings = with_local_credentials(settings)  # before any child starts: one credentials file for all
+    if processes > 1 and args.slot is None:
+        return _supervise(ChildKind.SERVER, processes, settings, args)
+    first = args.slot in (None, 0)  # the demo and the banner: once, by the first of a supervisor's children
+    listening = socket.socket(fileno=args.listen_fd) if args.listen_fd is not None \
+        else listen(settings.host, settings.port)
     try:
         app = create_app(settings)
-        if args.demo:
+        if args.demo and first:
             app.on_startup.append(_publish_demo)
             app.on_startup.append(_ensure_demo_partner)
         # uvloop's transports move big cached bodies noticeably faster than asyncio's (see Benchmarks).
         use_zero_copy_writes()
-        uvloop.run(_run_server(app, listening, settings.fast_path))
+        uvloop.run(_run_server(app, listening, settings.fast_path, banner=first))
     finally:
         listening.close()
     return 0
+
+
+def _processes(given: int | None, setting: int) -> int:
+    if given is not None and not 1 <= given <= 256:
+        raise CommandError(f"--processes: {given} is out of range (from 1 to 256)")
+    return given or setting
+
+
+def _supervise(kind: ChildKind, processes: int, settings: Settings, args: argparse.Namespace) -> int:
+    """N children of ``kind`` under one supervisor (server.runtime.supervisor), until SIGTERM."""
+    log = logging.getLogger("syndicate.supervisor")
+
+    def command(slot: int, fd: int | None) -> list[str]:
+        argv = [sys.executable, "-m", "server.cli", str(kind) if kind is ChildKind.WORKER else "serve",
+                "--processes", "1", "--slot", str(slot)]
+        if fd is not None:
+            argv += ["--listen-fd", str(fd), "--host", settings.host, "--port", str(supervisor.port)]
+        if getattr(args, "demo", False) and slot == 0:
+            argv.append("--demo")
+        return argv
+
+    def started(running: Supervisor) -> None:
+        where = f" on {settings.host}:{running.port}" if kind is ChildKind.SERVER else ""
+        log.info("supervisor pid %d: %d %s processes%s (pids %s)", os.getpid(), processes, kind, where,
+                 ", ".join(map(str, running.pids())))
+
+    supervisor = Supervisor(kind, processes, command, settings.data_dir, settings.redis_address is None,
+                            settings.redis_server_bin, settings.host, settings.port)
+    try:
+        return supervisor.run(started)
+    except SupervisorError as exc:
+        raise CommandError(str(exc)) from None
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -74,7 +113,7 @@ def listen(host: str, port: int) -> socket.socket:
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(address)
-        sock.listen(1024)
+        sock.listen(LISTEN_BACKLOG)
     except OSError as exc:
         sock.close()
         hint = ("another process is listening there; stop it, or choose another port with --port or "
@@ -84,7 +123,8 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def _run_server(app: web.Application, listening: socket.socket, fast_path: bool = True) -> None:
+async def _run_server(app: web.Application, listening: socket.socket, fast_path: bool = True,
+                      banner: bool = True) -> None:
     """Serve until SIGINT or SIGTERM, then shut down gracefully: what ``web.run_app`` does, with the
     runner that answers cached feed polls on the fast path (:mod:`server.http.fast_path`), unless
     ``SYNDICATE_FAST_PATH=off`` asks for aiohttp's own; either way with the connection caps and read
@@ -98,8 +138,9 @@ async def _run_server(app: web.Application, listening: socket.socket, fast_path:
         else LimitedRunner(app, access_log=None, keepalive_timeout=75.0)
     await runner.setup()
     try:
-        await web.SockSite(runner, listening).start()
-        print_banner(app)
+        await web.SockSite(runner, listening, backlog=LISTEN_BACKLOG).start()
+        if banner:
+            print_banner(app)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -124,10 +165,14 @@ def use_zero_copy_writes() -> None:
         aiohttp.http_writer.SKIP_WRITELINES = False
 
 
-def worker(_args: argparse.Namespace, settings: Settings) -> int:
+def worker(args: argparse.Namespace, settings: Settings) -> int:
     """The server's background half: change fan-out, push deliveries, embargo lifting and retention,
     without any of HTTP. It shares the queue with every other worker and server process through Redis."""
     import signal
+
+    processes = _processes(args.processes, settings.worker_processes)
+    if processes > 1 and args.slot is None:
+        return _supervise(ChildKind.WORKER, processes, settings, args)
 
     async def run() -> int:
         async with open_services(settings, Role.WORKER):

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from server.core.forwarding import ForwardedHeader, TrustedProxies
 from server.core.networks import Network, parse_networks
 from server.core.redis_address import RedisAddress, parse_redis_address
 
@@ -95,6 +96,9 @@ class Settings:
     hub_requests_per_topic: int = 120  # POST /hub a minute for one topic
     hub_max_verifications: int = 64  # verifications of intent running at once, per process
     redis_maxmemory_mb: int = 0  # the embedded redis-server's maxmemory (0: a quarter of the machine's memory)
+    processes: int = 1  # `syndicate serve`: 1 is this process alone; N, a supervisor and N children
+    worker_processes: int = 1  # the same for `syndicate worker`
+    trusted_proxies: TrustedProxies = TrustedProxies()  # whose X-Forwarded-For / Forwarded is believed
 
     @property
     def base_url(self) -> str:
@@ -170,6 +174,9 @@ class Settings:
             hub_requests_per_topic=_int(env, "SYNDICATE_HUB_REQUESTS_PER_TOPIC", 120, low=1),
             hub_max_verifications=_int(env, "SYNDICATE_HUB_MAX_VERIFICATIONS", 64, low=1, high=10_000),
             redis_maxmemory_mb=_int(env, "SYNDICATE_REDIS_MAXMEMORY_MB", 0, low=0, high=1024 * 1024),
+            processes=_int(env, "SYNDICATE_PROCESSES", 1, low=1, high=256),
+            worker_processes=_int(env, "SYNDICATE_WORKER_PROCESSES", 1, low=1, high=256),
+            trusted_proxies=_trusted_proxies(env),
         )
         if settings.websub_lease_min > settings.websub_lease_max:
             raise SettingsError("SYNDICATE_WEBSUB_LEASE_MIN: it is larger than SYNDICATE_WEBSUB_LEASE_MAX")
@@ -223,6 +230,20 @@ def _networks(env: Mapping[str, str]) -> tuple[Network, ...]:
         return parse_networks(env.get("SYNDICATE_PUSH_ALLOW_NETWORKS") or "")
     except ValueError as exc:
         raise SettingsError(str(exc)) from None
+
+
+def _trusted_proxies(env: Mapping[str, str]) -> TrustedProxies:
+    try:
+        networks = parse_networks(env.get("SYNDICATE_TRUSTED_PROXIES") or "", "SYNDICATE_TRUSTED_PROXIES")
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+    raw = (env.get("SYNDICATE_FORWARDED_HEADER") or ForwardedHeader.X_FORWARDED_FOR).strip().lower()
+    try:
+        header = ForwardedHeader(raw)
+    except ValueError:
+        raise SettingsError(f"SYNDICATE_FORWARDED_HEADER: expected {ForwardedHeader.X_FORWARDED_FOR} or "
+                            f"{ForwardedHeader.FORWARDED}, got {raw!r}") from None
+    return TrustedProxies(networks, header)
 
 
 def _redis_address(env: Mapping[str, str], name: str) -> RedisAddress | None:

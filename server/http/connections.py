@@ -21,7 +21,7 @@ these hooks, counted by one :class:`ConnectionGate` per process.
 - **Unreadable requests** (a bad request line, bad headers, a line too long): 400 problem+json, logged
   as one line, never a traceback.
 
-The client address is :func:`server.http.client_address.client_address`'s.
+A connection is known by its peer (:func:`server.http.client_address.peer_address`): behind a balancer, the balancer's.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from aiohttp.streams import EMPTY_PAYLOAD
 from server.core.errors import Problem
 from server.core.networks import address_bucket
 from server.core.settings import Settings
-from server.http.client_address import client_address
+from server.http.client_address import peer_address
 from server.http.problems import problem_response
 from server.http.state import METRICS, SETTINGS
 
@@ -158,7 +158,7 @@ class LimitedProtocol(web.RequestHandler):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        self._address = client_address(transport.get_extra_info("peername"))
+        self._address = peer_address(transport.get_extra_info("peername"))
         admission = self._admission = self._gate.admit(self._address)
         if admission is Admission.ADMITTED:
             self._arm_head_timer(self._gate.limits.header_timeout)

@@ -54,11 +54,11 @@ from aiohttp.http import HttpVersion11
 from aiohttp.streams import EMPTY_PAYLOAD
 
 from server.core.errors import Problem
-from server.http.client_address import client_address
+from server.http.client_address import peer_address
 from server.http.connections import LimitedProtocol, LimitedRunner, LimitedServer
 from server.http.middleware import record
 from server.http.poll import FEED_POLLS, FEED_ROUTE, Poll
-from server.http.state import METRICS
+from server.http.state import METRICS, SETTINGS
 from server.observability.logs import request_id_for
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,7 @@ class FastPath:
 
     def __init__(self, app: web.Application, zero_copy: bool = False) -> None:
         self.polls = app[FEED_POLLS]
+        self.proxies = app[SETTINGS].trusted_proxies
         self.metrics = app[METRICS]
         self.zero_copy = zero_copy  # the loop's writelines is flow-controlled (uvloop): send head and body as they are
         self.replayed = 0  # answers given to unparsed repeats (see _Parser.replay)
@@ -87,8 +88,9 @@ class FastPath:
         self._date_second = -1
         self._date_line = b""
 
-    def read(self, message: Any, payload: Any, address: str) -> Poll | None:
-        """The poll a parsed request is, if it is one the fast path may hand over; None leaves it to aiohttp."""
+    def read(self, message: Any, payload: Any, peer: str) -> Poll | None:
+        """The poll a parsed request from ``peer`` (the connection's) is, if it is one the fast path may
+        hand over; None leaves it to aiohttp."""
         target: str = message.path
         if message.method != "GET" or not target.startswith("/feeds/") or message.should_close \
                 or message.upgrade or message.version != HttpVersion11 or payload is not EMPTY_PAYLOAD \
@@ -107,7 +109,8 @@ class FastPath:
         if "Expect" in headers:
             return None  # the route answers Expect (100 Continue, or 417)
         try:
-            return self.polls.read(parts[2], parts[3], query, headers, target, address)
+            return self.polls.read(parts[2], parts[3], query, headers, target,
+                                   self.proxies.client_address(peer, headers))
         except Problem:
             return None  # the route makes the same refusal
 
@@ -139,7 +142,7 @@ class FastPath:
             protocol._next_keepalive_close_time = protocol._loop.time() + protocol._keepalive_timeout
             self.metrics.http.fast_answers += 1
             record(self.metrics, "GET", FEED_ROUTE, poll.target, status, perf_counter() - started, True, request_id,
-                   answer.partner)
+                   answer.partner, poll.address)
         except Exception:
             log.exception("the fast path failed while answering a poll; %s", "it was answered" if written
                           else "the connection is closed, as the request was half handled")
@@ -208,9 +211,10 @@ class _Parser:
             return result
         answered = 0
         fast_path = self._fast_path
+        peer = peer_address(protocol.peername)
         for message, payload in messages:
             try:
-                poll = fast_path.read(message, payload, client_address(protocol.peername, message.headers))
+                poll = fast_path.read(message, payload, peer)
                 if poll is None or not fast_path.answer(protocol, poll):
                     break
             except Exception:

@@ -27,6 +27,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from server.core.errors import NotFound, Problem
+from server.http.client_address import request_address
 from server.http.problems import problem_for
 from server.http.state import METRICS
 from server.observability.logs import (
@@ -108,15 +109,15 @@ def wrap(handler: Handler, metrics: Metrics, route: str | None = None) -> Handle
                 name = resource.canonical if resource is not None else UNMATCHED_ROUTE
             record(metrics, request.method, name, request.path_qs, status, elapsed,
                    (status == 200 or status == 304) and response is not None and "ETag" in response.headers,
-                   context.request_id, context.partner)
+                   context.request_id, context.partner, request_address(request))
             current_context.reset(token)
 
     return handle
 
 
 def record(metrics: Metrics, method: str, route: str, target: str, status: int, elapsed: float, cacheable: bool,
-           request_id: str, partner: str | None) -> None:
+           request_id: str, partner: str | None, client: str) -> None:
     """An answered request in the process's metrics, and its access line (both in memory only): for every
     route through :func:`wrap`, and for the polls :mod:`server.http.fast_path` answers beneath aiohttp."""
     metrics.http.observe(method, route, status, elapsed, cacheable)
-    access_line(request_id, partner, method, route, target, status, elapsed)
+    access_line(request_id, partner, method, route, target, status, elapsed, client)

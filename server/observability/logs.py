@@ -183,7 +183,7 @@ class AccessLines:
         if not pending or stream is None:
             return
         lines = []
-        for created, request_id, partner, method, route, raw_path, status, elapsed in pending:
+        for created, request_id, partner, method, route, raw_path, status, elapsed, client in pending:
             path = _redacted_path(raw_path)
             latency_ms = round(elapsed * 1000, 2)
             entry: dict[str, Any] = {
@@ -192,7 +192,7 @@ class AccessLines:
             }
             if partner is not None:
                 entry["partner"] = partner
-            entry.update(method=method, route=route, path=path, status=status, latency_ms=latency_ms)
+            entry.update(method=method, route=route, path=path, status=status, latency_ms=latency_ms, client=client)
             lines.append(orjson.dumps(entry).decode())
         stream.write("\n".join(lines) + "\n")
         stream.flush()
@@ -238,13 +238,14 @@ def configure(settings: Settings, stream: IO[str] | None = None) -> logging.Hand
 
 
 def access_line(request_id: str, partner: str | None, method: str, route: str, path_qs: str, status: int,
-                elapsed: float) -> None:
+                elapsed: float, client: str = "unknown") -> None:
     """Log one answered request: with the JSON format, buffered for :data:`ACCESS_LINES`; with the text
-    format, through logging (with the request's context, whoever answered it)."""
+    format, through logging (with the request's context, whoever answered it). ``client`` is the
+    client's address (:mod:`server.core.forwarding`: behind a trusted balancer, the one it forwarded)."""
     if not access_log.isEnabledFor(logging.INFO):
         return
     if ACCESS_LINES.stream is not None:
-        ACCESS_LINES.add(time.time(), request_id, partner, method, route, path_qs, status, elapsed)
+        ACCESS_LINES.add(time.time(), request_id, partner, method, route, path_qs, status, elapsed, client)
         return
     latency_ms = round(elapsed * 1000, 2)
     path = redact(path_qs)
@@ -252,6 +253,6 @@ def access_line(request_id: str, partner: str | None, method: str, route: str, p
     try:
         access_log.info("%s %s %d %.2f ms", method, path, status, latency_ms,
                         extra={"method": method, "route": route, "path": path, "status": status,
-                               "latency_ms": latency_ms})
+                               "latency_ms": latency_ms, "client": client})
     finally:
         current_context.reset(token)

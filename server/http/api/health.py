@@ -4,6 +4,7 @@ push workers' heartbeats and the embedded Redis child."""
 from __future__ import annotations
 
 import asyncio
+import os
 
 from aiohttp import web
 
@@ -47,5 +48,5 @@ async def readyz(request: web.Request) -> web.Response:
     if embedded is not None:
         checks["embeddedRedis"] = "ok" if embedded.running else "not running"
     ready = all(v == "ok" for v in checks.values())
-    return web.json_response({"status": "ok" if ready else "unavailable", "checks": checks, "workers": workers},
-                             status=200 if ready else 503)
+    return web.json_response({"status": "ok" if ready else "unavailable", "checks": checks, "workers": workers,
+                              "pid": os.getpid()}, status=200 if ready else 503)
