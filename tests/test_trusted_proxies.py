@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import itertools
 import logging
 
 import orjson
@@ -19,7 +20,6 @@ from server.core.forwarding import ForwardedHeader, TrustedProxies
 from server.core.networks import parse_networks
 from server.core.settings import Settings, SettingsError
 from server.observability import logs
-from server.partners.access import FAILED_ATTEMPTS_PER_MINUTE
 
 BALANCER = parse_networks("127.0.0.0/8,10.0.0.0/8", "SYNDICATE_TRUSTED_PROXIES")
 
@@ -90,11 +90,17 @@ def proxied_settings(settings):
     return dataclasses.replace(settings, trusted_proxies=TrustedProxies(parse_networks("127.0.0.0/8")))
 
 
+FAILED_ATTEMPTS_PER_MINUTE = Settings.from_env({}).failed_keys_per_address
+_wrong_keys = itertools.count()
+
+
 async def fail_keys(client, forwarded_for: str | None, times: int) -> list[int]:
+    """``times`` wrong keys, each naming another key id (so only the address's count is reached)."""
     statuses = []
     for _ in range(times):
         extra = {"X-Forwarded-For": forwarded_for} if forwarded_for else {}
-        response = await client.get("/feeds/latest/json", headers={"X-API-Key": "syn_00000000_" + "x" * 43, **extra})
+        wrong = f"syn_{next(_wrong_keys):08x}_" + "x" * 43
+        response = await client.get("/feeds/latest/json", headers={"X-API-Key": wrong, **extra})
         await response.read()
         statuses.append(response.status)
     return statuses
@@ -128,7 +134,7 @@ async def test_without_trusted_proxies_a_forwarded_header_is_ignored(aiohttp_cli
 
 
 async def test_the_hub_limits_the_forwarded_client(aiohttp_client, proxied_settings):
-    from server.http.api.hub import HUB_REQUESTS_PER_ADDRESS
+    HUB_REQUESTS_PER_ADDRESS = proxied_settings.hub_requests_per_address  # noqa: N806
 
     client = await aiohttp_client(app_server(proxied_settings))
 
