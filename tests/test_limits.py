@@ -422,3 +422,18 @@ async def test_past_maxmemory_caches_are_evicted_and_articles_are_still_stored(a
         assert all(redis.exists(keys.article(article_id)) for article_id in stored)
         assert all(redis.ttl(keys.article(article_id)) == -1 for article_id in stored)
     assert (await client.get("/api/articles", headers=AUTH)).status == 200
+
+
+def test_a_trusted_balancer_is_held_only_to_the_process_cap():
+    """Every client behind a balancer comes on its connections: the per-address cap would lock them all
+    out, so a peer in SYNDICATE_TRUSTED_PROXIES is only held to the process cap."""
+    from server.core.forwarding import TrustedProxies
+    from server.core.networks import parse_networks
+    from server.http.connections import Admission, ConnectionGate, ConnectionLimits
+
+    gate = ConnectionGate(ConnectionLimits(max_connections=10, max_per_address=3,
+                                           trusted_proxies=TrustedProxies(parse_networks("10.0.0.0/8"))))
+    assert [gate.admit("10.0.0.5") for _ in range(10)] == [Admission.ADMITTED] * 10
+    assert gate.admit("10.0.0.5") is Admission.OVER_PROCESS
+    other = ConnectionGate(ConnectionLimits(max_connections=10, max_per_address=3))
+    assert [other.admit("192.0.2.1") for _ in range(4)][-1] is Admission.OVER_ADDRESS

@@ -171,6 +171,7 @@ def worker(args: argparse.Namespace, settings: Settings) -> int:
     import signal
 
     processes = _processes(args.processes, settings.worker_processes)
+    settings = with_local_credentials(settings)  # the same tokens (and so the same sealing key) as serve
     if processes > 1 and args.slot is None:
         return _supervise(ChildKind.WORKER, processes, settings, args)
 

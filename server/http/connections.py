@@ -38,6 +38,7 @@ from aiohttp import web
 from aiohttp.streams import EMPTY_PAYLOAD
 
 from server.core.errors import Problem
+from server.core.forwarding import TrustedProxies
 from server.core.networks import address_bucket
 from server.core.settings import Settings
 from server.http.client_address import peer_address
@@ -66,11 +67,13 @@ class ConnectionLimits:
     max_per_address: int = 256
     header_timeout: float = 10.0
     body_timeout: float = 60.0
+    # A balancer's connections carry every client behind it: only the process cap applies to them.
+    trusted_proxies: TrustedProxies = TrustedProxies()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ConnectionLimits:
         return cls(settings.max_connections, settings.max_connections_per_address, settings.header_timeout_seconds,
-                   settings.body_timeout_seconds)
+                   settings.body_timeout_seconds, settings.trusted_proxies)
 
 
 class ConnectionGate:
@@ -87,7 +90,7 @@ class ConnectionGate:
         if self.admitted + self.refused >= 2 * limits.max_connections:
             return Admission.DROPPED
         held = self._by_bucket.get(bucket, 0)
-        if held >= limits.max_per_address:
+        if held >= limits.max_per_address and not limits.trusted_proxies.trusts(address):
             self.refused += 1
             return Admission.OVER_ADDRESS
         if self.admitted >= limits.max_connections:

@@ -130,10 +130,25 @@ class Supervisor:
 
     def _bind(self) -> None:
         """One listening socket per slot, all on one port (the first bind picks it when the port is 0)."""
-        infos = socket.getaddrinfo(self.host or None, self.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        try:
+            infos = socket.getaddrinfo(self.host or None, self.port, type=socket.SOCK_STREAM,
+                                       flags=socket.AI_PASSIVE)
+        except socket.gaierror as exc:
+            raise SupervisorError(f"cannot listen on {self.host}:{self.port}: {exc.strerror}") from None
         if not infos:
             raise SupervisorError(f"cannot listen on {self.host}:{self.port}: no address")
         family, kind, proto, _name, address = infos[0]
+        if self.port:
+            # SO_REUSEPORT would let these sockets join another server's on the port: a plain bind
+            # first says whether the port is taken.
+            probe = socket.socket(family, kind, proto)
+            try:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind((address[0], self.port, *address[2:]))
+            except OSError as exc:
+                raise SupervisorError(f"cannot listen on {self.host}:{self.port}: {exc.strerror or exc}") from None
+            finally:
+                probe.close()
         for slot in self.slots:
             sock = socket.socket(family, kind, proto)
             try:

@@ -99,9 +99,6 @@ async def hub(request: web.Request) -> web.Response:
     if isinstance(topic, str):
         return _plain(400, topic)
     feed, fmt = request.app[FEEDS][topic.feed], topic.fmt
-    wait = limits.over("topic", topic.url, limits.per_topic)
-    if wait is not None:
-        return _too_many("Too many hub requests for this topic; try again later.", wait)
     bearer = _bearer(request)
     if bearer and topic.key and bearer != topic.key:
         return _plain(400, "The Authorization header and the topic's ?key= name different keys; send one.")
@@ -132,6 +129,10 @@ async def hub(request: web.Request) -> web.Response:
         if feed_refusal(partner, feed, fmt) is not None:
             return _plain(403, f"Partner {partner.name} is not entitled to {feed.name} in {fmt}.")
         partner_name, key_id = partner.name, key.key_id
+    # Counted only once the request may subscribe: bad keys cannot use up a private topic's budget.
+    wait = limits.over("topic", topic.url, limits.per_topic)
+    if wait is not None:
+        return _too_many("Too many hub requests for this topic; try again later.", wait)
 
     # The id and the record's topic are the feed URL without the key; the topic as sent is echoed in the
     # verification (WebSub 5.3) and kept, sealed, for denials and content distribution.
