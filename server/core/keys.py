@@ -184,6 +184,8 @@ def partner_received(name: str) -> str:
 
 # The same key for a Lua script that names partners itself (it joins prefix, name and suffix).
 PARTNER_RECEIVED_PARTS = (f"{PREFIX}:partner:", ":received")
+PARTNER_REQUIRED_PARTS = (f"{PREFIX}:partner:", ":required")
+PARTNER_OUTSTANDING_PARTS = (f"{PREFIX}:partner:", ":outstanding")
 
 
 def partner_required(name: str) -> str:
