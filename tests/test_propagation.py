@@ -459,3 +459,29 @@ async def test_a_receipt_ends_outstanding_only_at_the_required_version(redis_url
                                                                              keys.partner_outstanding)):
         assert parts[0] + "p" + parts[1] == key("p")
     assert sync_redis.smembers(keys.propagation_receipts_to_settle()) == {keys.partner_received("p") + "|a1"}
+
+
+async def test_the_trim_drops_only_requirements_of_articles_gone_quiet(redis_url, sync_redis):
+    """Requirements of articles unchanged for the window go (incrementally: each trim looks only at
+    the articles that went quiet since the previous one); those of articles changed since stay."""
+    from datetime import UTC, datetime, timedelta
+
+    from server.partners.propagation import Requirements
+
+    now = datetime(2030, 1, 10, tzinfo=UTC)
+    micros = {"old": now - timedelta(days=9), "later": now - timedelta(days=6), "fresh": now - timedelta(hours=1)}
+    sync_redis.zadd(keys.articles_by_change(), {a: int(t.timestamp() * 1_000_000) for a, t in micros.items()})
+    for name in ("p", "q"):
+        sync_redis.hset(keys.partner_required(name), mapping=dict.fromkeys(micros, 2))
+        sync_redis.zadd(keys.partner_outstanding(name), dict.fromkeys(micros, 1))
+    redis = await connect(redis_url)
+    try:
+        requirements = Requirements(redis)
+        assert await requirements.trim(["p", "q"], timedelta(days=7), now) == 2
+        assert sorted(sync_redis.hkeys(keys.partner_required("p"))) == ["fresh", "later"]
+        assert sorted(sync_redis.zrange(keys.partner_outstanding("q"), 0, -1)) == ["fresh", "later"]
+        assert await requirements.trim(["p", "q"], timedelta(days=7), now) == 0  # nothing went quiet since
+        assert await requirements.trim(["p", "q"], timedelta(days=7), now + timedelta(days=2)) == 2
+        assert sync_redis.hkeys(keys.partner_required("q")) == ["fresh"]
+    finally:
+        await redis.aclose()

@@ -207,6 +207,12 @@ def partner_outstanding(name: str) -> str:
     return f"{PREFIX}:partner:{name}:outstanding"
 
 
+def propagation_trimmed_to() -> str:
+    """Counter: the cutoff (epoch microseconds) of the last trim of the partners' requirements; the
+    next trims only the articles whose last change fell between it and its own cutoff."""
+    return f"{PREFIX}:propagation:trimmed-to"
+
+
 def propagation_caught_up() -> str:
     """Counter: the last change number whose requirements an ops view recorded itself because no
     dispatcher had taken it yet (see ``Requirements.catch_up``)."""

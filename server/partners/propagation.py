@@ -43,6 +43,7 @@ from server.partners.ledger import PUSH_PREFIX, PollLedger
 
 CATCH_UP_LIMIT = 2000  # change-log entries a view records at most before answering
 STATUS_ARTICLES = 500  # a partner's status lists at most this many articles
+TRIM_BATCH = 500  # quiet articles dropped from every partner's requirements per pipeline
 SETTLE_BATCH = 20_000  # noted receipts settled per Lua step (a read settles one batch; the retention job all)
 SUMMARY_LAG_SCAN = 3  # lag revisions are summed over this many oldest outstanding articles (1 each beyond)
 
@@ -486,18 +487,20 @@ class Requirements:
                 await pipe.execute()
             dropped += len(old)
         cutoff_micros = int(cutoff.timestamp() * 1_000_000)
-        for name in partner_names:
-            articles = await self.redis.hkeys(keys.partner_required(name))
-            if not articles:
-                continue
-            scores = await self.redis.zmscore(keys.articles_by_change(), articles)
-            stale = [a for a, s in zip(articles, scores, strict=True) if s is None or s < cutoff_micros]
-            if stale:
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    pipe.hdel(keys.partner_required(name), *stale)
-                    pipe.zrem(keys.partner_outstanding(name), *stale)
-                    await pipe.execute()
-                dropped += len(stale)
+        # Only the articles that went quiet since the last trim (their last change crossed the cutoff):
+        # a trim costs what changed, not every partner's every requirement.
+        since = await self.redis.get(keys.propagation_trimmed_to())
+        stale = await self.redis.zrange(keys.articles_by_change(), int(since or 0), f"({cutoff_micros}",
+                                        byscore=True)
+        names = list(partner_names)
+        for start in range(0, len(stale), TRIM_BATCH):
+            batch = stale[start:start + TRIM_BATCH]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for name in names:
+                    pipe.hdel(keys.partner_required(name), *batch)
+                    pipe.zrem(keys.partner_outstanding(name), *batch)
+                dropped += sum(int(n) for n in (await pipe.execute())[0::2])
+        await self.redis.set(keys.propagation_trimmed_to(), cutoff_micros)
         return dropped
 
 
