@@ -234,3 +234,27 @@ def errors_for(fmt: str, data: bytes, url: str = "https://feeds.example.org/feed
     """Every check that applies to a document in ``fmt`` (rss or atom): ours, and the W3C's if at hand."""
     errors = atom_errors(data) if fmt == "atom" else rss_errors(data)
     return errors + (w3c_errors(data, url) or [])
+
+
+JSON_FEED_SCHEMA = Path(__file__).resolve().parent / "schemas" / "jsonfeed-1.1.json"
+
+
+@cache
+def _json_feed_validator():  # type: ignore[no-untyped-def]
+    import jsonschema
+    import orjson
+
+    schema = orjson.loads(JSON_FEED_SCHEMA.read_bytes())
+    return jsonschema.Draft202012Validator(schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+
+
+def json_feed_errors(data: bytes) -> list[str]:
+    """A JSON Feed 1.1 document against the schema written for the tests from the specification
+    (tests/schemas/jsonfeed-1.1.json): each fault with its JSON path."""
+    import orjson
+
+    try:
+        document = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        return [f"not JSON: {exc}"]
+    return [f"{error.json_path}: {error.message}" for error in _json_feed_validator().iter_errors(document)]

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 
+import orjson
 import pytest
-from feed_validation import atom_errors, errors_for, rss_errors, w3c_available
+from feed_validation import atom_errors, errors_for, json_feed_errors, rss_errors, w3c_available
 from render_helpers import (
     INGESTED_V1,
     feed_view,
@@ -23,7 +24,7 @@ from render_helpers import (
 )
 
 from server.domain.articles import NEW
-from server.feeds.render import ItemView, render_atom, render_atom_entry, render_rss
+from server.feeds.render import ItemView, render_atom, render_atom_entry, render_json_feed, render_rss
 
 ATOM_HEAD = b'<?xml version="1.0" encoding="UTF-8"?><feed xmlns="http://www.w3.org/2005/Atom">'
 GOOD_ENTRY = (b"<entry><id>urn:x:1</id><title>t</title><updated>2024-01-01T00:00:00Z</updated>"
@@ -140,6 +141,26 @@ def test_every_kind_of_document_is_valid(fmt, name):
         feed = dataclasses.replace(feed, self_url=feed.self_url.replace("atom", "rss"))
     body = (render_atom if fmt == "atom" else render_rss)(feed, items())
     assert errors_for(fmt, body, feed.self_url) == []
+
+
+@pytest.mark.parametrize("name", list(DOCUMENTS))
+def test_every_kind_of_document_is_a_valid_json_feed(name):
+    overrides, items = DOCUMENTS[name]
+    feed = feed_view(**overrides)
+    feed = dataclasses.replace(feed, self_url=feed.self_url.replace("atom", "json"))
+    assert json_feed_errors(render_json_feed(feed, items())) == []
+
+
+def test_the_json_feed_schema_catches_what_it_must():
+    good = orjson.loads(render_json_feed(feed_view(), [view(seed_v1_revision())]))
+    assert json_feed_errors(orjson.dumps(good)) == []
+    for broken, says in ((lambda d: d.pop("title"), "'title' is a required property"),
+                         (lambda d: d["items"][0].pop("id"), "'id' is a required property"),
+                         (lambda d: d.update(colour="red"), "colour"),
+                         (lambda d: d["items"][0].update(date_published="yesterday"), "is not a 'date-time'")):
+        document = orjson.loads(orjson.dumps(good))
+        broken(document)
+        assert any(says in e for e in json_feed_errors(orjson.dumps(document))), says
 
 
 @pytest.mark.parametrize("item", [lambda: view(seed_v2_revision()), lambda: view(killed_revision()), arabic_item])

@@ -4,7 +4,8 @@ whitespace, lowercase ``z``, extreme dates, huge integers, right-to-left and ast
 one: nothing answered 5xx; a refusal left the article as it was; after an accepted one every feed in
 every format is well-formed, RSS and Atom are valid (:mod:`feed_validation`: RFC 4287's schema and
 rules, the RSS 2.0 specification's, and the W3C validator's errors when ``SYNDICATE_FEEDVALIDATOR``
-names a copy of it), NewsML-G2 is valid against the XSD, JSON Feed parses, and the item's NewsML is
+names a copy of it), NewsML-G2 is valid against the XSD, JSON Feed against the JSON Feed 1.1 schema
+written from its specification (tests/schemas/jsonfeed-1.1.json), and the item's NewsML is
 valid too. The newest RFC 5005 archive page (10 changes a page here) is checked the same way.
 
 ``SYNDICATE_FUZZ_EXAMPLES`` sets the number of documents (300 in ``make test``; ``make fuzz`` runs
@@ -24,7 +25,7 @@ import http_helpers as http
 import orjson
 import pytest
 from conftest import ADMIN_TOKEN, PUBLISHER_TOKEN, ROOT, SEED_V1, cli_env, free_port, start_redis
-from feed_validation import errors_for, w3c_available
+from feed_validation import errors_for, json_feed_errors, w3c_available
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lxml import etree
@@ -139,7 +140,9 @@ def _check_feeds(port: int, schema: etree.XMLSchema, article_id: str) -> None:
         if status == 204:
             continue
         if fmt == "json":
-            orjson.loads(body)
+            errors = json_feed_errors(body)
+            assert not errors, (path, errors[:5])
+            CHECKED["valid json (JSON Feed 1.1 schema)"] += 1
             continue
         document = etree.fromstring(body, SAFE_PARSER)
         if fmt == "newsml":
