@@ -169,7 +169,14 @@ class FeedPolls:
     async def answer(self, poll: Poll) -> PollAnswer:
         """The answer, or the refusal raised (401, 403, 429); a page not in memory is loaded or rendered."""
         feed, fmt = poll.feed, poll.fmt
-        grant = self.access.feed_grant(poll.presented, feed, fmt, poll.address)
+        try:
+            grant = self.access.feed_grant(poll.presented, feed, fmt, poll.address)
+        except Problem as refusal:
+            # A key made a moment ago by another process may not have reached this one's table yet
+            # (pub/sub): if the partners moved on in Redis, read them and decide again.
+            if refusal.status != 401 or not poll.presented or not await self.access.caught_up():
+                raise
+            grant = self.access.feed_grant(poll.presented, feed, fmt, poll.address)
         assert grant is not None  # refusals are raised
         cache = self.cache
         rendered = cache.hit(feed, fmt, poll.page, grant.variant) or await cache.get(feed, fmt, poll.since, grant.variant,

@@ -92,6 +92,12 @@ class AccessControl:
             if force or generation >= self.table.generation:
                 self.table = KeyTable(partners, generation)
 
+    async def caught_up(self) -> bool:
+        """Reload the key table if the partners moved on in Redis (one ``GET``); whether it did."""
+        before = self.table.generation
+        await self.reload()
+        return self.table.generation != before
+
     def apply_notice(self, message: str) -> None:
         if int(message) > self.table.generation:
             task = asyncio.get_running_loop().create_task(self.reload())

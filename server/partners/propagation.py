@@ -500,7 +500,8 @@ class Requirements:
                     pipe.hdel(keys.partner_required(name), *batch)
                     pipe.zrem(keys.partner_outstanding(name), *batch)
                 dropped += sum(int(n) for n in (await pipe.execute())[0::2])
-        await self.redis.set(keys.propagation_trimmed_to(), cutoff_micros)
+        if stale:  # nothing went quiet: nothing to remember (and no write at all)
+            await self.redis.set(keys.propagation_trimmed_to(), cutoff_micros)
         return dropped
 
 
