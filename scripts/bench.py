@@ -429,8 +429,10 @@ http {{
 """
 
 
-def start_nginx(children: Children, nginx: str, workdir: Path, identity: bytes, gzipped: bytes) -> int:
-    prefix = workdir / "nginx"
+def start_nginx(children: Children, nginx: str, workdir: Path, identity: bytes, gzipped: bytes,
+                name: str = "nginx", workers: int = 1) -> int:
+    """nginx with ``workers`` worker processes serving the feed's bytes from files (the ceiling)."""
+    prefix = workdir / name
     workdir.chmod(0o755)  # nginx's worker runs as www-data when the benchmark runs as root
     (prefix / "www" / "feeds" / "latest").mkdir(parents=True)
     for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
@@ -439,10 +441,14 @@ def start_nginx(children: Children, nginx: str, workdir: Path, identity: bytes, 
     (prefix / "www" / "feeds" / "latest" / "atom.gz").write_bytes(gzipped)
     port = free_port()
     conf = prefix / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(prefix=prefix, port=port))
-    proc = children.start("nginx", [nginx, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")],
+    text = NGINX_CONF.format(prefix=prefix, port=port)
+    if workers > 1:
+        text = text.replace("worker_processes 1;", f"worker_processes {workers};").replace(
+            f"listen 127.0.0.1:{port};", f"listen 127.0.0.1:{port} reuseport;")
+    conf.write_text(text)
+    proc = children.start(name, [nginx, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")],
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_until(lambda: fetch(port, "GET", "/feeds/latest/atom")[0] == 200, 15, "nginx", proc)
+    wait_until(lambda: fetch(port, "GET", "/feeds/latest/atom")[0] == 200, 15, name, proc)
     return port
 
 
@@ -1252,27 +1258,6 @@ def wrk_requests(wrk: str, port: int, path: str, headers: dict[str, str], second
     return float(rate.group(1)), int(total.group(1)), int(bad.group(1)) if bad else 0
 
 
-def start_nginx_workers(children: Children, nginx: str, workdir: Path, name: str, workers: int, identity: bytes,
-                        gzipped: bytes) -> int:
-    """nginx with ``workers`` worker processes serving the feed's bytes from files (the ceiling)."""
-    prefix = workdir / name
-    workdir.chmod(0o755)
-    (prefix / "www" / "feeds" / "latest").mkdir(parents=True)
-    for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
-        (prefix / "tmp" / sub).mkdir(parents=True)
-    (prefix / "www" / "feeds" / "latest" / "atom").write_bytes(identity)
-    (prefix / "www" / "feeds" / "latest" / "atom.gz").write_bytes(gzipped)
-    port = free_port()
-    conf = prefix / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(prefix=prefix, port=port).replace(
-        "worker_processes 1;", f"worker_processes {workers};").replace(f"listen 127.0.0.1:{port};",
-                                                                       f"listen 127.0.0.1:{port} reuseport;"))
-    proc = children.start(name, [nginx, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_until(lambda: fetch(port, "GET", "/feeds/latest/atom")[0] == 200, 15, name, proc)
-    return port
-
-
 def bench_scaling(children: Children, nginx: str, wrk: str, workdir: Path, seconds: float, rounds: int,
                   threads: int, connections: int, memory_articles: int) -> dict[str, Any]:
     """Cached GET (gzip, 304) and ingest for 1 and 2 processes (``--processes``), each beside nginx with as
@@ -1299,8 +1284,8 @@ def bench_scaling(children: Children, nginx: str, wrk: str, workdir: Path, secon
         credentials, _note = feed_credentials(port)
         _s, head, identity = fetch(port, "GET", path, credentials)
         _s, _h, gzipped = fetch(port, "GET", path, {**credentials, "Accept-Encoding": "gzip"})
-        nginx_port = start_nginx_workers(children, nginx, workdir, f"nginx-scaling-{processes}", processes,
-                                         identity, gzipped)
+        nginx_port = start_nginx(children, nginx, workdir, identity, gzipped, name=f"nginx-scaling-{processes}",
+                                 workers=processes)
         n_etag = fetch(nginx_port, "GET", path)[1]["etag"]
         cases = {"gzip": ({**credentials, "Accept-Encoding": "gzip"}, {"Accept-Encoding": "gzip"}),
                  "304": ({**credentials, "If-None-Match": head["etag"]}, {"If-None-Match": n_etag})}
