@@ -75,6 +75,20 @@ def start_redis(directory: Path, *extra: str) -> tuple[subprocess.Popen, int]:
     raise RuntimeError("could not start a test redis-server")
 
 
+def stop_processes(started: list[subprocess.Popen], grace: float = 10) -> None:
+    """Stop every process a test started, each by its own pid: SIGTERM to all, then SIGKILL to any
+    still running after ``grace`` seconds."""
+    for process in started:
+        if process.poll() is None:
+            process.terminate()
+    for process in started:
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     process, port = start_redis(tmp_path_factory.mktemp("redis"))

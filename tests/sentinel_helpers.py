@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis as redis_sync
-from conftest import free_port, start_redis
+from conftest import free_port, start_redis, stop_processes
 
 SERVICE = "news"
 DOWN_AFTER_MS = 1000
@@ -96,13 +96,5 @@ def running_cluster(tmp_path: Path, quorum_known: bool = True) -> Iterator[Clust
             wait_until(known, 15, "the sentinels to know each other and the replica")
         yield cluster
     finally:
-        for process in started:  # each by its own pid
-            if process.poll() is None:
-                process.terminate()
-        for process in started:
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_processes(started)
 

@@ -26,7 +26,17 @@ import aiohttp
 import orjson
 import pytest
 import redis as redis_sync
-from conftest import ADMIN, ADMIN_TOKEN, AUTH, PUBLISHER_TOKEN, ROOT, cli_env, free_port, start_redis
+from conftest import (
+    ADMIN,
+    ADMIN_TOKEN,
+    AUTH,
+    PUBLISHER_TOKEN,
+    ROOT,
+    cli_env,
+    free_port,
+    start_redis,
+    stop_processes,
+)
 from push_helpers import Subscriber, wait_for
 from sentinel_helpers import running_cluster
 
@@ -113,15 +123,7 @@ def topology(tmp_path):
         yield Topology(nginx_port, server_ports, servers, worker, store, logs, started)
         store.close()
     finally:
-        for process in started:  # each by its own pid
-            if process.poll() is None:
-                process.terminate()
-        for process in started:
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_processes(started, grace=20)
         cluster_run.close()
 
 

@@ -22,7 +22,17 @@ import aiohttp
 import orjson
 import pytest
 import redis as redis_sync
-from conftest import ADMIN, ADMIN_TOKEN, AUTH, PUBLISHER_TOKEN, ROOT, cli_env, free_port, start_redis
+from conftest import (
+    ADMIN,
+    ADMIN_TOKEN,
+    AUTH,
+    PUBLISHER_TOKEN,
+    ROOT,
+    cli_env,
+    free_port,
+    start_redis,
+    stop_processes,
+)
 from push_helpers import Subscriber, wait_for
 from sentinel_helpers import DOWN_AFTER_MS, SERVICE, running_cluster, wait_until
 
@@ -211,13 +221,4 @@ async def test_a_write_no_replica_confirms_is_a_503_and_so_is_its_retry_until_on
         assert retry.status == 200, await retry.text()  # stored by the first attempt, now on a replica
         assert (await retry.json())["outcome"] == "unchanged"
     finally:
-        for process in (replica, primary):
-            if process is not None:
-                process.send_signal(signal.SIGTERM)
-        for process in (replica, primary):
-            if process is not None:
-                try:
-                    process.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+        stop_processes([p for p in (replica, primary) if p is not None], grace=15)
