@@ -8,6 +8,7 @@ from __future__ import annotations
 import orjson
 import pytest
 from conftest import AUTH, make_partner
+from feed_validation import errors_for
 from lxml import etree
 from render_helpers import SAFE_PARSER, g2_schema
 
@@ -46,6 +47,8 @@ async def assert_every_feed_is_sound(client, key: str, schema: etree.XMLSchema, 
                 orjson.loads(body)
                 continue
             document = etree.fromstring(body, SAFE_PARSER)  # well-formed, or this raises
+            if fmt in ("atom", "rss"):
+                assert not errors_for(fmt, body), (feed, fmt, errors_for(fmt, body))
             if fmt == "newsml":
                 assert schema.validate(document), (feed, schema.error_log.last_error)
     item = await client.get(f"/items/{article_id}/newsml", headers={"X-API-Key": key})
@@ -67,7 +70,7 @@ async def test_character_references_in_a_body_break_no_feed(client, redis_url, s
 async def test_tabs_newlines_and_blanks_in_one_line_fields_keep_newsml_valid(client, redis_url, seed_v1, schema):
     key = await make_partner(redis_url)
     subjects = [*seed_v1["subjects"], {"name": "Armed\tconflict\nlines"}, {"name": "   "},
-                {"name": "\n", "literal": "a\tb"}]
+                {"name": "\n", "literal": "a\tb"}, {"name": "\u3000", "literal": "\u2003"}]
     places = [{"name": "Kyiv\n"}, {"name": " \t "}]
     document = hostile(seed_v1, subjects=subjects, places=places, slugline="RUSSIA-\nCONVICTS\t",
                        copyrightHolder="The\nAgency", by="A\tReporter")

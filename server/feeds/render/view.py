@@ -316,11 +316,14 @@ _EMPTY_CONTENT: dict[str, Any] = dict(
 
 
 def _text(value: Any) -> str | None:
-    """A non-empty string from the document, cleaned of what XML forbids (whatever the store holds)."""
+    """A string with something visible in it, cleaned of what XML forbids (whatever the store holds).
+
+    Blank strings count as absent: a subject named " " would otherwise be an Atom/RSS category whose
+    term is only whitespace."""
     if not isinstance(value, str):
         return None
     value = xml_safe(value)
-    return value or None
+    return value if value.strip() else None
 
 
 def _by_role(entries: Any, role: str, unlabelled: str | None = None) -> str | None:
