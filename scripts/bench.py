@@ -1032,7 +1032,7 @@ async def seed_ops(redis_port: int, feeds_dir: Path, partners: int, changes: int
     from server.partners.store import PartnerStore
     from server.push.destinations import DestinationStore, new_webhook
     from server.push.payloads import delivery_id
-    from server.push.queue import Claim, PushQueue
+    from server.push.queue import PushQueue
 
     redis = await connect(f"redis://127.0.0.1:{redis_port}/0")
     feeds = load_feed_definitions(feeds_dir)
@@ -1086,7 +1086,8 @@ async def seed_ops(redis_port: int, feeds_dir: Path, partners: int, changes: int
     queue = PushQueue(redis)
     for article_id, _desk in ids[:600]:
         await queue.enqueue([hook.id], article_id, 1)
-        await queue.give_up(Claim(hook.id, article_id), 1, {
+        [claim] = await queue.claim(1, 60_000)  # given up on after an attempt, as the deliverer does
+        await queue.give_up(claim, 1, {
             "delivery": delivery_id(hook.id, article_id, 1), "kind": "webhook", "destination": hook.id,
             "partner": everyone[0].name, "url": hook.url, "article": article_id, "version": 1, "attempts": 9,
             "firstAttemptAt": "2026-01-01T00:00:00Z", "lastAttemptAt": "2026-01-01T01:00:00Z",

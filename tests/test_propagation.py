@@ -305,6 +305,39 @@ async def test_the_summaries_agree_with_a_full_recomputation(aiohttp_client, set
     # x never polled: it owes the English story's kill (world holds the kill), not the French withdrawal
     assert set(required["x"]) == {article_id_for_uri(english["uri"])}
 
+    # Each partner's pending items (what /metrics reads) are the items' pending sets seen from its side,
+    # kept in the same steps; and rebuilt alike from the items when they are missing (an upgrade).
+    def pending_by_partner() -> dict[tuple[str, str], set[str]]:
+        seen: dict[tuple[str, str], set[str]] = {}
+        for member in sync_redis.zrange(keys.propagation_items(), 0, -1):
+            article_id, _, version = member.partition("|")
+            kind = sync_redis.hget(keys.propagation_item(article_id, int(version)), "kind")
+            for name in sync_redis.smembers(keys.propagation_pending(article_id, int(version))):
+                seen.setdefault((name, kind), set()).add(member)
+        return seen
+
+    def indexed() -> dict[tuple[str, str], set[str]]:
+        return {(name, kind): members for name in ("w", "l", "h", "x", "off") for kind in ("correction", "kill")
+                if (members := set(sync_redis.zrange(keys.partner_pending_items(name, kind), 0, -1)))}
+
+    expected = pending_by_partner()
+    assert expected and indexed() == expected
+    for name in ("w", "l", "h", "x", "off"):
+        sync_redis.delete(*(keys.partner_pending_items(name, kind) for kind in ("correction", "kill")))
+    sync_redis.delete(keys.propagation_partner_index())
+    from server.partners.propagation import Requirements
+    redis = await connect(redis_url)
+    try:
+        assert await Requirements(redis).index_partners() is True
+        assert await Requirements(redis).index_partners() is False  # once
+    finally:
+        await redis.aclose()
+    assert indexed() == expected
+    scrape = (await (await client.get("/metrics", headers=ADMIN)).read()).decode()
+    for (name, kind), members in expected.items():
+        if name != "off":  # /metrics shows active partners only
+            assert f'syndicate_outstanding_revisions{{kind="{kind}",partner="{name}"}} {len(members)}.0' in scrape
+
 
 # ----- item 5: paging, grouping, retry all ----------------------------------------------------------------
 

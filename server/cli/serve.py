@@ -139,6 +139,7 @@ async def _run_server(app: web.Application, listening: socket.socket, fast_path:
     await runner.setup()
     try:
         await web.SockSite(runner, listening, backlog=LISTEN_BACKLOG).start()
+        freeze_start_up_objects()
         if banner:
             print_banner(app)
         stop = asyncio.Event()
@@ -148,6 +149,17 @@ async def _run_server(app: web.Application, listening: socket.socket, fast_path:
         await stop.wait()
     finally:
         await runner.cleanup()
+
+
+def freeze_start_up_objects() -> None:
+    """Leave what start-up made (modules, grammars, the partner table: some 100,000 objects) out of
+    every later garbage collection. A full collection walks every tracked object; with these in it,
+    each took 60 to 100 ms at 1,000 partners, stalling every request on the loop (the ops views' p95
+    doubled). Objects made afterwards are collected as usual."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
 
 
 def use_zero_copy_writes() -> None:
@@ -182,6 +194,7 @@ def worker(args: argparse.Namespace, settings: Settings) -> int:
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(signum, stop.set)
             logging.getLogger("syndicate").info("push worker running (pid %d)", os.getpid())
+            freeze_start_up_objects()
             await stop.wait()
         return 0
 

@@ -207,6 +207,25 @@ def partner_outstanding(name: str) -> str:
     return f"{PREFIX}:partner:{name}:outstanding"
 
 
+def partner_pending_items(name: str, kind: str) -> str:
+    """Sorted set: ``<article id>|<version>`` of every correction (``kind`` ``correction``) or kill
+    (``kill``) whose :func:`propagation_pending` set holds the partner, scored by its ingest time (epoch
+    ms): the same pairs seen from the partner's side, so ``/metrics`` counts a partner's outstanding
+    items and finds the oldest with a ``ZCOUNT`` and a ``ZRANGE``, whatever the window holds. Written in
+    the same Lua steps as the pending sets (the requirement adds, the settling removes); the retention
+    job drops members older than the window."""
+    return f"{PREFIX}:partner:{name}:pending:{kind}"
+
+
+PARTNER_PENDING_ITEMS_PARTS = (f"{PREFIX}:partner:", ":pending:")  # around the name; the kind follows
+
+
+def propagation_partner_index() -> str:
+    """String: present once the partners' :func:`partner_pending_items` sets hold every pending pair
+    (written by the first retention run that rebuilt them from the items, e.g. after an upgrade)."""
+    return f"{PREFIX}:propagation:partner-index"
+
+
 def propagation_trimmed_to() -> str:
     """Counter: the cutoff (epoch microseconds) of the last trim of the partners' requirements; the
     next trims only the articles whose last change fell between it and its own cutoff."""

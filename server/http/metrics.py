@@ -89,11 +89,11 @@ async def cluster_gauges(app: web.Application) -> list[Metric]:
     destinations = [d for d in await app[DESTINATIONS].all() if not d.expired(now)]
     gauges = await outstanding_gauges(app[OPS], now)
     outstanding = GaugeMetricFamily("syndicate_outstanding_revisions", "Corrections and kills (of the last 7 "
-                                    "days) an entitled partner has not received, by poll or push.",
-                                    labels=("partner", "kind"))
+                                    "days) an entitled partner has not received, by poll or push (no series: "
+                                    "none).", labels=("partner", "kind"))
     outstanding_age = GaugeMetricFamily("syndicate_outstanding_oldest_seconds", "How long the oldest "
                                         "correction or kill a partner has not received has been outstanding "
-                                        "(0: none).", labels=("partner", "kind"))
+                                        "(no series: none).", labels=("partner", "kind"))
     for gauge in gauges:
         outstanding.add_metric((gauge.partner, gauge.kind.value), gauge.count)
         outstanding_age.add_metric((gauge.partner, gauge.kind.value), gauge.oldest_seconds)

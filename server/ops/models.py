@@ -464,9 +464,9 @@ class MyStatus:
 
 @dataclass(frozen=True, slots=True)
 class OutstandingGauge:
-    """``/metrics``: one active partner's corrections or kills of the window not yet received."""
+    """``/metrics``: one active partner's corrections or kills of the window not yet received (at least one)."""
 
     partner: str
     kind: ChangeKind
     count: int
-    oldest_seconds: float  # 0: none
+    oldest_seconds: float

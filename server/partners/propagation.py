@@ -45,33 +45,39 @@ CATCH_UP_LIMIT = 2000  # change-log entries a view records at most before answer
 STATUS_ARTICLES = 500  # a partner's status lists at most this many articles
 TRIM_BATCH = 500  # quiet articles dropped from every partner's requirements per pipeline
 SETTLE_BATCH = 20_000  # noted receipts settled per Lua step (a read settles one batch; the retention job all)
-SUMMARY_LAG_SCAN = 3  # lag revisions are summed over this many oldest outstanding articles (1 each beyond)
+SUMMARY_LAG_SCAN = 1  # lag revisions are summed over this many oldest outstanding articles (1 each beyond)
+INDEX_BATCH = 200  # items copied into the partners' pending items per Lua step when the index is rebuilt
 
 # KEYS 1 items, 2 item hash, 3 item partners, 4 item pending, 5 the article's items; then per partner:
 # received, required, outstanding. ARGV 1 article, 2 version, 3 ingest ms, 4 "1" for a correction or
-# kill, 5 kind, 6 uri, 7 headline; then per partner: name, the delivery it must receive whatever its
-# receipts say (it may read the revision now, or has it on its way; "" if not), the delivery if it only
-# had the story. Returns name, delivery, ... of every partner that must receive it.
+# kill, 5 kind, 6 uri, 7 headline, 8-9 the parts of a partner's pending items key (around its name;
+# the kind follows); then per partner: name, the delivery it must receive whatever its receipts say (it
+# may read the revision now, or has it on its way; "" if not), the delivery if it only had the story.
+# Returns name, delivery, ... of every partner that must receive it.
 _REQUIRE_LUA = """
 local article, version, since = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local item = ARGV[4] == '1'
+local member = article .. '|' .. ARGV[2]
 if item then
-  redis.call('ZADD', KEYS[1], since, article .. '|' .. ARGV[2])
+  redis.call('ZADD', KEYS[1], since, member)
   redis.call('HSET', KEYS[2], 'kind', ARGV[5], 'uri', ARGV[6], 'headline', ARGV[7], 'ingestedAt', since)
   redis.call('SADD', KEYS[5], ARGV[2])
 end
 local result = {}
 for i = 0, (#KEYS - 5) / 3 - 1 do
-  local name, sent = ARGV[8 + 3 * i], ARGV[9 + 3 * i]
+  local name, sent = ARGV[10 + 3 * i], ARGV[11 + 3 * i]
   local got = redis.call('HGET', KEYS[6 + 3 * i], article)
-  if sent == '' and got then sent = ARGV[10 + 3 * i] end
+  if sent == '' and got then sent = ARGV[12 + 3 * i] end
   if sent ~= '' then
     if tonumber(redis.call('HGET', KEYS[7 + 3 * i], article) or '0') < version then
       redis.call('HSET', KEYS[7 + 3 * i], article, version)
     end
     if (got and tonumber(string.match(got, '^(%d+)')) or 0) < version then
       redis.call('ZADD', KEYS[8 + 3 * i], 'NX', since, article)
-      if item then redis.call('SADD', KEYS[4], name) end
+      if item then
+        redis.call('SADD', KEYS[4], name)
+        redis.call('ZADD', ARGV[8] .. name .. ARGV[9] .. ARGV[5], since, article .. '|' .. ARGV[2])
+      end
     end
     if item then redis.call('HSET', KEYS[3], name, sent) end
     result[#result + 1] = name
@@ -82,9 +88,11 @@ return result
 """
 
 # Settling: the receipts noted since the last settling (``to settle``: ``<received key>|<article>``) drop
-# their partner from the pending set of every item of the article at or below the version received.
-# KEYS 1: to settle. ARGV 1, 2: the received key's prefix and suffix, 3, 4: the article items key's,
-# 5, 6: the pending key's (around ``<article>:<version>``).
+# their partner from the pending set of every item of the article at or below the version received,
+# and the item from the partner's pending items. KEYS 1: to settle. ARGV 1, 2: the received key's
+# prefix and suffix, 3, 4: the article items key's, 5, 6: the pending key's (around
+# ``<article>:<version>``; without the suffix, the item's hash), 7, 8: the partner's pending items
+# key's (around its name; the kind follows).
 _SETTLE_FUNCTION = """
 local function settle_receipts()
   local noted = redis.call('SPOP', KEYS[1], SETTLE_BATCH)
@@ -95,7 +103,11 @@ local function settle_receipts()
     local have = got and tonumber(string.match(got, '^(%d+)')) or 0
     for _, version in ipairs(redis.call('SMEMBERS', ARGV[3] .. article .. ARGV[4])) do
       if tonumber(version) <= have then
-        redis.call('SREM', ARGV[5] .. article .. ':' .. version .. ARGV[6], name)
+        local item = ARGV[5] .. article .. ':' .. version
+        if redis.call('SREM', item .. ARGV[6], name) == 1 then
+          local kind = redis.call('HGET', item, 'kind')
+          if kind then redis.call('ZREM', ARGV[7] .. name .. ARGV[8] .. kind, article .. '|' .. version) end
+        end
       end
     end
   end
@@ -103,41 +115,21 @@ local function settle_receipts()
 end
 """.replace("SETTLE_BATCH", str(SETTLE_BATCH))
 
-# KEYS 1: to settle, 2: the items. ARGV 1-6: as the settling's, 7: since (epoch ms), 8: "1" to return
+# KEYS 1: to settle, 2: the items. ARGV 1-8: as the settling's, 9: since (epoch ms), 10: "1" to return
 # the names still pending. Settles, then returns per item of the window, newest first, {member, ingest
-# ms, count, kind, names...}; with ARGV 8 "per-partner", instead per (partner, kind) with anything
-# pending {name, kind, count, oldest ingest ms}: the item keys are built here, and counting is a SCARD, whatever the number
+# ms, count, kind, names...}: the item keys are built here, and counting is a SCARD, whatever the number
 # of pending pairs (the read's cost is the window's items, passed neither way as key names).
 _WINDOW_LUA = _SETTLE_FUNCTION + """
 settle_receipts()
-local entries = redis.call('ZRANGE', KEYS[2], '+inf', ARGV[7], 'BYSCORE', 'REV', 'WITHSCORES')
+local entries = redis.call('ZRANGE', KEYS[2], '+inf', ARGV[9], 'BYSCORE', 'REV', 'WITHSCORES')
 local result = {}
-if ARGV[8] == 'per-partner' then
-  local at = {}
-  for i = 1, #entries, 2 do
-    local article, version = string.match(entries[i], '^(.*)|([^|]*)$')
-    local item = ARGV[5] .. article .. ':' .. version
-    local kind = redis.call('HGET', item, 'kind') or ''
-    for _, name in ipairs(redis.call('SMEMBERS', item .. ARGV[6])) do
-      local slot = name .. '|' .. kind
-      if at[slot] == nil then
-        result[#result + 1] = {name, kind, 0, entries[i + 1]}
-        at[slot] = #result
-      end
-      local row = result[at[slot]]
-      row[3] = row[3] + 1
-      row[4] = entries[i + 1]  -- newest first: the last one seen is the oldest
-    end
-  end
-  return result
-end
 for i = 1, #entries, 2 do
   local member = entries[i]
   local article, version = string.match(member, '^(.*)|([^|]*)$')
   local pending = ARGV[5] .. article .. ':' .. version .. ARGV[6]
   local kind = redis.call('HGET', string.sub(pending, 1, #pending - #ARGV[6]), 'kind') or ''
   local answer = {member, entries[i + 1], 0, kind}
-  if ARGV[8] == '1' then
+  if ARGV[10] == '1' then
     for _, name in ipairs(redis.call('SMEMBERS', pending)) do answer[#answer + 1] = name end
     answer[3] = #answer - 4
   else
@@ -148,10 +140,48 @@ end
 return result
 """
 
-# KEYS 1: to settle. ARGV 1-6: as the settling's. Settles one batch only, and returns how many are left
+# KEYS 1: to settle. ARGV 1-8: as the settling's. Settles one batch only, and returns how many are left
 # (the retention job drains the set this way even when no ops view is read).
 _SETTLE_ONLY_LUA = _SETTLE_FUNCTION + """
 return settle_receipts()
+"""
+
+# KEYS 1: to settle. ARGV 1-8: as the settling's, 9: since (epoch ms), then the partners' names.
+# Settles, then returns per (partner, kind) with anything pending since ``since`` {name, kind, count,
+# oldest ingest ms}: two reads of each partner's pending items per kind, whatever the window holds.
+_PER_PARTNER_LUA = _SETTLE_FUNCTION + """
+settle_receipts()
+local result = {}
+for i = 10, #ARGV do
+  for _, kind in ipairs(ITEM_KINDS) do
+    local pending = ARGV[7] .. ARGV[i] .. ARGV[8] .. kind
+    local count = redis.call('ZCOUNT', pending, ARGV[9], '+inf')
+    if count > 0 then
+      local oldest = redis.call('ZRANGE', pending, ARGV[9], '+inf', 'BYSCORE', 'LIMIT', 0, 1, 'WITHSCORES')
+      result[#result + 1] = {ARGV[i], kind, count, oldest[2]}
+    end
+  end
+end
+return result
+""".replace("ITEM_KINDS", "{" + ", ".join(f"'{kind}'" for kind in ITEM_KINDS) + "}")
+
+# KEYS 1: the items. ARGV 1, 2: the pending key's parts, 3, 4: the partner's pending items key's, then
+# members of the items. Adds each member's pending partners to their pending items (the index of
+# :func:`keys.partner_pending_items`, rebuilt after an upgrade), in one step per batch of items so a
+# settling never interleaves with a half-copied item.
+_INDEX_LUA = """
+for i = 5, #ARGV do
+  local article, version = string.match(ARGV[i], '^(.*)|([^|]*)$')
+  local item = ARGV[1] .. article .. ':' .. version
+  local kind = redis.call('HGET', item, 'kind')
+  local since = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if kind and since then
+    for _, name in ipairs(redis.call('SMEMBERS', item .. ARGV[2])) do
+      redis.call('ZADD', ARGV[3] .. name .. ARGV[4] .. kind, since, ARGV[i])
+    end
+  end
+end
+return 1
 """
 
 # ARGV 1: how many oldest to sum the lag over; 2-7: the parts of the partner's outstanding set,
@@ -236,7 +266,8 @@ class Item:
     outstanding: int
 
 
-_SETTLE_PARTS = (*keys.PARTNER_RECEIVED_PARTS, *keys.PROPAGATION_ARTICLE_ITEMS_PARTS, *keys.PROPAGATION_PENDING_PARTS)
+_SETTLE_PARTS = (*keys.PARTNER_RECEIVED_PARTS, *keys.PROPAGATION_ARTICLE_ITEMS_PARTS, *keys.PROPAGATION_PENDING_PARTS,
+                 *keys.PARTNER_PENDING_ITEMS_PARTS)
 
 
 def _ms(value: float | str) -> datetime:
@@ -256,6 +287,8 @@ class Requirements:
         self._require = redis.register_script(_REQUIRE_LUA)
         self._window = redis.register_script(_WINDOW_LUA)
         self._settle_only = redis.register_script(_SETTLE_ONLY_LUA)
+        self._per_partner = redis.register_script(_PER_PARTNER_LUA)
+        self._index = redis.register_script(_INDEX_LUA)
         self._summary = redis.register_script(_SUMMARY_LUA)
         self._advance = redis.register_script(_ADVANCE_LUA)
 
@@ -346,7 +379,7 @@ class Requirements:
             script_keys += [keys.partner_received(name), keys.partner_required(name), keys.partner_outstanding(name)]
         flat = await self._require(keys=script_keys, args=[
             article.id, revision.version, since, "1" if item else "0", revision.kind, article.uri, headline or "",
-            *ways])
+            *keys.PARTNER_PENDING_ITEMS_PARTS, *ways])
         return {flat[i]: Delivery(flat[i + 1]) for i in range(0, len(flat), 2)}
 
     # ----- reading: partners --------------------------------------------------------------------
@@ -409,12 +442,28 @@ class Requirements:
             result.append(Settled(article_id, int(version), kind, _ms(score), int(count), tuple(pending)))
         return result
 
-    async def pending_per_partner(self, since: datetime) -> list[tuple[str, str, int, datetime]]:
-        """(partner, kind, how many of the window's items of that kind it has not received, the oldest's
-        ingest time): one Lua step, answering per partner rather than per pending pair."""
-        answers = await self._window(keys=[keys.propagation_receipts_to_settle(), keys.propagation_items()],
-                                     args=[*_SETTLE_PARTS, int(since.timestamp() * 1000), "per-partner"])
+    async def pending_per_partner(self, names: Sequence[str], since: datetime) -> list[tuple[str, str, int, datetime]]:
+        """(partner, kind, how many of its items of that kind ingested since ``since`` it has not received,
+        the oldest's ingest time), for the partners with any: one Lua step that reads each partner's
+        pending items (:func:`keys.partner_pending_items`), never the window's items."""
+        if not names:
+            return []
+        answers = await self._per_partner(keys=[keys.propagation_receipts_to_settle()],
+                                          args=[*_SETTLE_PARTS, int(since.timestamp() * 1000), *names])
         return [(name, kind, int(count), _ms(oldest)) for name, kind, count, oldest in answers]
+
+    async def index_partners(self) -> bool:
+        """Fill the partners' pending items from the items' pending sets, once (after an upgrade from a
+        version without them, or a Redis restored from one): False when the index was already whole."""
+        if await self.redis.exists(keys.propagation_partner_index()):
+            return False
+        members = await self.redis.zrange(keys.propagation_items(), 0, -1)
+        for start in range(0, len(members), INDEX_BATCH):
+            await self._index(keys=[keys.propagation_items()],
+                              args=[*keys.PROPAGATION_PENDING_PARTS, *keys.PARTNER_PENDING_ITEMS_PARTS,
+                                    *members[start:start + INDEX_BATCH]])
+        await self.redis.set(keys.propagation_partner_index(), "1")
+        return True
 
     async def items(self, page: Sequence[Settled]) -> list[Item]:
         """One page of settled items with their details and counts."""
@@ -475,6 +524,7 @@ class Requirements:
         dropped = 0
         await self.settle_receipts()
         old = await self.redis.zrange(keys.propagation_items(), "-inf", cutoff_ms, byscore=True)
+        names = list(partner_names)
         if old:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for member in old:
@@ -484,6 +534,9 @@ class Requirements:
                                 keys.propagation_pending(article_id, int(version)))
                     pipe.srem(keys.propagation_article_items(article_id), version)
                 pipe.zrem(keys.propagation_items(), *old)
+                for name in names:
+                    for kind in ITEM_KINDS:
+                        pipe.zremrangebyscore(keys.partner_pending_items(name, kind), "-inf", cutoff_ms)
                 await pipe.execute()
             dropped += len(old)
         cutoff_micros = int(cutoff.timestamp() * 1_000_000)
@@ -492,7 +545,6 @@ class Requirements:
         since = await self.redis.get(keys.propagation_trimmed_to())
         stale = await self.redis.zrange(keys.articles_by_change(), int(since or 0), f"({cutoff_micros}",
                                         byscore=True)
-        names = list(partner_names)
         for start in range(0, len(stale), TRIM_BATCH):
             batch = stale[start:start + TRIM_BATCH]
             async with self.redis.pipeline(transaction=False) as pipe:

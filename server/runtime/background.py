@@ -86,6 +86,8 @@ class RetentionJob(PeriodicJob):
         redis, lock, token = self.store.redis, keys.maintenance_lock(), secrets.token_hex(8)
         if not await redis.set(lock, token, nx=True, ex=MAINTENANCE_LOCK_SECONDS):
             return
+        if await self.requirements.index_partners():  # first: /metrics undercounts until it is done
+            log.info("propagation: the partners' pending items were rebuilt from the items")
         dropped = await self.store.drop_old_bodies(timedelta(days=self.settings.retention_days))
         trimmed = await self.store.trim_changelog(timedelta(days=self.settings.changelog_retention_days))
         await drop_old_manifests(redis)
