@@ -184,6 +184,17 @@ end
 return 1
 """
 
+# ARGV 1, 2: the parts of a partner's received hash around its name; then pairs of a partner's name and
+# an article id. Returns each pair's receipt (false: none): thousands of HGETs in one step, not one
+# pipelined command each.
+_RECEIPTS_LUA = """
+local result = {}
+for i = 3, #ARGV - 1, 2 do
+  result[#result + 1] = redis.call('HGET', ARGV[1] .. ARGV[i] .. ARGV[2], ARGV[i + 1])
+end
+return result
+"""
+
 # ARGV 1: how many oldest to sum the lag over; 2-7: the parts of the partner's outstanding set,
 # required hash and received hash around its name; then the names (keys built here: 1,000 partners
 # are 1,000 short arguments, not 3,000 key names). Returns per partner {count, oldest ms or false, lag
@@ -289,6 +300,7 @@ class Requirements:
         self._settle_only = redis.register_script(_SETTLE_ONLY_LUA)
         self._per_partner = redis.register_script(_PER_PARTNER_LUA)
         self._index = redis.register_script(_INDEX_LUA)
+        self._receipts = redis.register_script(_RECEIPTS_LUA)
         self._summary = redis.register_script(_SUMMARY_LUA)
         self._advance = redis.register_script(_ADVANCE_LUA)
 
@@ -500,11 +512,9 @@ class Requirements:
         pages = []
         for partners, pending in zip(answers[0::2], answers[1::2], strict=True):
             pages.append((partners, sorted(partners, key=lambda p: (p not in pending, p))[offset:offset + limit]))
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for (article_id, _version), (_partners, ordered) in zip(items, pages, strict=True):
-                for name in ordered:
-                    pipe.hget(keys.partner_received(name), article_id)
-            got = iter(await pipe.execute())
+        pairs = [value for (article_id, _version), (_partners, ordered) in zip(items, pages, strict=True)
+                 for name in ordered for value in (name, article_id)]
+        got = iter(await self._receipts(keys=[], args=[*keys.PARTNER_RECEIVED_PARTS, *pairs]) if pairs else ())
         return [[(name, Delivery(partners[name]), *_receipt(next(got))) for name in ordered]
                 for partners, ordered in pages]
 
