@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import shutil
+from datetime import UTC, datetime
 
 import orjson
 import pytest
@@ -518,3 +519,26 @@ async def test_the_trim_drops_only_requirements_of_articles_gone_quiet(redis_url
         assert sync_redis.hkeys(keys.partner_required("q")) == ["fresh"]
     finally:
         await redis.aclose()
+
+
+async def test_last_polls_and_pushes_are_indexed_once_from_the_last_used_keys(redis_url, sync_redis):
+    """After an upgrade from a version that kept only each partner's last-used hash, the first retention
+    run fills the sorted sets the ops views read; a newer time a flush wrote meanwhile stays (GT)."""
+    from server.partners.ledger import LAST_PUSH, PollLedger
+
+    sync_redis.hset(keys.partner_last_used("p"), mapping={"k1": "2030-01-01T10:00:00Z", "k2": "2030-01-01T12:00:00Z",
+                                                          LAST_PUSH: "2030-01-01T11:00:00Z"})
+    sync_redis.hset(keys.partner_last_used("q"), mapping={"k3": "2030-01-01T09:00:00Z"})
+    later = int(datetime(2030, 1, 2, tzinfo=UTC).timestamp() * 1000)
+    sync_redis.zadd(keys.partners_last_poll(), {"q": later})  # flushed by the new version already
+    redis = await connect(redis_url)
+    try:
+        ledger = PollLedger(redis)
+        assert await ledger.index_last_seen(["p", "q", "never"]) is True
+        assert await ledger.index_last_seen(["p", "q", "never"]) is False
+        seen = await ledger.last_seen(["p", "q", "never"])
+    finally:
+        await redis.aclose()
+    assert seen["p"] == (datetime(2030, 1, 1, 12, tzinfo=UTC), datetime(2030, 1, 1, 11, tzinfo=UTC))
+    assert seen["q"] == (datetime(2030, 1, 2, tzinfo=UTC), None)
+    assert seen["never"] == (None, None)

@@ -154,6 +154,12 @@ def partners_last_poll() -> str:
     return f"{PREFIX}:partners:last-poll"
 
 
+def partners_last_seen_index() -> str:
+    """String: present once :func:`partners_last_poll` and :func:`partners_last_push` were filled from
+    every partner's :func:`partner_last_used` hash (the first retention run after an upgrade)."""
+    return f"{PREFIX}:partners:last-seen-index"
+
+
 def partners_last_push() -> str:
     """Sorted set: partner name -> epoch ms of its last acknowledged push (as ``partners_last_poll``)."""
     return f"{PREFIX}:partners:last-push"

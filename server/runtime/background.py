@@ -77,21 +77,25 @@ class RetentionJob(PeriodicJob):
     name = where = "maintenance"
     tick_at_start = True
 
-    def __init__(self, metrics: Metrics, store: ArticleStore, settings: Settings, requirements: Requirements) -> None:
+    def __init__(self, metrics: Metrics, store: ArticleStore, settings: Settings, requirements: Requirements,
+                 ledger: PollLedger) -> None:
         super().__init__(metrics)
-        self.store, self.settings, self.requirements = store, settings, requirements
+        self.store, self.settings, self.requirements, self.ledger = store, settings, requirements, ledger
         self.interval = settings.maintenance_interval_seconds
 
     async def tick(self) -> None:
         redis, lock, token = self.store.redis, keys.maintenance_lock(), secrets.token_hex(8)
         if not await redis.set(lock, token, nx=True, ex=MAINTENANCE_LOCK_SECONDS):
             return
-        if await self.requirements.index_partners():  # first: /metrics undercounts until it is done
+        names = [str(name) for name in await redis.smembers(keys.partner_names())]
+        # First, once after an upgrade: until they are done /metrics undercounts and last polls are blank.
+        if await self.requirements.index_partners():
             log.info("propagation: the partners' pending items were rebuilt from the items")
+        if await self.ledger.index_last_seen(names):
+            log.info("ledger: every partner's last poll and push were indexed from its last-used keys")
         dropped = await self.store.drop_old_bodies(timedelta(days=self.settings.retention_days))
         trimmed = await self.store.trim_changelog(timedelta(days=self.settings.changelog_retention_days))
         await drop_old_manifests(redis)
-        names = [str(name) for name in await redis.smembers(keys.partner_names())]
         await drop_old_receipts(redis, names)
         await self.requirements.trim(names, STATUS_WINDOW, utc_now())
         if dropped or trimmed:

@@ -262,7 +262,8 @@ async def _running(services: Services, clients: RedisClients) -> AsyncIterator[N
             jobs.start(FlushJob(services.metrics, services.limiter, services.counts, services.ledger,
                                 services.settings.flush_interval_seconds))
             jobs.start(EmbargoJob(services.metrics, services.store))
-            jobs.start(RetentionJob(services.metrics, services.store, services.settings, services.ops.requirements))
+            jobs.start(RetentionJob(services.metrics, services.store, services.settings, services.ops.requirements,
+                                    services.ledger))
             jobs.start(epoch_watch)
             jobs.start(ReplicationWatch(services.metrics, services.acks))
             if services.embedded is not None and services.embedded.owner:
