@@ -155,9 +155,9 @@ def partners_last_poll() -> str:
 
 
 def partners_last_seen_index() -> str:
-    """String: present once :func:`partners_last_poll` and :func:`partners_last_push` were filled from
+    """String (``syn:migrated:*``: the markers of one-time migrations): present once :func:`partners_last_poll` and :func:`partners_last_push` were filled from
     every partner's :func:`partner_last_used` hash (the first retention run after an upgrade)."""
-    return f"{PREFIX}:partners:last-seen-index"
+    return f"{PREFIX}:migrated:last-seen"
 
 
 def partners_last_push() -> str:
@@ -227,9 +227,9 @@ PARTNER_PENDING_ITEMS_PARTS = (f"{PREFIX}:partner:", ":pending:")  # around the 
 
 
 def propagation_partner_index() -> str:
-    """String: present once the partners' :func:`partner_pending_items` sets hold every pending pair
+    """String (a one-time migration's marker): present once the partners' :func:`partner_pending_items` sets hold every pending pair
     (written by the first retention run that rebuilt them from the items, e.g. after an upgrade)."""
-    return f"{PREFIX}:propagation:partner-index"
+    return f"{PREFIX}:migrated:partner-pending-items"
 
 
 def propagation_trimmed_to() -> str:

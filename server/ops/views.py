@@ -113,7 +113,7 @@ async def overview(ctx: OpsContext, now: datetime | None = None) -> StatusOvervi
             depth=len(waiting),
             due=due,
             in_flight=in_flight,
-            oldest_pending_seconds=round(now.timestamp() - oldest / 1000, 3) if oldest else None,
+            oldest_pending_seconds=round(max(0.0, now.timestamp() - oldest / 1000), 3) if oldest else None,
             failed=len(failed),
             subscriptions=sum(1 for d in destinations if d.kind == DestinationKind.WEBSUB),
             endpoints=sum(1 for d in destinations if d.kind == DestinationKind.WEBHOOK),
@@ -145,7 +145,7 @@ def _partner_row(partner: Partner, summary: Summary, seen: tuple[datetime | None
         failing_endpoints=tuple(i for i in failing_ids if kinds.get(i) == DestinationKind.WEBHOOK),
         failing_subscriptions=tuple(i for i in failing_ids if kinds.get(i) == DestinationKind.WEBSUB),
         queue_depth=queue_depth,
-        oldest_pending_seconds=round(now.timestamp() - oldest / 1000, 3) if oldest else None,
+        oldest_pending_seconds=round(max(0.0, now.timestamp() - oldest / 1000), 3) if oldest else None,
     )
 
 
