@@ -978,6 +978,7 @@ def bench_storm(workdir: Path, partners: int, articles: int, seed: int) -> Any:
 
 def storm_report(storm: Any, load: str) -> str:
     verdicts = [("0 acknowledged revisions lost", not storm.lost),
+                ("0 revisions stored twice", not storm.duplicates),
                 ("0 entitled partners stale", not storm.stale),
                 ("propagation report equals the partners' logs", not storm.mismatches),
                 ("0 revisions re-sent after a 2xx", not storm.repeats_after_2xx),

@@ -24,10 +24,14 @@ Partners (``POST /api/partners``), in four kinds, granted ``latest``, ``world`` 
 
 The publisher posts French (and a few English, world-tagged) stories: every one created, 30%
 corrected (``?signal=correction``), some of the corrections re-filing the story into or out of
-``world`` (adding or removing the world subject), 5% killed (``DELETE``). Each revision's headline
+``world`` (adding or removing the world subject), 5% killed (``DELETE``), at least two of them
+re-filed out of ``world`` first (a world-only partner gets a withdrawal, then the kill). Each revision's headline
 carries a marker ``[storm <story> r<n>]``, so a ninjs body (which has no server version) maps to the
 server's version; JSON Feed and Atom bodies carry the version itself (``_syndicate.version``,
-``syndicate:version``). Only a 2xx answer with its version is an acknowledged write; an error or no
+``syndicate:version``). A ninjs notice (a kill's tombstone, or the withdrawal a partner that had the story
+gets when it may no longer read a revision) has no headline: it is told by its ``versionCreated``,
+which is the version's own (every acknowledged write's answer and every stored record give it), so a
+withdrawal of version 2 and the kill at version 3 are two versions, not one sent twice. Only a 2xx answer with its version is an acknowledged write; an error or no
 answer leaves the write unknown, and the publisher retries the same document (a stored one answers
 ``unchanged`` with its version).
 
@@ -35,7 +39,8 @@ At the end (quiescence: every expectation met, or nothing new seen for ``quiet_s
 final polls) the result holds:
 
 a. acknowledged revisions lost: an acknowledged version missing from ``GET /api/articles/{id}/versions``
-   (or holding another revision's marker);
+   (or holding another revision's marker); and revisions stored twice: one planned revision's marker at
+   two stored versions (a retried write stored anew instead of answered ``unchanged``);
 b. stale (partner, story) pairs: the partner may read the story's latest revision (a feed it is granted,
    or a public one, holds it) or has seen an earlier revision of it (issue 11, item 1), and its own log
    does not hold the latest version. A plain poller's pair is excepted (and listed) when the story's
@@ -105,6 +110,7 @@ class StormConfig:
     twice: float = 0.25  # of the corrected stories, those corrected twice
     killed: float = 0.05
     refiled: float = 0.40  # of the corrections of French stories, those that move the story into or out of world
+    withdrawn_then_killed: int = 2  # at least this many stories re-filed out of world and then killed
     english: float = 0.10  # English stories (always world-tagged, in the public headlines feed too)
     seed: int = 11
     publish_seconds: float = 30.0  # creates spread over this window; corrections and kills follow
@@ -370,7 +376,32 @@ def make_plan(config: StormConfig) -> list[Story]:
     for story in rng.sample(stories, round(config.articles * config.killed)):
         last = story.revisions[-1]
         story.revisions.append(Revision(story.name, 0, last.world, min(last.at + rng.uniform(1.5, 5.0), window + 2)))
+    _withdraw_before_kill(stories, config.withdrawn_then_killed)
     return stories
+
+
+def withdrawn_then_killed(story: Story) -> bool:
+    """Re-filed out of world by a correction, then killed: a world-only partner that had it is sent the
+    withdrawal, then the kill (two versions of one story, both canceled notices)."""
+    content = [r for r in story.revisions if not r.kill]
+    return story.revisions[-1].kill and any(a.world and not b.world for a, b in zip(content, content[1:], strict=False))
+
+
+def _withdraw_before_kill(stories: list[Story], wanted: int) -> None:
+    """Make sure the plan has ``wanted`` stories that are withdrawn and then killed: killed French stories
+    that were never corrected get a correction re-filing them out of world (their creation in world),
+    with time for the withdrawal to go out before the kill. No random draw: the rest of the plan stays."""
+    missing = wanted - sum(withdrawn_then_killed(story) for story in stories)
+    for story in stories:
+        if missing <= 0:
+            return
+        if story.language != "fr" or len(story.revisions) != 2 or not story.revisions[-1].kill:
+            continue
+        created, kill = story.revisions
+        correction = Revision(story.name, 2, False, created.at + 1.5)
+        story.revisions = [Revision(story.name, 1, True, created.at), correction,
+                           Revision(story.name, 0, False, max(kill.at, correction.at + 2.0))]
+        missing -= 1
 
 
 def document(story: Story, revision: Revision) -> dict[str, Any]:
@@ -563,6 +594,7 @@ class StormResult:
     unknown_writes: int = 0  # attempts that got an error or no answer
     refused_writes: list[str] = field(default_factory=list)
     lost: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)  # one planned revision stored at two versions
     stale: list[str] = field(default_factory=list)
     excepted: list[str] = field(default_factory=list)  # plain pollers whose feed window overflowed
     mismatches: list[str] = field(default_factory=list)
@@ -590,6 +622,7 @@ class StormResult:
             f"  acknowledged revisions:   {self.acknowledged}  (write attempts without an answer: {self.unknown_writes}, "
             f"refused: {len(self.refused_writes)})",
             f"  lost:                     {len(self.lost)}",
+            f"  stored twice:             {len(self.duplicates)}",
             f"  stale (partner, story):   {len(self.stale)}  (excepted, feed window overflowed: {len(self.excepted)})",
             f"  report mismatches:        {len(self.mismatches)}",
             f"  repeats after 2xx:        {len(self.repeats_after_2xx)}",
@@ -601,7 +634,8 @@ class StormResult:
             f"items of unknown version: {self.unresolved}",
             f"  storm {self.storm_seconds:.0f} s, total {self.total_seconds:.0f} s; logs in {self.workdir}",
         ]
-        for title, entries in (("lost", self.lost), ("stale", self.stale), ("excepted", self.excepted),
+        for title, entries in (("lost", self.lost), ("stored twice", self.duplicates), ("stale", self.stale),
+                               ("excepted", self.excepted),
                                ("report mismatches", self.mismatches),
                                ("repeats after 2xx", self.repeats_after_2xx),
                                ("repeats after crash", self.repeats_after_crash),
@@ -631,6 +665,7 @@ class Storm:
         self.last_progress = time.monotonic()
         self.feed_limits = feed_limits()
         self.session: aiohttp.ClientSession | None = None
+        self.moments: Moments = {}  # (uri, versionCreated) -> version: acknowledged writes, then the store
         self._seen: set[tuple[str, str, int | None, tuple[str, int] | None]] = set()
         # Set when a cursor follower on server 0 has just been given a story's last correction: the SIGKILL
         # of server 0 comes right then, while that poll's receipt is still in the server's flush buffer.
@@ -827,6 +862,7 @@ class Storm:
             if 200 <= status < 300:
                 result = orjson.loads(answer)
                 story.article_id = result["id"]
+                note_moment(self.moments, story.uri, result.get("versionCreated"), int(result["version"]))
                 self.acks.append(Ack(story.name, revision.rev, int(result["version"]), result.get("outcome", "?"),
                                      time.monotonic()))
                 return
@@ -1016,11 +1052,10 @@ class Storm:
         """The feeds a partner may read: its grants and every public feed."""
         return (*partner.feeds, *(name for name, (public, _limit) in self.feed_limits.items() if public))
 
-    def versions_seen(self, partner: Partner, versions: dict[tuple[str, int], int],
-                      kills: dict[str, int]) -> dict[str, set[int]]:
+    def versions_seen(self, partner: Partner, versions: dict[tuple[str, int], int]) -> dict[str, set[int]]:
         seen: dict[str, set[int]] = defaultdict(set)
         for item in partner.sightings:
-            version = resolve(item, versions, kills, self.by_uri)
+            version = resolve(item, versions, self.moments)
             if version is not None:
                 seen[item.uri].add(version)
         return seen
@@ -1029,10 +1064,9 @@ class Storm:
                     with_exceptions: bool = False) -> list[str]:
         """(partner, story) pairs that must have the story's latest version and do not (issue 11,
         item 1: it may read the latest revision, or it had an earlier one)."""
-        kills = {name: version for (name, rev), version in versions.items() if rev == 0}
         stale = []
         for partner in self.partners.values():
-            seen = self.versions_seen(partner, versions, kills)
+            seen = self.versions_seen(partner, versions)
             for name, (version, revision) in latest.items():
                 story = self.stories[name]
                 had = seen.get(story.uri, set())
@@ -1089,7 +1123,7 @@ class Storm:
             stored[name] = {}
             for record in records:
                 version = int(record["version"])
-                MOMENTS[(story.uri, record.get("versionCreated"))] = version
+                note_moment(self.moments, story.uri, record.get("versionCreated"), version)
                 doc = record.get("document") or {}
                 if record.get("pubStatus") == "canceled" or doc.get("pubStatus") == "canceled":
                     marker: tuple[str, int] | None = (name, 0)
@@ -1097,6 +1131,10 @@ class Storm:
                     marker = marker_of(next((h.get("value") for h in doc.get("headlines") or []
                                              if h.get("role") == "main"), None))
                 stored[name][version] = marker
+                if marker is not None and marker in versions:
+                    # The publisher writes each planned revision once (retrying the same bytes, which a
+                    # stored revision answers `unchanged`): one marker at two versions is a write stored twice.
+                    result.duplicates.append(f"{name} r{marker[1]}: stored as v{versions[marker]} and v{version}")
                 if marker is not None:
                     versions[marker] = version
                     if name not in latest or version > latest[name][0]:
@@ -1117,11 +1155,10 @@ class Storm:
         # b. stale partners
         result.stale = self.outstanding(versions, latest, with_exceptions=True)
         # c. the propagation report against the partners' logs
-        kills = {name: version for (name, rev), version in versions.items() if rev == 0}
-        seen = {p.name: self.versions_seen(p, versions, kills) for p in self.partners.values()}
+        seen = {p.name: self.versions_seen(p, versions) for p in self.partners.values()}
         for partner in self.partners.values():
             for item in partner.sightings:
-                if resolve(item, versions, kills, self.by_uri) is None:
+                if resolve(item, versions, self.moments) is None:
                     result.unresolved += 1
         reported: dict[tuple[str, int], dict[str, Any]] = {}
         for item in (report or {}).get("items", []):
@@ -1161,7 +1198,7 @@ class Storm:
             newest: dict[str, int] = {}
             for post in partner.posts:
                 for item in post.items:
-                    version = resolve(item, versions, kills, self.by_uri)
+                    version = resolve(item, versions, self.moments)
                     if version is None:
                         continue
                     name = self.by_uri[item.uri].name if item.uri in self.by_uri else item.uri
@@ -1180,22 +1217,38 @@ class Storm:
                         acked[(name, version)] = post
 
 
-def resolve(item: Sighting, versions: dict[tuple[str, int], int], kills: dict[str, int],
-            by_uri: dict[str, Story]) -> int | None:
-    """The server version of what a partner received: given, or by marker, or the story's kill."""
+# (uri, versionCreated) -> version: how a ninjs notice (a kill or a withdrawal, no headline) is told apart.
+Moments = dict[tuple[str, datetime], int]
+
+
+def moment(text: str | None) -> datetime | None:
+    """A ``versionCreated`` as an instant (``Z`` and ``+00:00`` alike), None when absent or unreadable."""
+    try:
+        return datetime.fromisoformat(text) if text else None
+    except ValueError:
+        return None
+
+
+def note_moment(moments: Moments, uri: str, version_created: str | None, version: int) -> None:
+    at = moment(version_created)
+    if at is not None:
+        moments[(uri, at)] = version
+
+
+def resolve(item: Sighting, versions: dict[tuple[str, int], int], moments: Moments) -> int | None:
+    """The server version of what a partner received: given (JSON Feed, Atom), or by its marker (a ninjs
+    revision), or, for a ninjs notice, by its ``versionCreated``: a withdrawal carries the withdrawn
+    version's, a kill's tombstone the kill's. (Not "the story's kill" for every canceled notice: a story
+    re-filed out of a partner's feeds and later killed sends that partner a withdrawal, then the kill,
+    two versions with two delivery ids, which that rule counted as one version sent twice.)"""
     if item.version is not None:
         return item.version
     if item.marker is not None and item.marker in versions:
         return versions[item.marker]
-    story = by_uri.get(item.uri)
-    if item.canceled and story is not None:
-        # a kill, or a withdrawal (a notice to a partner that had the story and may no longer read it)
-        return kills.get(story.name) or MOMENTS.get((item.uri, item.moment))
+    if item.canceled:
+        at = moment(item.moment)
+        return moments.get((item.uri, at)) if at is not None else None
     return None
-
-
-# (uri, versionCreated) -> version, from the store's records: how a withdrawal notice is told apart.
-MOMENTS: dict[tuple[str, str | None], int] = {}
 
 
 def feed_limits() -> dict[str, tuple[bool, int]]:
