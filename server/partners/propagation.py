@@ -76,7 +76,7 @@ for i = 0, (#KEYS - 5) / 3 - 1 do
       redis.call('ZADD', KEYS[8 + 3 * i], 'NX', since, article)
       if item then
         redis.call('SADD', KEYS[4], name)
-        redis.call('ZADD', ARGV[8] .. name .. ARGV[9] .. ARGV[5], since, article .. '|' .. ARGV[2])
+        redis.call('ZADD', ARGV[8] .. name .. ARGV[9] .. ARGV[5], since, member)
       end
     end
     if item then redis.call('HSET', KEYS[3], name, sent) end
