@@ -86,6 +86,13 @@ def _b64(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
+def _signature_matches(expected: str, presented: str) -> bool:
+    """``presented`` is ``expected`` (one of our signatures), in constant time. Compared as bytes:
+    ``hmac.compare_digest`` refuses two ``str`` with a character beyond ASCII (a TypeError, so a 500),
+    and a cookie or form field may hold any character."""
+    return hmac.compare_digest(expected.encode(), presented.encode("utf-8", "surrogateescape"))
+
+
 @dataclass(frozen=True, slots=True)
 class Session:
     id: str
@@ -116,7 +123,7 @@ class Dashboard:
         if len(parts) != 3:
             return None
         session_id, expires, signature = parts
-        if not hmac.compare_digest(self._sign("session", f"{session_id}.{expires}"), signature):
+        if not _signature_matches(self._sign("session", f"{session_id}.{expires}"), signature):
             return None
         expires_at = whole_number(expires)
         if expires_at is None:
@@ -130,7 +137,7 @@ class Dashboard:
         return self._sign("csrf", session.id)
 
     def csrf_ok(self, session: Session, presented: str | None) -> bool:
-        return bool(presented) and hmac.compare_digest(self.csrf_token(session), str(presented))
+        return bool(presented) and _signature_matches(self.csrf_token(session), str(presented))
 
     def flash_cookie(self, kind: str, message: str) -> str:
         payload = _b64(f"{kind}\n{message}"[:500].encode())
@@ -140,7 +147,7 @@ class Dashboard:
         if self.secret is None or not cookie or cookie.count(".") != 1:
             return None
         payload, signature = cookie.split(".")
-        if not hmac.compare_digest(self._sign("flash", payload), signature):
+        if not _signature_matches(self._sign("flash", payload), signature):
             return None
         try:
             kind, _, message = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)).decode().partition("\n")
