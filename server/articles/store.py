@@ -35,6 +35,7 @@ from server.domain.articles import (
     Change,
     Revision,
     article_id_for_uri,
+    is_article_id,
 )
 from server.domain.feeds import BUILT_IN_LATEST, LATEST, FeedDefinition
 from server.domain.ninjs import IncomingDocument, content_hash
@@ -351,7 +352,7 @@ class ArticleStore:
         index = keys.articles_by_status(status) if status else keys.articles_by_change()
         low = f"({to_micros(changed_since)}" if changed_since else "-inf"
         high, after_id = "+inf", None
-        if cursor:
+        if cursor is not None:
             high, after_id = _parse_cursor(cursor)
         articles: list[Article] = []
         while len(articles) <= limit:
@@ -567,8 +568,9 @@ def _change(entry_id: str, fields: dict[str, str]) -> Change:
 
 
 def _parse_cursor(cursor: str) -> tuple[str, str]:
+    """A ``next_cursor`` as handed out: ``<micros>.<article id>`` (schemas/openapi.yaml has its pattern)."""
     score, _, article_id = cursor.partition(".")
-    if not (score.isascii() and score.isdigit()) or not article_id:
+    if not (score.isascii() and score.isdigit() and len(score) <= 19) or not is_article_id(article_id):
         raise Problem("cursor is not one this server handed out.", parameter="cursor")
     return score, article_id
 
