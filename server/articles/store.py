@@ -343,6 +343,7 @@ class ArticleStore:
     async def list_articles(self, *, status: str | None = None, changed_since: datetime | None = None,
                             uri: str | None = None, limit: int = 50, cursor: str | None = None) -> ArticlePage:
         """Newest change first. ``cursor`` is the opaque ``next_cursor`` of the previous page."""
+        after = _parse_cursor(cursor) if cursor is not None else None  # checked with a uri too
         if uri is not None:
             article_id = await self.id_for_uri(uri)
             article = await self.get(article_id) if article_id else None
@@ -351,9 +352,7 @@ class ArticleStore:
             return ArticlePage([article] if matches else [], None)
         index = keys.articles_by_status(status) if status else keys.articles_by_change()
         low = f"({to_micros(changed_since)}" if changed_since else "-inf"
-        high, after_id = "+inf", None
-        if cursor is not None:
-            high, after_id = _parse_cursor(cursor)
+        high, after_id = after or ("+inf", None)
         articles: list[Article] = []
         while len(articles) <= limit:
             batch = await self.redis.zrange(index, high, low, desc=True, byscore=True, offset=0,
