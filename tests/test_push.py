@@ -242,7 +242,7 @@ async def test_bad_hub_requests_are_plain_text_4xx(push, push_settings, sync_red
         assert response.content_type == "text/plain", options
     for bad_topic in ("http://elsewhere.example/feeds/headlines/atom", f"{push_settings.base_url}/feeds/nope/atom",
                       f"{push_settings.base_url}/feeds/headlines/pdf", f"{push_settings.base_url}/items/abc",
-                      "not a url"):
+                      "not a url", "http://[x/feeds/headlines/atom"):  # (urlsplit raises on the last)
         response = await hub_request(push, callback, bad_topic)
         assert response.status == 400 and response.content_type == "text/plain", bad_topic
     missing = await push.post("/hub", data={"hub.mode": "subscribe", "hub.topic": topic})

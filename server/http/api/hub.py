@@ -220,8 +220,12 @@ def parse_topic(raw: str, base_url: str, feeds: Iterable[str]) -> Topic | str:
     """The topic ``raw`` names, or why this hub does not serve it (a sentence for the 400): only
     ``<base URL>/feeds/<name>/<format>`` of a known feed and format, with no query but one ``key``, no
     fragment, no trailing slash."""
-    parts, base = urlsplit(raw), urlsplit(base_url)
     shape = f"{base_url}/feeds/<name>/<format>"
+    try:
+        parts = urlsplit(raw)
+    except ValueError:  # such as a "[" in the host that opens no IPv6 address
+        return f"hub.topic must be a feed of this hub: {shape}."
+    base = urlsplit(base_url)
     if (parts.scheme, parts.netloc) != (base.scheme, base.netloc):
         return f"hub.topic must be a feed of this hub: {shape}."
     prefix = base.path.rstrip("/")  # a base URL may have a path (behind a proxy)
