@@ -59,6 +59,9 @@ HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "tra
 OPERATIONS = {f"{method.upper()} {path}" for path, item in SPEC["paths"].items() for method in item
               if method in HTTP_METHODS}
 EXAMPLES = int(os.environ.get("SYNDICATE_SCHEMATHESIS_EXAMPLES", "10"))  # per operation and phase
+# Deterministic by default (the same cases every run); SYNDICATE_SCHEMATHESIS_SEED=<n> explores instead.
+SEED = os.environ.get("SYNDICATE_SCHEMATHESIS_SEED")
+GENERATION = ["--seed", SEED] if SEED else ["--generation-deterministic"]
 SUPERDESK_SECRET = "a-superdesk-secret-0123456789"
 # The partner whose key schemathesis reads with: not the description's example partner (acme), which
 # the run changes, disables and takes keys from like any other.
@@ -161,7 +164,7 @@ def run_schemathesis(live: Live, workdir: Path, *options: str) -> list[dict[str,
     (workdir / "schemathesis.toml").write_text(_config(live), encoding="utf-8")
     report = workdir / "report.ndjson"
     command = [sys.executable, "-m", "schemathesis.cli", "--config-file", str(workdir / "schemathesis.toml"),
-               "run", str(SPEC_PATH), "--url", live.url, "--checks", "all", "--generation-deterministic",
+               "run", str(SPEC_PATH), "--url", live.url, "--checks", "all", *GENERATION,
                "--workers", "1", "--continue-on-failure", "--no-color",
                # With security parameters generated (the default), fuzzing makes up the Authorization
                # header itself, so the configured credentials reach few requests; ignored_auth still
@@ -212,7 +215,7 @@ class Finding:
     def describe(self) -> str:
         request = {k: self.case.get(k) for k in ("path_parameters", "query", "headers", "body") if self.case.get(k)}
         body = self.response_body.decode("utf-8", "replace")
-        return (f"  {self.phase}: {self.message.strip().splitlines()[0]}\n"
+        return (f"  {self.phase}: {(self.message.strip() or self.check).splitlines()[0]}\n"
                 f"    request: {self.case.get('method')} {self.case.get('path')} "
                 f"{json.dumps(request, ensure_ascii=True)[:400]}\n"
                 f"    answer: {self.status} {body[:300]}")
