@@ -14,9 +14,9 @@ A finding is excused only by an entry of ``EXCUSES``: a refusal no static schema
 depends on the server's configuration, the clock, DNS or the stored state), narrowed to the operation,
 the check and the answer, whose words the description must say. Nothing else is excused.
 
-Two runs: the first with the failed-key throttle set high (else schemathesis's wrong and missing
-credentials use up the minute's budget within seconds, and every later request of the run is a 429,
-which tests nothing); the second against a server with the throttle as deployed, once it has refused
+Two runs: the first with the failed-key throttle and the hub's per-address limit set high (else
+schemathesis's wrong and missing credentials use up the minute's budget within seconds, and every later
+request of the run is a 429, which tests nothing); the second against a server with the throttle as deployed, once it has refused
 this address, so every authenticated operation answers its 429, which must be documented too.
 """
 
