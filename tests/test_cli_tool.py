@@ -151,6 +151,7 @@ def test_the_cli_checks_an_endpoint_as_the_api_does(redis_url, tmp_path):
     ("multipart/form-data", b"token=x"),  # no boundary
     ("multipart/form-data; boundary=xyz", b"not a multipart body at all"),
     ("application/x-www-form-urlencoded; charset=no-such-charset", b"token=x"),
+    ("application/x-www-form-urlencoded", b"token=\xff\xfe"),  # not UTF-8
     ("multipart/form-data; boundary=b",
      b'--b\r\nContent-Disposition: form-data; name="token"\r\nContent-Type: text/plain; charset=nope\r\n\r\nx\r\n--b--\r\n'),
 ])

@@ -21,7 +21,7 @@ from server.core import keys
 from server.core.redis_connection import connect
 from server.domain.articles import article_id_for_uri
 from server.http.app import create_app
-from server.http.dashboard import COOKIE, SESSION_LIFETIME, Dashboard, session_secret
+from server.http.dashboard import COOKIE, FLASH_COOKIE, SESSION_LIFETIME, Dashboard, session_secret
 from server.push.destinations import DestinationStore, new_webhook
 from server.push.payloads import delivery_id
 from server.push.queue import Claim, PushQueue
@@ -151,6 +151,28 @@ async def test_posts_need_the_csrf_token_and_our_origin(client):
     out = await client.post("/ops/logout", data={"csrf": csrf}, headers={"Origin": ours}, allow_redirects=False)
     assert out.status == 303
     assert (await client.get("/ops", allow_redirects=False)).status == 303
+
+
+async def test_a_signature_beyond_ascii_is_refused_not_a_500(client):
+    """A CSRF token, session cookie or flash cookie holding a character beyond ASCII is a wrong
+    signature like any other (403, or the way to the sign-in page), never a 500 (hmac.compare_digest
+    refuses such a str; found by the schemathesis run)."""
+    csrf = await login(client)
+    for forged in ("\u00e9" * len(csrf), csrf[:-1] + "\u00df"):
+        response = await client.post("/ops/logout", data={"csrf": forged}, allow_redirects=False)
+        assert response.status == 403, await response.text()
+        response = await client.post(f"/ops/deliveries/{'0' * 32}/retry", data={"csrf": forged},
+                                     allow_redirects=False)
+        assert response.status == 403, await response.text()
+    session = client.session.cookie_jar.filter_cookies(URL(str(client.make_url("/ops"))))[COOKIE].value
+    session_id, expires, signature = session.split(".")
+    forged_session = f"{session_id}.{expires}.{signature[:-1]}\u00e9".encode().decode("latin-1")
+    forged_flash = "b2sKaGk.\u00e9\u00e9".encode().decode("latin-1")
+    # (sent with a session of their own, past the cookie jar's checks)
+    for cookie, status in ((f"{COOKIE}={forged_session}", 303), (f"{FLASH_COOKIE}={forged_flash}; {COOKIE}={session}", 200)):
+        async with aiohttp.ClientSession() as raw, \
+                raw.get(client.make_url("/ops"), headers={"Cookie": cookie}, allow_redirects=False) as page:
+            assert page.status == status, await page.text()
 
 
 async def test_retry_button_requeues_a_failed_delivery(aiohttp_client, settings, redis_url, seed_v1, seed_v2):

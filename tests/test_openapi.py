@@ -80,6 +80,29 @@ def test_every_described_operation_exists_in_the_app(spec):
     assert not extra, f"operations in schemas/openapi.yaml that the app does not serve: {extra}"
 
 
+def test_every_operation_documents_what_any_route_may_answer(spec):
+    """Statuses that come from the request wrapper, the connection caps, the failed-key throttle and
+    Redis rather than from one handler: 429 and 503 (each with Retry-After) on every route but
+    /healthz (which no cap refuses and which touches no Redis), and 400, 408 and 413 wherever a body is
+    read. Found missing by the schemathesis run (tests/test_schemathesis.py)."""
+    conformance = Conformance(spec)
+    missing = []
+    for path, item in spec["paths"].items():
+        for method, operation in item.items():
+            if method not in HTTP_METHODS:
+                continue
+            responses = operation["responses"]
+            wanted = set() if path == "/healthz" else {"429", "503"}
+            if "requestBody" in operation:
+                wanted |= {"400", "408", "413"}
+            missing += [f"{method.upper()} {path}: {status}" for status in sorted(wanted - set(responses))]
+            for status in {"429", "503"} & set(responses):
+                headers = conformance.deref(responses[status]).get("headers", {})
+                if "Retry-After" not in headers:
+                    missing.append(f"{method.upper()} {path}: Retry-After on {status}")
+    assert not missing, f"schemas/openapi.yaml lacks: {missing}"
+
+
 def test_operation_ids_are_unique(spec):
     ids = [op["operationId"] for item in spec["paths"].values() for m, op in item.items() if m in HTTP_METHODS]
     assert len(ids) == len(set(ids))

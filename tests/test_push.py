@@ -242,7 +242,7 @@ async def test_bad_hub_requests_are_plain_text_4xx(push, push_settings, sync_red
         assert response.content_type == "text/plain", options
     for bad_topic in ("http://elsewhere.example/feeds/headlines/atom", f"{push_settings.base_url}/feeds/nope/atom",
                       f"{push_settings.base_url}/feeds/headlines/pdf", f"{push_settings.base_url}/items/abc",
-                      "not a url"):
+                      "not a url", "http://[x/feeds/headlines/atom"):  # (urlsplit raises on the last)
         response = await hub_request(push, callback, bad_topic)
         assert response.status == 400 and response.content_type == "text/plain", bad_topic
     missing = await push.post("/hub", data={"hub.mode": "subscribe", "hub.topic": topic})
@@ -251,6 +251,11 @@ async def test_bad_hub_requests_are_plain_text_4xx(push, push_settings, sync_red
                                                          "hub.topic": topic}),
                               headers={"Content-Type": "application/json"})
     assert as_json.status == 415 and as_json.content_type == "text/plain"
+    for content_type, body in (("application/x-www-form-urlencoded; charset=no-such-charset", b"hub.mode=subscribe"),
+                               ("application/x-www-form-urlencoded", b"hub.mode=\xff\xfe")):  # not UTF-8
+        unreadable = await push.post("/hub", data=body, headers={"Content-Type": content_type})
+        assert unreadable.status == 400 and unreadable.content_type == "text/plain", await unreadable.text()
+        assert (await unreadable.text()).startswith("The form could not be read")
     ok = await hub_request(push, callback, topic, secret="y" * 199)  # 199 bytes is fine
     assert ok.status == 202
     await wait_for(lambda: subscriptions_to(sync_redis, callback), message="the subscription")

@@ -35,6 +35,7 @@ from server.domain.articles import (
     Change,
     Revision,
     article_id_for_uri,
+    is_article_id,
 )
 from server.domain.feeds import BUILT_IN_LATEST, LATEST, FeedDefinition
 from server.domain.ninjs import IncomingDocument, content_hash
@@ -342,6 +343,7 @@ class ArticleStore:
     async def list_articles(self, *, status: str | None = None, changed_since: datetime | None = None,
                             uri: str | None = None, limit: int = 50, cursor: str | None = None) -> ArticlePage:
         """Newest change first. ``cursor`` is the opaque ``next_cursor`` of the previous page."""
+        after = _parse_cursor(cursor) if cursor is not None else None  # checked with a uri too
         if uri is not None:
             article_id = await self.id_for_uri(uri)
             article = await self.get(article_id) if article_id else None
@@ -350,9 +352,7 @@ class ArticleStore:
             return ArticlePage([article] if matches else [], None)
         index = keys.articles_by_status(status) if status else keys.articles_by_change()
         low = f"({to_micros(changed_since)}" if changed_since else "-inf"
-        high, after_id = "+inf", None
-        if cursor:
-            high, after_id = _parse_cursor(cursor)
+        high, after_id = after or ("+inf", None)
         articles: list[Article] = []
         while len(articles) <= limit:
             batch = await self.redis.zrange(index, high, low, desc=True, byscore=True, offset=0,
@@ -567,8 +567,9 @@ def _change(entry_id: str, fields: dict[str, str]) -> Change:
 
 
 def _parse_cursor(cursor: str) -> tuple[str, str]:
+    """A ``next_cursor`` as handed out: ``<micros>.<article id>`` (schemas/openapi.yaml has its pattern)."""
     score, _, article_id = cursor.partition(".")
-    if not (score.isascii() and score.isdigit()) or not article_id:
+    if not (score.isascii() and score.isdigit() and len(score) <= 19) or not is_article_id(article_id):
         raise Problem("cursor is not one this server handed out.", parameter="cursor")
     return score, article_id
 

@@ -36,6 +36,7 @@ from server.core.errors import NotFound, Problem
 from server.core.values import parse_iso, utc_now, whole_number
 from server.http.api.ops import DESTINATION_ID
 from server.http.client_address import request_address
+from server.http.forms import read_form
 from server.http.middleware import add_get, add_route
 from server.http.state import ACCESS, OPS, REDIS, SETTINGS
 from server.ops import views as ops
@@ -86,6 +87,13 @@ def _b64(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
+def _signature_matches(expected: str, presented: str) -> bool:
+    """``presented`` is ``expected`` (one of our signatures), in constant time. Compared as bytes:
+    ``hmac.compare_digest`` refuses two ``str`` with a character beyond ASCII (a TypeError, so a 500),
+    and a cookie or form field may hold any character."""
+    return hmac.compare_digest(expected.encode(), presented.encode("utf-8", "surrogateescape"))
+
+
 @dataclass(frozen=True, slots=True)
 class Session:
     id: str
@@ -116,7 +124,7 @@ class Dashboard:
         if len(parts) != 3:
             return None
         session_id, expires, signature = parts
-        if not hmac.compare_digest(self._sign("session", f"{session_id}.{expires}"), signature):
+        if not _signature_matches(self._sign("session", f"{session_id}.{expires}"), signature):
             return None
         expires_at = whole_number(expires)
         if expires_at is None:
@@ -130,7 +138,7 @@ class Dashboard:
         return self._sign("csrf", session.id)
 
     def csrf_ok(self, session: Session, presented: str | None) -> bool:
-        return bool(presented) and hmac.compare_digest(self.csrf_token(session), str(presented))
+        return bool(presented) and _signature_matches(self.csrf_token(session), str(presented))
 
     def flash_cookie(self, kind: str, message: str) -> str:
         payload = _b64(f"{kind}\n{message}"[:500].encode())
@@ -140,7 +148,7 @@ class Dashboard:
         if self.secret is None or not cookie or cookie.count(".") != 1:
             return None
         payload, signature = cookie.split(".")
-        if not hmac.compare_digest(self._sign("flash", payload), signature):
+        if not _signature_matches(self._sign("flash", payload), signature):
             return None
         try:
             kind, _, message = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)).decode().partition("\n")
@@ -197,17 +205,6 @@ def _forbidden(request: web.Request, reason: str) -> web.Response:
     return _render(request, "ops_error.html", {"title": "Forbidden", "message": reason}, status=403)
 
 
-async def _read_form(request: web.Request) -> Any:
-    """The posted form, or a 400 problem for one aiohttp cannot read (a multipart body without its
-    boundary, a charset Python does not know, a broken part): bad input, never a 500."""
-    try:
-        return await request.post()
-    except (ValueError, LookupError, AssertionError, UnicodeDecodeError) as exc:
-        raise Problem(f"The form could not be read ({type(exc).__name__}: {exc}); send it "
-                      "application/x-www-form-urlencoded, as the page's own form does.", status=400,
-                      slug="unreadable-form") from None
-
-
 async def _current_session(request: web.Request) -> Session | None:
     dashboard = request.app[DASHBOARD]
     session = dashboard.read_session(request.cookies.get(COOKIE))
@@ -225,7 +222,7 @@ async def _checked_post(request: web.Request) -> tuple[Session | None, Any, web.
     session = await _current_session(request)
     if session is None:
         return None, None, _redirect("/ops/login")
-    form = await _read_form(request)
+    form = await read_form(request)
     if not request.app[DASHBOARD].csrf_ok(session, form.get("csrf")):
         return None, None, _forbidden(request, "The form's security token is missing or wrong. "
                                                "Reload the dashboard and try again.")
@@ -250,7 +247,7 @@ async def login(request: web.Request) -> web.Response:
     dashboard = request.app[DASHBOARD]
     if not _origin_ok(request):
         return _forbidden(request, "This form was sent from another site.")
-    form = await _read_form(request)
+    form = await read_form(request)
     token = str(form.get("token") or "").strip()
     try:
         caller = request.app[ACCESS].check_token(token[:512], request_address(request), 'Bearer realm="syndicate"')

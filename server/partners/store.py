@@ -164,6 +164,8 @@ def _formats(formats: Any) -> tuple[str, ...]:
 def _rate_limit(value: Any) -> int | None:
     if value is None:
         return None
+    if isinstance(value, float) and value.is_integer():  # JSON has one number type: 60.0 is 60
+        value = int(value)
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 1_000_000:
         raise Problem("rate_limit is requests per minute, a whole number from 1 to 1000000 (or null).",
                       status=422, errors=[{"pointer": "/rate_limit", "detail": "invalid rate limit"}])

@@ -28,6 +28,7 @@ from server.domain.ninjs import DocumentError, parse_json_object
 from server.domain.partners import check_name
 from server.http.auth import require_caller
 from server.http.client_address import request_address
+from server.http.forms import read_form
 from server.http.state import ACCESS, DESTINATIONS, FEEDS, HUB_TASKS, PARTNERS, SETTINGS
 from server.partners.ratelimit import SharedCounts, seconds_left
 from server.push.destinations import (
@@ -87,7 +88,10 @@ async def hub(request: web.Request) -> web.Response:
         return _too_many(f"Too many hub requests from this address; try again in {wait} s.", wait)
     if request.content_type != "application/x-www-form-urlencoded":
         return _plain(415, "Send the request form-encoded (application/x-www-form-urlencoded).")
-    form = await request.post()
+    try:
+        form = await read_form(request)
+    except Problem as unreadable:
+        return _plain(400, unreadable.detail)
     mode = form.get("hub.mode")
     if mode not in (HubMode.SUBSCRIBE, HubMode.UNSUBSCRIBE):
         return _plain(400, "hub.mode must be subscribe or unsubscribe.")
@@ -216,8 +220,12 @@ def parse_topic(raw: str, base_url: str, feeds: Iterable[str]) -> Topic | str:
     """The topic ``raw`` names, or why this hub does not serve it (a sentence for the 400): only
     ``<base URL>/feeds/<name>/<format>`` of a known feed and format, with no query but one ``key``, no
     fragment, no trailing slash."""
-    parts, base = urlsplit(raw), urlsplit(base_url)
     shape = f"{base_url}/feeds/<name>/<format>"
+    try:
+        parts = urlsplit(raw)
+    except ValueError:  # such as a "[" in the host that opens no IPv6 address
+        return f"hub.topic must be a feed of this hub: {shape}."
+    base = urlsplit(base_url)
     if (parts.scheme, parts.netloc) != (base.scheme, base.netloc):
         return f"hub.topic must be a feed of this hub: {shape}."
     prefix = base.path.rstrip("/")  # a base URL may have a path (behind a proxy)
