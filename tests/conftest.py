@@ -173,8 +173,7 @@ def seed_v2() -> dict:
 def snapshot(url: str) -> dict[bytes, object]:
     """Every key and its value, read by type: equal snapshots mean an unchanged store. (DUMP is not
     used: a hash's serialised order can change when Redis rehashes it on a read.) Short-lived locks
-    of background jobs and the markers of their one-time migrations (``syn:migrated:``, written at
-    start-up whatever a test does) are not part of the store."""
+    of background jobs are not part of the store."""
     readers = {
         b"string": lambda r, k: r.get(k),
         b"hash": lambda r, k: r.hgetall(k),
@@ -185,7 +184,7 @@ def snapshot(url: str) -> dict[bytes, object]:
     }
     with redis_sync.Redis.from_url(url) as raw:
         return {key: (raw.type(key), readers[raw.type(key)](raw, key))
-                for key in sorted(raw.keys("*")) if not key.startswith((b"syn:lock:", b"syn:migrated:"))}
+                for key in sorted(raw.keys("*")) if not key.startswith(b"syn:lock:")}
 
 
 async def room_in_rate_window(seconds: float = 15) -> None:

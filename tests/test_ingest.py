@@ -313,9 +313,13 @@ async def test_health_and_readiness(client):
                                               ("firstCreated", "4 November 2022")])
 def test_the_schema_formats_are_checked(seed_v1, field, value):
     """The ninjs schemas' two formats ("uri", "date-time") are checked by the validators installed for
-    them (rfc3986-validator, rfc3339-validator): a value that is not one is refused, naming the field."""
+    them (rfc3986-validator, rfc3339-validator), and a value that is not one is refused, naming the field
+    (the ingest's own checks refuse these too: the checkers' presence is asserted on its own)."""
+    from jsonschema import Draft202012Validator
+
     from server.domain.ninjs import DocumentError, read_document
 
+    assert {"uri", "date-time"} <= set(Draft202012Validator.FORMAT_CHECKER.checkers)  # else unchecked
     read_document(seed_v1)
     with pytest.raises(DocumentError) as refused:
         read_document({**seed_v1, field: value})

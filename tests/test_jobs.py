@@ -138,3 +138,28 @@ async def test_a_job_that_returns_while_the_service_runs_is_restarted_and_counte
     await group.stop()
     assert job.runs == 3  # a return after the stop is the normal end: not restarted
     assert restarts(metrics, "quitting") == 2
+
+
+async def test_a_woken_periodic_job_ticks_now_not_at_its_interval():
+    """The maintenance is woken when the store Redis changed under the process (EpochWatch), so an older
+    copy's indexes are reconciled at once rather than after its hour."""
+    class Hourly(PeriodicJob):
+        name = where = "hourly"
+        interval = 3600.0
+
+        def __init__(self) -> None:
+            super().__init__(Metrics("test"))
+            self.ticks = 0
+
+        async def tick(self) -> None:
+            self.ticks += 1
+
+    job, group = Hourly(), JobGroup(Metrics("test"))
+    group.start(job)
+    await asyncio.sleep(0.1)
+    assert job.ticks == 0
+    job.wake()
+    await wait_for(lambda: job.ticks == 1, timeout=5, message="a tick on waking")
+    job.wake()
+    await wait_for(lambda: job.ticks == 2, timeout=5, message="a second tick on waking again")
+    await group.stop()

@@ -307,7 +307,8 @@ async def test_the_summaries_agree_with_a_full_recomputation(aiohttp_client, set
     assert set(required["x"]) == {article_id_for_uri(english["uri"])}
 
     # Each partner's pending items (what /metrics reads) are the items' pending sets seen from its side,
-    # kept in the same steps; and rebuilt alike from the items when they are missing (an upgrade).
+    # kept in the same steps; and reconciled with them by the maintenance when they are not (an upgrade,
+    # a process of an older version that settled or recorded without them, an older copy of Redis).
     def pending_by_partner() -> dict[tuple[str, str], set[str]]:
         seen: dict[tuple[str, str], set[str]] = {}
         for member in sync_redis.zrange(keys.propagation_items(), 0, -1):
@@ -323,14 +324,17 @@ async def test_the_summaries_agree_with_a_full_recomputation(aiohttp_client, set
 
     expected = pending_by_partner()
     assert expected and indexed() == expected
-    for name in ("w", "l", "h", "x", "off"):
+    for name in ("w", "l", "h", "x"):
         sync_redis.delete(*(keys.partner_pending_items(name, kind) for kind in ("correction", "kill")))
-    sync_redis.delete(keys.propagation_partner_index())
-    from server.partners.propagation import Requirements
+    sync_redis.zadd(keys.partner_pending_items("l", "kill"), {"gone|3": 1})  # settled by an older process
+    from server.partners.propagation import INDEX_STEP_PAIRS, Requirements
     redis = await connect(redis_url)
     try:
-        assert await Requirements(redis).index_partners() is True
-        assert await Requirements(redis).index_partners() is False  # once
+        assert await Requirements(redis).reconcile_partner_index(["w", "l", "h", "x", "off"]) == (
+            len(sync_redis.zrange(keys.propagation_items(), 0, -1)), 1)
+        assert await Requirements(redis).reconcile_partner_index(["w", "l", "h", "x", "off"]) == (
+            len(sync_redis.zrange(keys.propagation_items(), 0, -1)), 0)  # nothing more to do
+        assert INDEX_STEP_PAIRS >= 1
     finally:
         await redis.aclose()
     assert indexed() == expected
@@ -508,12 +512,17 @@ async def test_the_trim_drops_only_requirements_of_articles_gone_quiet(redis_url
     for name in ("p", "q"):
         sync_redis.hset(keys.partner_required(name), mapping=dict.fromkeys(micros, 2))
         sync_redis.zadd(keys.partner_outstanding(name), dict.fromkeys(micros, 1))
+    items_at = {"old|2": micros["old"], "fresh|2": micros["fresh"]}  # a kill out of the window, one in it
+    sync_redis.zadd(keys.propagation_items(), {m: int(t.timestamp() * 1000) for m, t in items_at.items()})
+    sync_redis.zadd(keys.partner_pending_items("p", "kill"), {m: int(t.timestamp() * 1000) for m, t in items_at.items()})
     redis = await connect(redis_url)
     try:
         requirements = Requirements(redis)
-        assert await requirements.trim(["p", "q"], timedelta(days=7), now) == 2
+        assert await requirements.trim(["p", "q"], timedelta(days=7), now) == 3  # the old item, 2 requirements
         assert sorted(sync_redis.hkeys(keys.partner_required("p"))) == ["fresh", "later"]
         assert sorted(sync_redis.zrange(keys.partner_outstanding("q"), 0, -1)) == ["fresh", "later"]
+        assert sync_redis.zrange(keys.partner_pending_items("p", "kill"), 0, -1) == ["fresh|2"]  # went with its item
+        assert sync_redis.zrange(keys.propagation_items(), 0, -1) == ["fresh|2"]
         assert await requirements.trim(["p", "q"], timedelta(days=7), now) == 0  # nothing went quiet since
         assert await requirements.trim(["p", "q"], timedelta(days=7), now + timedelta(days=2)) == 2
         assert sync_redis.hkeys(keys.partner_required("q")) == ["fresh"]
@@ -521,9 +530,10 @@ async def test_the_trim_drops_only_requirements_of_articles_gone_quiet(redis_url
         await redis.aclose()
 
 
-async def test_last_polls_and_pushes_are_indexed_once_from_the_last_used_keys(redis_url, sync_redis):
-    """After an upgrade from a version that kept only each partner's last-used hash, the first retention
-    run fills the sorted sets the ops views read; a newer time a flush wrote meanwhile stays (GT)."""
+async def test_last_polls_and_pushes_are_reconciled_with_the_last_used_keys(redis_url, sync_redis):
+    """After an upgrade from a version that kept only each partner's last-used hash (or beside a process
+    of it), the maintenance fills the sorted sets the ops views read; a newer time a flush wrote
+    meanwhile stays (GT)."""
     from server.partners.ledger import LAST_PUSH, PollLedger
 
     sync_redis.hset(keys.partner_last_used("p"), mapping={"k1": "2030-01-01T10:00:00Z", "k2": "2030-01-01T12:00:00Z",
@@ -534,8 +544,7 @@ async def test_last_polls_and_pushes_are_indexed_once_from_the_last_used_keys(re
     redis = await connect(redis_url)
     try:
         ledger = PollLedger(redis)
-        assert await ledger.index_last_seen(["p", "q", "never"]) is True
-        assert await ledger.index_last_seen(["p", "q", "never"]) is False
+        await ledger.reconcile_last_seen(["p", "q", "never"])
         seen = await ledger.last_seen(["p", "q", "never"])
     finally:
         await redis.aclose()

@@ -154,12 +154,6 @@ def partners_last_poll() -> str:
     return f"{PREFIX}:partners:last-poll"
 
 
-def partners_last_seen_index() -> str:
-    """String (``syn:migrated:*``: the markers of one-time migrations): present once :func:`partners_last_poll` and :func:`partners_last_push` were filled from
-    every partner's :func:`partner_last_used` hash (the first retention run after an upgrade)."""
-    return f"{PREFIX}:migrated:last-seen"
-
-
 def partners_last_push() -> str:
     """Sorted set: partner name -> epoch ms of its last acknowledged push (as ``partners_last_poll``)."""
     return f"{PREFIX}:partners:last-push"
@@ -224,12 +218,6 @@ def partner_pending_items(name: str, kind: str) -> str:
 
 
 PARTNER_PENDING_ITEMS_PARTS = (f"{PREFIX}:partner:", ":pending:")  # around the name; the kind follows
-
-
-def propagation_partner_index() -> str:
-    """String (a one-time migration's marker): present once the partners' :func:`partner_pending_items` sets hold every pending pair
-    (written by the first retention run that rebuilt them from the items, e.g. after an upgrade)."""
-    return f"{PREFIX}:migrated:partner-pending-items"
 
 
 def propagation_trimmed_to() -> str:

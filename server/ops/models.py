@@ -41,7 +41,7 @@ class DeliveryFilter(StrEnum):
 class Lag:
     """How far what a partner has received is behind what it is entitled to."""
 
-    revisions: int  # summed over the outstanding articles
+    revisions: int  # the oldest outstanding article's missing revisions, plus one per other outstanding article
     seconds: float  # the longest-outstanding revision's wait; 0 when none
 
     def to_json(self) -> dict[str, Any]:

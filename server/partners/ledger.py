@@ -203,12 +203,10 @@ class PollLedger:
             polls, pushes = await pipe.execute()
         return {name: (_from_ms(poll), _from_ms(push)) for name, poll, push in zip(partners, polls, pushes, strict=True)}
 
-    async def index_last_seen(self, partners: list[str]) -> bool:
-        """Fill the last-poll and last-push sorted sets from the partners' last-used hashes, once (after an
-        upgrade from a version that kept only the hashes): False when they were already whole. ``ZADD
-        GT``, so a flush meanwhile is never set back."""
-        if await self.redis.exists(keys.partners_last_seen_index()):
-            return False
+    async def reconcile_last_seen(self, partners: list[str]) -> None:
+        """Raise the last-poll and last-push sorted sets to the partners' last-used hashes (each
+        maintenance run: an older version kept only the hashes, so after an upgrade, or beside an older
+        process, the sets would miss its polls). ``ZADD GT``: a flush meanwhile is never set back."""
         for start in range(0, len(partners), 500):
             batch = partners[start:start + 500]
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -224,8 +222,6 @@ class PollLedger:
                         pipe.zadd(keys.partners_last_push(),
                                   {name: int(parse_iso(fields[LAST_PUSH]).timestamp() * 1000)}, gt=True)
                 await pipe.execute()
-        await self.redis.set(keys.partners_last_seen_index(), "1")
-        return True
 
     async def received(self, partner: str) -> dict[str, tuple[int, datetime]]:
         """Per article: the newest version the partner has received, and when it first got it."""

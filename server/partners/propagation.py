@@ -46,7 +46,8 @@ STATUS_ARTICLES = 500  # a partner's status lists at most this many articles
 TRIM_BATCH = 500  # quiet articles dropped from every partner's requirements per pipeline
 SETTLE_BATCH = 20_000  # noted receipts settled per Lua step (a read settles one batch; the retention job all)
 SUMMARY_LAG_SCAN = 1  # lag revisions are summed over this many oldest outstanding articles (1 each beyond)
-INDEX_BATCH = 200  # items copied into the partners' pending items per Lua step when the index is rebuilt
+INDEX_STEP_PAIRS = 10_000  # (partner, item) pairs at most a reconciling Lua step copies or checks
+INDEX_PARTNERS = 50  # partners whose pending items one Lua step checks against the items
 
 # KEYS 1 items, 2 item hash, 3 item partners, 4 item pending, 5 the article's items; then per partner:
 # received, required, outstanding. ARGV 1 article, 2 version, 3 ingest ms, 4 "1" for a correction or
@@ -165,12 +166,16 @@ end
 return result
 """.replace("ITEM_KINDS", "{" + ", ".join(f"'{kind}'" for kind in ITEM_KINDS) + "}")
 
-# KEYS 1: the items. ARGV 1, 2: the pending key's parts, 3, 4: the partner's pending items key's, then
-# members of the items. Adds each member's pending partners to their pending items (the index of
-# :func:`keys.partner_pending_items`, rebuilt after an upgrade), in one step per batch of items so a
-# settling never interleaves with a half-copied item.
+# Reconciling the partners' pending items with the items' pending sets (each maintenance run: they
+# are written in the same steps, but a process of an older version, or a Redis restored from an older
+# copy, writes or keeps one without the other). Adding: KEYS 1: the items. ARGV 1, 2: the pending key's
+# parts, 3, 4: the partner's pending items key's, 5: at most this many pairs per step, then members of
+# the items. Adds each item's pending partners to their pending items, an item at a time, until the
+# pairs are spent; returns how many items it did (the caller goes on from there).
 _INDEX_LUA = """
-for i = 5, #ARGV do
+local done, pairs = 0, 0
+for i = 6, #ARGV do
+  if pairs >= tonumber(ARGV[5]) then break end
   local article, version = string.match(ARGV[i], '^(.*)|([^|]*)$')
   local item = ARGV[1] .. article .. ':' .. version
   local kind = redis.call('HGET', item, 'kind')
@@ -178,11 +183,33 @@ for i = 5, #ARGV do
   if kind and since then
     for _, name in ipairs(redis.call('SMEMBERS', item .. ARGV[2])) do
       redis.call('ZADD', ARGV[3] .. name .. ARGV[4] .. kind, since, ARGV[i])
+      pairs = pairs + 1
+    end
+  end
+  done = done + 1
+end
+return done
+"""
+
+# Removing: ARGV 1, 2: the pending key's parts, 3, 4: the partner's pending items key's, then names.
+# Drops every member of the partners' pending items whose item no longer holds the partner pending
+# (settled or trimmed by a process that did not touch the index); returns how many went.
+_UNINDEX_LUA = """
+local dropped = 0
+for i = 5, #ARGV do
+  for _, kind in ipairs(ITEM_KINDS) do
+    local index = ARGV[3] .. ARGV[i] .. ARGV[4] .. kind
+    for _, member in ipairs(redis.call('ZRANGE', index, 0, -1)) do
+      local article, version = string.match(member, '^(.*)|([^|]*)$')
+      if redis.call('SISMEMBER', ARGV[1] .. article .. ':' .. version .. ARGV[2], ARGV[i]) == 0 then
+        redis.call('ZREM', index, member)
+        dropped = dropped + 1
+      end
     end
   end
 end
-return 1
-"""
+return dropped
+""".replace("ITEM_KINDS", "{" + ", ".join(f"'{kind}'" for kind in ITEM_KINDS) + "}")
 
 # ARGV 1, 2: the parts of a partner's received hash around its name; then pairs of a partner's name and
 # an article id. Returns each pair's receipt (false: none): thousands of HGETs in one step, not one
@@ -300,6 +327,7 @@ class Requirements:
         self._settle_only = redis.register_script(_SETTLE_ONLY_LUA)
         self._per_partner = redis.register_script(_PER_PARTNER_LUA)
         self._index = redis.register_script(_INDEX_LUA)
+        self._unindex = redis.register_script(_UNINDEX_LUA)
         self._receipts = redis.register_script(_RECEIPTS_LUA)
         self._summary = redis.register_script(_SUMMARY_LUA)
         self._advance = redis.register_script(_ADVANCE_LUA)
@@ -464,18 +492,22 @@ class Requirements:
                                           args=[*_SETTLE_PARTS, int(since.timestamp() * 1000), *names])
         return [(name, kind, int(count), _ms(oldest)) for name, kind, count, oldest in answers]
 
-    async def index_partners(self) -> bool:
-        """Fill the partners' pending items from the items' pending sets, once (after an upgrade from a
-        version without them, or a Redis restored from one): False when the index was already whole."""
-        if await self.redis.exists(keys.propagation_partner_index()):
-            return False
+    async def reconcile_partner_index(self, partner_names: Iterable[str]) -> tuple[int, int]:
+        """Make the partners' pending items (:func:`keys.partner_pending_items`) hold exactly the items'
+        pending pairs: add the missing, drop the stale, in Lua steps of at most ``INDEX_STEP_PAIRS``
+        pairs. Run by each maintenance run, so an index built by an older version (or none, after an
+        upgrade or a restore) is whole again within one run. Returns (items copied, members dropped)."""
+        await self.settle_receipts()
         members = await self.redis.zrange(keys.propagation_items(), 0, -1)
-        for start in range(0, len(members), INDEX_BATCH):
-            await self._index(keys=[keys.propagation_items()],
-                              args=[*keys.PROPAGATION_PENDING_PARTS, *keys.PARTNER_PENDING_ITEMS_PARTS,
-                                    *members[start:start + INDEX_BATCH]])
-        await self.redis.set(keys.propagation_partner_index(), "1")
-        return True
+        parts = [*keys.PROPAGATION_PENDING_PARTS, *keys.PARTNER_PENDING_ITEMS_PARTS]
+        copied = 0
+        while copied < len(members):
+            copied += int(await self._index(keys=[keys.propagation_items()], args=[
+                *parts, INDEX_STEP_PAIRS, *members[copied:copied + INDEX_STEP_PAIRS]])) or 1
+        names, dropped = list(partner_names), 0
+        for start in range(0, len(names), INDEX_PARTNERS):
+            dropped += int(await self._unindex(keys=[], args=[*parts, *names[start:start + INDEX_PARTNERS]]))
+        return len(members), dropped
 
     async def items(self, page: Sequence[Settled]) -> list[Item]:
         """One page of settled items with their details and counts."""

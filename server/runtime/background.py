@@ -83,16 +83,24 @@ class RetentionJob(PeriodicJob):
         self.store, self.settings, self.requirements, self.ledger = store, settings, requirements, ledger
         self.interval = settings.maintenance_interval_seconds
 
+    async def _reconcile(self, names: list[str]) -> None:
+        """First, and whatever fails in it: the indexes the ops views read, made whole again (after an
+        upgrade, beside a process of an older version, or on a Redis restored from an older copy)."""
+        try:
+            _copied, dropped = await self.requirements.reconcile_partner_index(names)
+            if dropped:
+                log.warning("propagation: %d stale pending items dropped from the partners' index", dropped)
+            await self.ledger.reconcile_last_seen(names)
+        except Exception:
+            self.metrics.count_redis_error(self.where)
+            log.exception("reconciling the ops views' indexes failed; the rest of the maintenance goes on")
+
     async def tick(self) -> None:
         redis, lock, token = self.store.redis, keys.maintenance_lock(), secrets.token_hex(8)
         if not await redis.set(lock, token, nx=True, ex=MAINTENANCE_LOCK_SECONDS):
             return
         names = [str(name) for name in await redis.smembers(keys.partner_names())]
-        # First, once after an upgrade: until they are done /metrics undercounts and last polls are blank.
-        if await self.requirements.index_partners():
-            log.info("propagation: the partners' pending items were rebuilt from the items")
-        if await self.ledger.index_last_seen(names):
-            log.info("ledger: every partner's last poll and push were indexed from its last-used keys")
+        await self._reconcile(names)
         dropped = await self.store.drop_old_bodies(timedelta(days=self.settings.retention_days))
         trimmed = await self.store.trim_changelog(timedelta(days=self.settings.changelog_retention_days))
         await drop_old_manifests(redis)

@@ -32,8 +32,8 @@ class Job(Protocol):
 
 
 class PeriodicJob:
-    """``tick()`` every ``interval`` seconds until stopped (first at once when ``tick_at_start``), then
-    ``last()``. A tick that raises is logged and counted; the next tick comes at its time."""
+    """``tick()`` every ``interval`` seconds (or at once when woken) until stopped (first at once when
+    ``tick_at_start``), then ``last()``. A tick that raises is logged and counted; the next tick comes at its time."""
 
     name = "periodic"
     where = "periodic"  # the place its Redis errors are counted under (syndicate_redis_errors)
@@ -42,6 +42,11 @@ class PeriodicJob:
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
+        self._woken = asyncio.Event()
+
+    def wake(self) -> None:
+        """Tick now rather than at the next interval (e.g. the store changed under the process)."""
+        self._woken.set()
 
     async def tick(self) -> None:
         raise NotImplementedError
@@ -53,11 +58,16 @@ class PeriodicJob:
         first = self.tick_at_start
         while not stop.is_set():
             if not first:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=self.interval)
+                waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._woken.wait())]
+                try:
+                    await asyncio.wait(waits, timeout=self.interval, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for waiting in waits:
+                        waiting.cancel()
                 if stop.is_set():
                     break
             first = False
+            self._woken.clear()
             try:
                 await self.tick()
             except Exception:

@@ -253,7 +253,13 @@ async def _running(services: Services, clients: RedisClients) -> AsyncIterator[N
         await access.reload(force=True)
         await ensure_dispatch_group(clients.store)
 
-    epoch_watch = EpochWatch(services.metrics, services.store, [forget_the_old_store])
+    retention = RetentionJob(services.metrics, services.store, services.settings, services.ops.requirements,
+                             services.ledger)
+
+    async def reconcile_the_new_store(_epoch: str) -> None:
+        retention.wake()  # an older copy's indexes are made whole by the maintenance, now not in an hour
+
+    epoch_watch = EpochWatch(services.metrics, services.store, [forget_the_old_store, reconcile_the_new_store])
     try:
         cache.epoch = await epoch_watch.start()
         await access.reload(force=True)
@@ -262,8 +268,7 @@ async def _running(services: Services, clients: RedisClients) -> AsyncIterator[N
             jobs.start(FlushJob(services.metrics, services.limiter, services.counts, services.ledger,
                                 services.settings.flush_interval_seconds))
             jobs.start(EmbargoJob(services.metrics, services.store))
-            jobs.start(RetentionJob(services.metrics, services.store, services.settings, services.ops.requirements,
-                                    services.ledger))
+            jobs.start(retention)
             jobs.start(epoch_watch)
             jobs.start(ReplicationWatch(services.metrics, services.acks))
             if services.embedded is not None and services.embedded.owner:
