@@ -46,8 +46,7 @@ STATUS_ARTICLES = 500  # a partner's status lists at most this many articles
 TRIM_BATCH = 500  # quiet articles dropped from every partner's requirements per pipeline
 SETTLE_BATCH = 20_000  # noted receipts settled per Lua step (a read settles one batch; the retention job all)
 SUMMARY_LAG_SCAN = 1  # lag revisions are summed over this many oldest outstanding articles (1 each beyond)
-INDEX_STEP_PAIRS = 10_000  # (partner, item) pairs at most a reconciling Lua step copies or checks
-INDEX_PARTNERS = 50  # partners whose pending items one Lua step checks against the items
+INDEX_STEP_PAIRS = 2_000  # (partner, item) pairs a reconciling Lua step copies or checks (then it yields)
 
 # KEYS 1 items, 2 item hash, 3 item partners, 4 item pending, 5 the article's items; then per partner:
 # received, required, outstanding. ARGV 1 article, 2 version, 3 ingest ms, 4 "1" for a correction or
@@ -191,12 +190,14 @@ end
 return done
 """
 
-# Removing: ARGV 1, 2: the pending key's parts, 3, 4: the partner's pending items key's, then names.
-# Drops every member of the partners' pending items whose item no longer holds the partner pending
-# (settled or trimmed by a process that did not touch the index); returns how many went.
+# Removing: ARGV 1, 2: the pending key's parts, 3, 4: the partner's pending items key's, 5: at most
+# this many pairs per step, then names. Drops every member of the partners' pending items whose item no
+# longer holds the partner pending (settled or trimmed by a process that did not touch the index), a
+# partner at a time until the pairs are spent; returns {partners done, members dropped}.
 _UNINDEX_LUA = """
-local dropped = 0
-for i = 5, #ARGV do
+local done, checked, dropped = 0, 0, 0
+for i = 6, #ARGV do
+  if checked >= tonumber(ARGV[5]) then break end
   for _, kind in ipairs(ITEM_KINDS) do
     local index = ARGV[3] .. ARGV[i] .. ARGV[4] .. kind
     for _, member in ipairs(redis.call('ZRANGE', index, 0, -1)) do
@@ -205,10 +206,12 @@ for i = 5, #ARGV do
         redis.call('ZREM', index, member)
         dropped = dropped + 1
       end
+      checked = checked + 1
     end
   end
+  done = done + 1
 end
-return dropped
+return {done, dropped}
 """.replace("ITEM_KINDS", "{" + ", ".join(f"'{kind}'" for kind in ITEM_KINDS) + "}")
 
 # ARGV 1, 2: the parts of a partner's received hash around its name; then pairs of a partner's name and
@@ -492,10 +495,10 @@ class Requirements:
                                           args=[*_SETTLE_PARTS, int(since.timestamp() * 1000), *names])
         return [(name, kind, int(count), _ms(oldest)) for name, kind, count, oldest in answers]
 
-    async def reconcile_partner_index(self, partner_names: Iterable[str]) -> tuple[int, int]:
+    async def reconcile_partner_index(self, partner_names: Iterable[str],
+                                      step_pairs: int = INDEX_STEP_PAIRS) -> tuple[int, int]:
         """Make the partners' pending items (:func:`keys.partner_pending_items`) hold exactly the items'
-        pending pairs: add the missing, drop the stale, in Lua steps of at most ``INDEX_STEP_PAIRS``
-        pairs. Run by each maintenance run, so an index built by an older version (or none, after an
+        pending pairs: add the missing, drop the stale, in Lua steps of about ``step_pairs`` pairs. Run by each maintenance run, so an index built by an older version (or none, after an
         upgrade or a restore) is whole again within one run. Returns (items copied, members dropped)."""
         await self.settle_receipts()
         members = await self.redis.zrange(keys.propagation_items(), 0, -1)
@@ -503,10 +506,11 @@ class Requirements:
         copied = 0
         while copied < len(members):
             copied += int(await self._index(keys=[keys.propagation_items()], args=[
-                *parts, INDEX_STEP_PAIRS, *members[copied:copied + INDEX_STEP_PAIRS]])) or 1
-        names, dropped = list(partner_names), 0
-        for start in range(0, len(names), INDEX_PARTNERS):
-            dropped += int(await self._unindex(keys=[], args=[*parts, *names[start:start + INDEX_PARTNERS]]))
+                *parts, step_pairs, *members[copied:copied + step_pairs]])) or 1
+        names, checked, dropped = list(partner_names), 0, 0
+        while checked < len(names):
+            done, gone = await self._unindex(keys=[], args=[*parts, step_pairs, *names[checked:checked + 500]])
+            checked, dropped = checked + (int(done) or 1), dropped + int(gone)
         return len(members), dropped
 
     async def items(self, page: Sequence[Settled]) -> list[Item]:
