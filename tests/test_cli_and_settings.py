@@ -141,6 +141,9 @@ def test_settings_parse_tokens():
 @pytest.mark.parametrize(("name", "value"), [
     ("SYNDICATE_PORT", "70000"),
     ("SYNDICATE_PORT", "http"),
+    ("SYNDICATE_PORT", "18_438"),  # int() takes it
+    ("SYNDICATE_PORT", "\u0661\u0668\u0664\u0663"),  # Arabic-Indic digits: int() takes them too
+    ("SYNDICATE_MAX_BODY_BYTES", "1e6"),
     ("SYNDICATE_MAX_BODY_BYTES", "-1"),
     ("SYNDICATE_RETENTION_DAYS", "nan"),
     ("REDIS_URL", "http://localhost:6379"),

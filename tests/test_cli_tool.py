@@ -65,6 +65,9 @@ def test_a_bad_option_is_one_line_without_loading_anything_heavy():
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "70000" in result.stderr and "65535" in result.stderr
     assert loaded(modules, HEAVY) == []
+    for given in ("", "18_438"):  # a blank --port served on 8080, whatever SYNDICATE_PORT said
+        result, _modules = probe("serve", "--port", given, env=cli_env(SYNDICATE_PORT="18440"))
+        assert result.returncode == 2 and result.stderr.strip().count("\n") == 0, (given, result.stderr)
 
 
 def test_commands_load_no_format_checkers(redis_url, tmp_path):

@@ -169,10 +169,26 @@ async def test_a_signature_beyond_ascii_is_refused_not_a_500(client):
     forged_session = f"{session_id}.{expires}.{signature[:-1]}\u00e9".encode().decode("latin-1")
     forged_flash = "b2sKaGk.\u00e9\u00e9".encode().decode("latin-1")
     # (sent with a session of their own, past the cookie jar's checks)
-    for cookie, status in ((f"{COOKIE}={forged_session}", 303), (f"{FLASH_COOKIE}={forged_flash}; {COOKIE}={session}", 200)):
+    # ...and bytes that are not UTF-8 at all (a lone 0xE9: the server reads it as a lone surrogate)
+    for cookie, status in ((f"{COOKIE}={forged_session}", 303), (f"{FLASH_COOKIE}={forged_flash}; {COOKIE}={session}", 200),
+                           (f"{COOKIE}=a.\xe9.c", 303), (f"{FLASH_COOKIE}=\xe9\xe9.\xe9; {COOKIE}={session}", 200)):
         async with aiohttp.ClientSession() as raw, \
                 raw.get(client.make_url("/ops"), headers={"Cookie": cookie}, allow_redirects=False) as page:
             assert page.status == status, await page.text()
+
+
+async def test_a_form_that_is_not_text_is_a_400(client):
+    """A form in a charset that is not a text encoding (Python's ``unicode_escape`` makes lone surrogates
+    of ``\\ud800``), or holding a lone surrogate, is refused as unreadable, on every form route."""
+    csrf = await login(client)
+    escaped = {"Content-Type": "application/x-www-form-urlencoded; charset=unicode_escape"}
+    for path, body in (("/ops/login", b"token=%5Cud800"), ("/ops/logout", b"csrf=%5Cud800"),
+                       (f"/ops/deliveries/{'0' * 32}/retry", b"csrf=%5Cud800"),
+                       ("/hub", b"hub.mode=subscribe&hub.secret=%5Cud800abc&hub.callback=http://a.example/"
+                                b"&hub.topic=http://x/feeds/latest/atom")):
+        response = await client.post(path, data=body, headers=escaped, allow_redirects=False)
+        assert response.status == 400, (path, response.status, await response.text())
+    assert csrf
 
 
 async def test_retry_button_requeues_a_failed_delivery(aiohttp_client, settings, redis_url, seed_v1, seed_v2):

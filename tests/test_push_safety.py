@@ -42,3 +42,14 @@ def test_an_operator_may_allow_a_network():
     check_literal_address("http://127.0.0.1:9/hook", (ipaddress.ip_network("127.0.0.0/8"),))
     with pytest.raises(UnsafeDestination):
         check_literal_address("http://10.0.0.1/hook", (ipaddress.ip_network("127.0.0.0/8"),))
+
+
+@pytest.mark.parametrize("host", ["a" * 64 + ".example.com", "a..b.example", ".a.example", "\u00e9" * 70 + ".example"])
+def test_a_host_no_resolver_can_encode_is_refused_as_a_bad_url(host):
+    """A label longer than 63 characters or an empty one: getaddrinfo would raise UnicodeError (a 500);
+    the URL check refuses it first, for webhooks and WebSub callbacks alike."""
+    from server.push.safety import UnsafeDestination, check_url_shape
+
+    with pytest.raises(UnsafeDestination):
+        check_url_shape(f"https://{host}/in")
+    assert check_url_shape("https://" + "a" * 63 + ".example.com/in")[0] == "a" * 63 + ".example.com"

@@ -8,6 +8,7 @@ line naming the variable, which the CLI prints before exiting non-zero.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -186,8 +187,14 @@ class Settings:
         return settings
 
 
+_WHOLE_NUMBER = re.compile(r"[+-]?[0-9]{1,18}")
+
+
 def parse_port(text: str, name: str) -> int:
-    """A TCP port, 1 to 65535: ``SYNDICATE_PORT`` and ``syndicate serve --port`` alike."""
+    """A TCP port, 1 to 65535: ``SYNDICATE_PORT`` and ``syndicate serve --port`` alike (a blank one is an
+    error here: an unset ``SYNDICATE_PORT`` arrives as 8080)."""
+    if not text.strip():
+        raise SettingsError(f"{name}: expected a port from 1 to 65535, got nothing")
     return _int({name: text}, name, 8080, low=1, high=65535)
 
 
@@ -195,10 +202,9 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int | None = None
     raw = env.get(name)
     if raw is None or raw.strip() == "":
         return default
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        raise SettingsError(f"{name}: expected a whole number, got {raw!r}") from None
+    if not _WHOLE_NUMBER.fullmatch(raw.strip()):  # int() also takes "18_438" and non-ASCII digits
+        raise SettingsError(f"{name}: expected a whole number, got {raw!r}")
+    value = int(raw.strip())
     if (low is not None and value < low) or (high is not None and value > high):
         bounds = f"from {low}" + (f" to {high}" if high is not None else " up")
         raise SettingsError(f"{name}: {value} is out of range ({bounds})")

@@ -27,7 +27,7 @@ class TokenTable:
             self._entries.append((settings.admin_token.encode(), Caller(ADMIN, True)))
 
     def lookup(self, presented: str) -> Caller | None:
-        token = presented.encode("utf-8", "surrogateescape")
+        token = presented.encode("utf-8", "surrogatepass")
         found: Caller | None = None
         for secret, caller in self._entries:
             if hmac.compare_digest(secret, token):

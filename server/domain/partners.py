@@ -117,7 +117,7 @@ def new_key() -> tuple[str, str, str]:
 
 
 def key_digest(key: str) -> str:
-    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def parse_key_id(presented: str) -> str | None:

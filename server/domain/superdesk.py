@@ -71,7 +71,7 @@ class SuperdeskSecrets:
     def publisher_for(self, signature: str, body: bytes) -> str | None:
         """The publisher whose secret signed ``body`` so, or None. Every secret is tried, with
         ``hmac.compare_digest``, so timing says nothing about which (or whether one) matched."""
-        presented = signature.strip().lower().encode("utf-8", "surrogateescape")
+        presented = signature.strip().lower().encode("utf-8", "surrogatepass")
         found: str | None = None
         for secret, publisher in self._entries:
             if hmac.compare_digest(sign(secret, body).encode("ascii"), presented):

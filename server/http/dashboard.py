@@ -91,7 +91,7 @@ def _signature_matches(expected: str, presented: str) -> bool:
     """``presented`` is ``expected`` (one of our signatures), in constant time. Compared as bytes:
     ``hmac.compare_digest`` refuses two ``str`` with a character beyond ASCII (a TypeError, so a 500),
     and a cookie or form field may hold any character."""
-    return hmac.compare_digest(expected.encode(), presented.encode("utf-8", "surrogateescape"))
+    return hmac.compare_digest(expected.encode(), presented.encode("utf-8", "surrogatepass"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +108,9 @@ class Dashboard:
 
     def _sign(self, purpose: str, value: str) -> str:
         assert self.secret is not None
-        return _b64(hmac.new(self.secret, f"{purpose}|{value}".encode(), hashlib.sha256).digest())
+        # A cookie may hold any character, lone surrogates included (bytes that are not UTF-8).
+        return _b64(hmac.new(self.secret, f"{purpose}|{value}".encode("utf-8", "surrogatepass"),
+                             hashlib.sha256).digest())
 
     def new_session(self, now: float | None = None) -> tuple[Session, str]:
         now = time.time() if now is None else now

@@ -33,6 +33,11 @@ def check_url_shape(url: str, field: str = "url") -> tuple[str, int]:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UnsafeDestination(f"{field} must be an absolute http or https URL.",
                                 errors=[{"pointer": f"/{field}", "detail": "must be http(s)"}])
+    try:  # what getaddrinfo will do with the name: an empty or over-long label is refused here, not a 500
+        parts.hostname.encode("idna")
+    except UnicodeError:
+        raise UnsafeDestination(f"{field}: the host is not a valid domain name (a label is empty or longer than "
+                                "63 characters).", errors=[{"pointer": f"/{field}", "detail": "invalid host"}]) from None
     if parts.username or parts.password:
         raise UnsafeDestination(f"{field} must not carry credentials.",
                                 errors=[{"pointer": f"/{field}", "detail": "credentials in URL"}])
