@@ -19,8 +19,8 @@ async def read_form(request: web.Request) -> MultiDictProxy[str | bytes | web.Fi
     """The posted form, or a 400 problem (``unreadable-form``) saying why it cannot be read."""
     charset = request.charset
     if charset is not None and charset.lower() not in FORM_CHARSETS:
-        raise Problem(f"The form's charset {charset[:40]!r} is not one the server reads; send it as UTF-8.",
-                      status=400, slug="unreadable-form")
+        raise Problem(f"The form could not be read: its charset {charset[:40]!r} is not one the server "
+                      "reads; send it as UTF-8.", status=400, slug="unreadable-form")
     try:
         form = await request.post()
     except (ValueError, LookupError, AssertionError) as exc:  # UnicodeDecodeError is a ValueError
@@ -31,6 +31,6 @@ async def read_form(request: web.Request) -> MultiDictProxy[str | bytes | web.Fi
             try:
                 value.encode("utf-8")
             except UnicodeEncodeError:  # a lone surrogate: no text a client meant
-                raise Problem("The form holds a character that is not text (a lone surrogate).",
-                              status=400, slug="unreadable-form") from None
+                raise Problem("The form could not be read: it holds a character that is not text (a lone "
+                              "surrogate).", status=400, slug="unreadable-form") from None
     return form
