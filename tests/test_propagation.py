@@ -492,6 +492,8 @@ async def test_a_receipt_ends_outstanding_only_at_the_required_version(redis_url
     assert items[0] + "a1" + items[1] == keys.propagation_article_items("a1")
     assert pending[0] + "a1:3" + pending[1] == keys.propagation_pending("a1", 3)
     assert pending[0] + "a1:3" == keys.propagation_item("a1", 3)  # the window's Lua derives one from the other
+    index = keys.PARTNER_PENDING_ITEMS_PARTS
+    assert index[0] + "p" + index[1] + "kill" == keys.partner_pending_items("p", "kill")
     for parts, key in ((keys.PARTNER_REQUIRED_PARTS, keys.partner_required), (keys.PARTNER_OUTSTANDING_PARTS,
                                                                              keys.partner_outstanding)):
         assert parts[0] + "p" + parts[1] == key("p")

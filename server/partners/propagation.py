@@ -146,6 +146,8 @@ _SETTLE_ONLY_LUA = _SETTLE_FUNCTION + """
 return settle_receipts()
 """
 
+_LUA_ITEM_KINDS = "{" + ", ".join(f"'{kind}'" for kind in ITEM_KINDS) + "}"  # a Lua table of the item kinds
+
 # KEYS 1: to settle. ARGV 1-8: as the settling's, 9: since (epoch ms), then the partners' names.
 # Settles, then returns per (partner, kind) with anything pending since ``since`` {name, kind, count,
 # oldest ingest ms}: two reads of each partner's pending items per kind, whatever the window holds.
@@ -163,7 +165,7 @@ for i = 10, #ARGV do
   end
 end
 return result
-""".replace("ITEM_KINDS", "{" + ", ".join(f"'{kind}'" for kind in ITEM_KINDS) + "}")
+""".replace("ITEM_KINDS", _LUA_ITEM_KINDS)
 
 # Reconciling the partners' pending items with the items' pending sets (each maintenance run: they
 # are written in the same steps, but a process of an older version, or a Redis restored from an older
@@ -212,7 +214,7 @@ for i = 6, #ARGV do
   done = done + 1
 end
 return {done, dropped}
-""".replace("ITEM_KINDS", "{" + ", ".join(f"'{kind}'" for kind in ITEM_KINDS) + "}")
+""".replace("ITEM_KINDS", _LUA_ITEM_KINDS)
 
 # ARGV 1, 2: the parts of a partner's received hash around its name; then pairs of a partner's name and
 # an article id. Returns each pair's receipt (false: none): thousands of HGETs in one step, not one
