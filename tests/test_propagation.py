@@ -6,12 +6,10 @@ partner's own status."""
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import shutil
 from datetime import UTC, datetime
 
 import orjson
-import pytest
 import redis as redis_sync
 from conftest import ADMIN, AUTH, ROOT, cli_env, make_partner, run_cli
 from push_helpers import Behaviour, Subscriber, wait_for
@@ -61,12 +59,6 @@ async def flow(client, query="") -> dict:
 def rows(report: dict) -> dict[tuple[str, int], dict[str, tuple[bool, str]]]:
     return {(i["id"], i["version"]): {p["partner"]: (p["received"], p["delivery"]) for p in i["partners"]}
             for i in report["items"]}
-
-
-@pytest.fixture
-async def push(aiohttp_client, settings):
-    return await aiohttp_client(create_app(dataclasses.replace(
-        settings, push_allow_networks=(ipaddress.ip_network("127.0.0.0/8"),))))
 
 
 # ----- item 1: the rule, through push, polls and items -------------------------------------------------
@@ -135,6 +127,54 @@ async def test_a_correction_judged_while_the_first_push_is_in_flight_still_reach
             return rows(await flow(push)).get((article, 2)) == {"acme": (True, "withdrawal")}
 
         assert await wait_for(listed, message="acme listed for v2, received")
+
+
+async def test_a_partner_enabled_again_is_sent_the_kill_dispatched_while_it_was_disabled(push, seed_v1):
+    """acme had the story, was disabled, and the story was killed meanwhile: nothing is pushed to a
+    disabled partner, but once enabled again it is owed the kill (pushed, and listed in the report);
+    `late`, disabled and enabled the same way, never had the story and is sent nothing."""
+    async with Subscriber() as receiver, Subscriber() as late_receiver:
+        for name, target in (("acme", receiver), ("late", late_receiver)):
+            await partner(push, name, feeds=["world"], formats=["*"])
+            created = await push.post(f"/api/partners/{name}/endpoints", headers=ADMIN_JSON, data=orjson.dumps(
+                {"url": target.url(), "format": "ninjs", "secret": SECRET}))
+            assert created.status == 201
+        await partner(push, "other", feeds=["world"], formats=["*"])  # a poller that stays enabled
+        article = article_id_for_uri(seed_v1["uri"])
+        await publish(push, seed_v1)
+        await wait_for(lambda: receiver.delivered and late_receiver.delivered, message="v1 to both")
+        with redis_sync.Redis.from_url(push.server.app[SETTINGS].redis_address.url, decode_responses=True) as redis:
+            await wait_for(lambda: redis.hexists(keys.partner_received("acme"), article), message="the receipt")
+            redis.hdel(keys.partner_received("late"), article)  # as if late had never had the story
+
+        async def enabled(name: str, active: bool) -> None:
+            response = await push.patch(f"/api/partners/{name}", headers=ADMIN_JSON,
+                                        data=orjson.dumps({"active": active}))
+            assert response.status == 200, await response.text()
+
+        await enabled("acme", False)
+        await enabled("late", False)
+        assert (await push.delete(f"/api/articles/{article}", headers=AUTH)).status == 200
+
+        async def judged():  # the kill was dispatched (and judged) while both were disabled
+            return (article, 2) in rows(await flow(push))
+
+        await wait_for(judged, message="the kill dispatched")
+        assert rows(await flow(push))[(article, 2)] == {"other": (False, "kill")}
+        assert len(receiver.delivered) == 1
+
+        await enabled("acme", True)
+        await enabled("late", True)
+        await wait_for(lambda: len(receiver.delivered) >= 2, timeout=20, message="the kill, once enabled")
+        assert orjson.loads(receiver.delivered[1].body)["pubStatus"] == "canceled"
+
+        async def listed():
+            return rows(await flow(push)).get((article, 2)) == {"acme": (True, "kill"), "other": (False, "kill")}
+
+        assert await wait_for(listed, message="acme listed for the kill, received")
+        with redis_sync.Redis.from_url(push.server.app[SETTINGS].redis_address.url, decode_responses=True) as redis:
+            await wait_for(lambda: not redis.exists(keys.partners_reactivated()), message="the notes done")
+        assert len(late_receiver.delivered) == 1  # never had it (as far as its receipts say): nothing
 
 
 async def test_a_poller_that_had_the_story_gets_the_withdrawal_at_items_and_is_listed(client, seed_v1):

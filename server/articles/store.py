@@ -300,6 +300,21 @@ class ArticleStore:
         """Article ids, newest change first."""
         return await self.redis.zrange(keys.articles_by_change(), offset, offset + count - 1, desc=True)
 
+    async def ids_changed_since(self, moment: datetime) -> list[str]:
+        """Article ids whose latest change was ingested at or after ``moment``, oldest first."""
+        return await self.redis.zrange(keys.articles_by_change(), int(moment.timestamp() * 1_000_000), "+inf",
+                                       byscore=True)
+
+    async def versions(self, article_ids: list[str]) -> dict[str, int]:
+        """The latest version of each article that exists among ``article_ids``, in one round trip."""
+        if not article_ids:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for article_id in article_ids:
+                pipe.hget(keys.article(article_id), "version")
+            found = await pipe.execute()
+        return {a: int(v) for a, v in zip(article_ids, found, strict=True) if v is not None}
+
     async def require(self, article_id: str) -> Article:
         article = await self.get(article_id)
         if article is None:

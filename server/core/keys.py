@@ -137,6 +137,14 @@ def partners_generation() -> str:
     return f"{PREFIX}:partners:generation"
 
 
+def partners_reactivated() -> str:
+    """Hash: partner name -> the :func:`partners_generation` of the change that enabled it again.
+    Written with that change (``PartnerStore``); a push dispatcher records what the partner is owed
+    of the window's corrections and kills (it was judged inactive when they were dispatched), then
+    deletes the entry if it is still that generation."""
+    return f"{PREFIX}:partners:reactivated"
+
+
 def activity_hour(hour_start: int) -> str:
     """Hash: ``polls`` and ``pushes`` answered in the hour starting at ``hour_start`` (epoch seconds), by
     every partner (summed at each flush; expires after a day and a bit): the dashboard's chart."""

@@ -31,12 +31,15 @@ redis.call('SADD', KEYS[2], ARGV[2])
 return redis.call('INCR', KEYS[3])
 """
 
-# KEYS: record, generation. ARGV: the record JSON read, the new one. The new generation, or 0 if the
-# record changed since it was read (compare and set: the write and its wait share a pipeline, no MULTI).
+# KEYS: record, generation, and (a partner enabled again) the reactivated hash. ARGV: the record JSON
+# read, the new one, the name. The new generation, or 0 if the record changed since it was read (compare
+# and set: the write and its wait share a pipeline, no MULTI).
 _REPLACE_LUA = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[2])
-return redis.call('INCR', KEYS[2])
+local generation = redis.call('INCR', KEYS[2])
+if KEYS[3] then redis.call('HSET', KEYS[3], ARGV[3], generation) end
+return generation
 """
 
 
@@ -129,10 +132,13 @@ class PartnerStore:
             raw = await self.redis.get(record_key)
             if raw is None:
                 raise NotFound(f"No partner {name!r}.")
-            partner = change(Partner.from_record(orjson.loads(raw)))
+            before = Partner.from_record(orjson.loads(raw))
+            partner = change(before)
+            # Enabled again: it is owed the corrections and kills dispatched while it was disabled.
+            noted = [keys.partners_reactivated()] if partner.active and not before.active else []
             async with self.redis.pipeline(transaction=False) as pipe:
-                await self._replace(keys=[record_key, keys.partners_generation()],
-                                    args=[raw, orjson.dumps(partner.to_record())], client=pipe)
+                await self._replace(keys=[record_key, keys.partners_generation(), *noted],
+                                    args=[raw, orjson.dumps(partner.to_record()), partner.name], client=pipe)
                 [generation] = await self.acks.execute(pipe)
             if generation:
                 await self.redis.publish(keys.PARTNERS_CHANNEL, str(generation))

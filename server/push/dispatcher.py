@@ -34,14 +34,21 @@ from server.core.values import utc_now
 from server.domain.access import Refusal, feed_refusal, may_read_item
 from server.domain.articles import PURGE, Article
 from server.domain.feeds import FeedDefinition, in_feed
-from server.domain.partners import KeyTable
+from server.domain.partners import KeyTable, Partner
 from server.domain.propagation import Delivery, may_read_now
 from server.observability.metrics import Metrics
+from server.partners.ledger import STATUS_WINDOW
 from server.partners.propagation import Requirements
 from server.push.destinations import WEBHOOK_FEED_FORMATS, WEBSUB, Destination, DestinationStore
 from server.push.queue import PushQueue
 
 log = logging.getLogger(__name__)
+
+# KEYS 1: the reactivated partners. ARGV: a name, the generation noted. Deletes the note if unchanged.
+_FORGET_NOTE_LUA = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end
+return 0
+"""
 
 SWEEP_SECONDS = 5.0  # how often every destination goes through the keeper without a change
 BATCH = 100
@@ -157,6 +164,7 @@ class Dispatcher:
         # Receipts are buffered up to a flush interval in every process: a change is judged only once
         # the receipts of everything served before it are in Redis ("had the story" reads them).
         self.settle_seconds = settle_seconds
+        self._forget_note = redis.register_script(_FORGET_NOTE_LUA)
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Fan out changes until ``stopping`` is set; every ``SWEEP_SECONDS`` also sweep (in this same
@@ -168,6 +176,7 @@ class Dispatcher:
                 if time.monotonic() - last_sweep > SWEEP_SECONDS:
                     last_sweep = time.monotonic()
                     await self.keeper.sweep()
+                    await self.owe_reactivated()
             except Exception:
                 self.metrics.count_redis_error("push")
                 log.exception("fanning out changes failed; will try again")
@@ -216,6 +225,49 @@ class Dispatcher:
                 picked.append(destination.id)
         await self.queue.enqueue(picked, article.id, article.version)
         return picked
+
+    async def owe_reactivated(self) -> int:
+        """Partners enabled again (``PartnerStore`` notes each with the generation that did it) were judged
+        inactive when the changes of that time were dispatched, so nothing was required of them: each is
+        now owed the newest revision of every story of the status window it had (its receipts hold it)
+        at an older version, as if it had been active then (the correction or kill pushed to its
+        webhooks, recorded for the ops views). A note is deleted once done (only if no later
+        re-activation replaced it), or once this process's key table is as new as the note and the
+        partner is not active (disabled again, or deleted); until then it waits for the table. Redoing a
+        note (a worker killed half-way) is harmless: recording is idempotent and the queue keeps one
+        delivery per destination and article. Returns how many partners were caught up."""
+        notes = await self.redis.hgetall(keys.partners_reactivated())
+        table, done = self.key_table(), 0
+        for name, generation in notes.items():
+            partner = table.partners.get(name)
+            if partner is not None and partner.active:
+                await self._owe_again(partner, table)
+                done += 1
+            elif table.generation < int(generation):
+                continue  # this process has not seen that change yet
+            await self._forget_note(keys=[keys.partners_reactivated()], args=[name, generation])
+        return done
+
+    async def _owe_again(self, partner: Partner, table: KeyTable) -> None:
+        now = utc_now()
+        changed = await self.store.ids_changed_since(now - STATUS_WINDOW)
+        if not changed:
+            return
+        receipts = await self.redis.hmget(keys.partner_received(partner.name), changed)
+        had = {a: int(r.partition("|")[0]) for a, r in zip(changed, receipts, strict=True) if r is not None}
+        behind = [a for a, version in (await self.store.versions(list(had))).items() if version > had[a]]
+        destinations = [d for d in await self.destinations.all()
+                        if d.partner == partner.name and await self.keeper.keep(d, now, table)]
+        for start in range(0, len(behind), BATCH):
+            for article in await self.store.get_many(behind[start:start + BATCH]):
+                if not in_feed(article, now, None):
+                    continue  # under embargo or withheld: its release will come through the change log
+                required = await self.requirements.record(self.store, article, (partner,), self.feeds.values(),
+                                                          await self.awaiting(article, destinations, table))
+                await self.queue.enqueue([d.id for d in destinations
+                                          if chosen(d, article, table, self.feeds, required)],
+                                         article.id, article.version)
+        log.info("partner %s enabled again: owed the newest revision of %d stories it had", partner.name, len(behind))
 
     async def awaiting(self, article: Article, destinations: list[Destination], table: KeyTable) -> frozenset[str]:
         """Partners that may not read the article's latest revision but have an earlier one queued or in
