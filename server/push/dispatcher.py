@@ -231,20 +231,20 @@ class Dispatcher:
         inactive when the changes of that time were dispatched, so nothing was required of them: each is
         now owed the newest revision of every story of the status window it had (its receipts hold it)
         at an older version, as if it had been active then (the correction or kill pushed to its
-        webhooks, recorded for the ops views). A note is deleted once done (only if no later
-        re-activation replaced it), or once this process's key table is as new as the note and the
-        partner is not active (disabled again, or deleted); until then it waits for the table. Redoing a
+        webhooks, recorded for the ops views). A note waits until this process's key table is as new as
+        it; then it is done (or dropped: the partner was disabled again, or deleted) and deleted, only if
+        no later re-activation replaced it. Redoing a
         note (a worker killed half-way) is harmless: recording is idempotent and the queue keeps one
         delivery per destination and article. Returns how many partners were caught up."""
         notes = await self.redis.hgetall(keys.partners_reactivated())
         table, done = self.key_table(), 0
         for name, generation in notes.items():
+            if table.generation < int(generation):
+                continue  # this process has not seen that change yet
             partner = table.partners.get(name)
             if partner is not None and partner.active:
                 await self._owe_again(partner, table)
                 done += 1
-            elif table.generation < int(generation):
-                continue  # this process has not seen that change yet
             await self._forget_note(keys=[keys.partners_reactivated()], args=[name, generation])
         return done
 
