@@ -120,6 +120,10 @@ def test_settings_parse_a_sentinel_url():
     assert (settings.min_replicas_acked, settings.replica_ack_timeout_seconds) == (2, 0.25)
     assert Settings.from_env({"REDIS_URL": "redis://r:6379/1"}).redis_address == DirectRedis("redis://r:6379/1")
     assert Settings.from_env({}).min_replicas_acked is None  # auto: 1 with replicas, 0 for a single Redis
+    with_files = Settings.from_env({"REDIS_URL": "rediss+sentinel://h1/news?ssl_ca_certs=/etc/hostname"
+                                                 "&ssl_certfile=/etc/hostname&ssl_keyfile=/etc/hostname"})
+    assert with_files.redis_address.tls_files == (  # type: ignore[union-attr]
+        ("ssl_ca_certs", "/etc/hostname"), ("ssl_certfile", "/etc/hostname"), ("ssl_keyfile", "/etc/hostname"))
 
 
 def test_a_bad_sentinel_url_never_shows_its_password():
@@ -151,6 +155,9 @@ def test_settings_parse_tokens():
     ("REDIS_URL", "redis+sentinel://a:99999/mymaster"),
     ("REDIS_URL", "redis+sentinel://a:1,b:2/mymaster/zero"),
     ("REDIS_URL", "redis+sentinel://a:1/mymaster?sentinel_pasword=x"),
+    ("REDIS_URL", "redis+sentinel://a:1/mymaster?ssl_ca_certs=/etc/hostname"),  # TLS files without TLS
+    ("REDIS_URL", "rediss+sentinel://a:1/mymaster?ssl_certfile=/etc/hostname"),  # a certificate without its key
+    ("REDIS_URL", "rediss+sentinel://a:1/mymaster?ssl_ca_certs=/nonexistent/ca.pem"),
     ("SYNDICATE_CACHE_REDIS_URL", "redis+sentinel://:secret@/mymaster"),
     ("SYNDICATE_MIN_REPLICAS_ACKED", "-1"),
     ("SYNDICATE_REPLICA_ACK_TIMEOUT_MS", "5000"),

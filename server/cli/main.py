@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     from server.cli.errors import CommandError
     from server.core.embedded_redis import EmbeddedRedisError
     from server.core.errors import Problem
+    from server.core.redis_connection import describe_failure
     from server.core.settings import Settings, SettingsError
     from server.domain.feeds import FeedDefinitionError
     from server.observability import logs
@@ -58,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         logs.configure(settings)  # JSON lines on stderr (SYNDICATE_LOG_FORMAT=text for humans)
         return run(args, settings)
     except RedisError as exc:
-        print(f"syndicate: Redis is not reachable or failed ({exc}); check REDIS_URL", file=sys.stderr)
+        print(f"syndicate: Redis is not reachable or failed ({describe_failure(exc)}); check REDIS_URL",
+              file=sys.stderr)
         return 2
     except (SettingsError, CommandError, EmbeddedRedisError, FeedDefinitionError) as exc:
         print(f"syndicate: {exc}", file=sys.stderr)

@@ -8,20 +8,25 @@
   ``rediss+sentinel://`` for TLS to the sentinels and to the Redis servers alike. The user and password
   are the Redis servers'; a sentinel's port defaults to 26379 and ``db`` to 0; IPv6 hosts in brackets.
   Options: ``sentinel_password`` and ``sentinel_username`` (when the sentinels require their own
-  authentication, ``requirepass`` in sentinel.conf). Characters special in a URL are percent-encoded.
+  authentication, ``requirepass`` in sentinel.conf); with ``rediss+sentinel://``, ``ssl_ca_certs`` (a
+  PEM file of the CA that signed the servers' and sentinels' certificates, when it is not in the
+  system's store), ``ssl_certfile`` and ``ssl_keyfile`` (a client certificate, for ``tls-auth-clients
+  yes``). Characters special in a URL are percent-encoded.
 
 A URL that is not one of these raises :class:`ValueError` with a one-line message (no password in it).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlsplit
 
 DIRECT_SCHEMES = ("redis", "rediss", "unix")
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 DEFAULT_SENTINEL_PORT = 26379
-_SENTINEL_OPTIONS = ("sentinel_password", "sentinel_username")
+_TLS_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")  # redis-py's own names for the files
+_SENTINEL_OPTIONS = ("sentinel_password", "sentinel_username", *_TLS_OPTIONS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +52,7 @@ class SentinelRedis:
     password: str | None = field(default=None, repr=False)
     sentinel_username: str | None = None
     sentinel_password: str | None = field(default=None, repr=False)
+    tls_files: tuple[tuple[str, str], ...] = ()  # (redis-py option, path): for sentinels and servers alike
 
     def describe(self) -> str:
         hosts = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.sentinels)
@@ -86,11 +92,20 @@ def parse_redis_address(raw: str) -> RedisAddress:
     unknown = sorted(set(options) - set(_SENTINEL_OPTIONS))
     if unknown:
         raise ValueError(f"unknown option {unknown[0][:30]!r} (known: {', '.join(_SENTINEL_OPTIONS)})")
+    tls = scheme == "rediss+sentinel"
+    tls_files = tuple((name, options[name][-1]) for name in _TLS_OPTIONS if options.get(name, [""])[-1])
+    if tls_files and not tls:
+        raise ValueError(f"{tls_files[0][0]} needs TLS: use rediss+sentinel://")
+    if ("ssl_certfile" in dict(tls_files)) != ("ssl_keyfile" in dict(tls_files)):
+        raise ValueError("a client certificate needs both ssl_certfile and ssl_keyfile")
+    for name, path in tls_files:
+        if not os.path.isfile(path):
+            raise ValueError(f"{name}: no such file {path[:200]!r}")
     return SentinelRedis(
         sentinels=sentinels, service=unquote(segments[0]), db=int(segments[1]) if len(segments) == 2 else 0,
-        tls=scheme == "rediss+sentinel", username=username, password=password,
+        tls=tls, username=username, password=password,
         sentinel_username=options.get("sentinel_username", [None])[-1] or None,
-        sentinel_password=options.get("sentinel_password", [None])[-1] or None)
+        sentinel_password=options.get("sentinel_password", [None])[-1] or None, tls_files=tls_files)
 
 
 def _host_port(entry: str) -> tuple[str, int]:

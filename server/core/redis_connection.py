@@ -20,10 +20,10 @@ from typing import Any
 from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection, Connection
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from server.core.redis_address import DirectRedis, RedisAddress, SentinelRedis
 
@@ -111,7 +111,7 @@ def on_current_primary(pool: ConnectionPool, connection: AbstractConnection) -> 
 
 
 def _sentinel_pool(address: SentinelRedis, options: dict[str, Any]) -> BlockingSentinelPool:
-    tls: dict[str, Any] = {"ssl": True} if address.tls else {}
+    tls: dict[str, Any] = {"ssl": True, **dict(address.tls_files)} if address.tls else {}
     sentinel_timeout = min(SENTINEL_TIMEOUT_SECONDS, options["socket_connect_timeout"])
     sentinel_options: dict[str, Any] = dict(socket_timeout=sentinel_timeout, socket_connect_timeout=sentinel_timeout,
                                             decode_responses=True, **tls)
@@ -120,6 +120,16 @@ def _sentinel_pool(address: SentinelRedis, options: dict[str, Any]) -> BlockingS
     manager = Sentinel(list(address.sentinels), sentinel_kwargs=sentinel_options)  # type: ignore[no-untyped-call]
     return BlockingSentinelPool(address.service, manager, db=address.db, username=address.username,  # type: ignore[no-untyped-call]
                                 password=address.password, **tls, **options)
+
+
+def describe_failure(exc: RedisError) -> str:
+    """A Redis error in one short line for an operator (redis-py names every sentinel it tried, with its
+    whole connection settings, in a no-primary error)."""
+    if isinstance(exc, MasterNotFoundError):
+        return ("no sentinel answered with the service's primary: check the sentinel addresses, the "
+                "service name and, with rediss+sentinel://, the certificates (ssl_ca_certs)")
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 async def durability_warnings(client: Redis) -> list[str]:
