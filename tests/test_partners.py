@@ -74,6 +74,13 @@ async def test_admin_api_creates_lists_changes_and_revokes(client, redis_url):
     ({"name": "ok", "feeds": ["latest"], "formats": ["atom"], "media": "yes"}, "/media"),
     ({"name": "ok", "feeds": ["latest"], "formats": ["atom"], "expires_at": "2001-01-01T00:00:00Z"}, "/expires_at"),
     ({"name": "ok", "feeds": ["latest"], "formats": ["atom"], "expires_at": "tomorrow"}, "/expires_at"),
+    # Extreme years: outside the years 1 to 9999 once in UTC, or in the past (year 1 in UTC)
+    ({"name": "ok", "feeds": ["latest"], "formats": ["atom"], "expires_at": "0001-01-01T00:00:00+01:00"}, "/expires_at"),
+    ({"name": "ok", "feeds": ["latest"], "formats": ["atom"], "expires_at": "9999-12-31T23:59:59-01:00"}, "/expires_at"),
+    ({"name": "ok", "feeds": ["latest"], "formats": ["atom"], "expires_at": "0001-01-01T00:00:00Z"}, "/expires_at"),
+    ({"name": "ok", "feeds": ["latest"], "formats": ["atom"], "expires_at": "0001-01-01T00:00:00-01:00"}, "/expires_at"),
+    ({"name": "ok", "feeds": ["latest"], "formats": ["atom"], "expires_at": "+10000-01-01T00:00:00Z"}, "/expires_at"),
+    ({"name": "ok", "feeds": ["latest"], "formats": ["atom"], "expires_at": 99999999999}, "/expires_at"),
     ({"feeds": ["latest"], "formats": ["atom"]}, "/name"),
 ])
 async def test_bad_partner_input_is_422_and_changes_nothing(client, redis_url, body, pointer):
@@ -83,6 +90,31 @@ async def test_bad_partner_input_is_422_and_changes_nothing(client, redis_url, b
     assert response.content_type == "application/problem+json"
     assert pointer in [e["pointer"] for e in (await response.json())["errors"]]
     assert snapshot(redis_url) == before
+
+
+@pytest.mark.parametrize("expires_at", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00",
+                                        "0001-01-01T00:00:00Z", "2001-01-01T00:00:00Z", "tomorrow"])
+async def test_a_new_key_with_an_extreme_or_past_expiry_is_422_and_changes_nothing(client, redis_url, expires_at):
+    await create_partner(client, name="acme", feeds=["latest"], formats=["atom"])
+    before = snapshot(redis_url)
+    response = await client.post("/api/partners/acme/keys", data=orjson.dumps({"expires_at": expires_at}),
+                                 headers=ADMIN_JSON)
+    assert response.status == 422 and response.content_type == "application/problem+json"
+    assert [e["pointer"] for e in (await response.json())["errors"]] == ["/expires_at"]
+    assert snapshot(redis_url) == before
+
+
+async def test_a_key_expiring_at_the_last_second_of_year_9999_works_and_is_shown(client):
+    """The latest expiry there is: stored, shown as it was given (in UTC), and the key reads feeds."""
+    created = await create_partner(client, name="acme", feeds=["latest"], formats=["atom"],
+                                   expires_at="9999-12-31T23:59:59Z")
+    issued = await client.post("/api/partners/acme/keys", data=orjson.dumps({"expires_at": "9999-12-31T23:59:59+00:00"}),
+                               headers=ADMIN_JSON)
+    assert issued.status == 201
+    for key in (created["key"], (await issued.json())["key"]):
+        assert (await client.get("/feeds/latest/atom", headers={"X-API-Key": key})).status == 200
+    shown = await (await client.get("/api/partners/acme", headers=ADMIN)).json()
+    assert [k["expiresAt"][:19] for k in shown["keys"]] == ["9999-12-31T23:59:59"] * 2
 
 
 async def test_admin_api_needs_the_admin_token_and_odd_names_are_clean_4xx(client, redis_url):
@@ -297,7 +329,11 @@ def test_partner_cli(redis_url, tmp_path):
     for args, needle in ((["partner", "add", "acme", "--feeds", "latest", "--formats", "atom"], "exists"),
                          (["partner", "add", "x", "--feeds", "nope", "--formats", "atom"], "No feed"),
                          (["partner", "show", "ghost"], "No partner"),
-                         (["partner", "revoke", "acme", "nokey"], "no key")):
+                         (["partner", "revoke", "acme", "nokey"], "no key"),
+                         (["partner", "add", "y", "--feeds", "latest", "--formats", "atom",
+                           "--expires", "0001-01-01T00:00:00+01:00"], "years 1 to 9999"),
+                         (["partner", "key", "acme", "--expires", "9999-12-31T23:59:59-01:00"], "years 1 to 9999"),
+                         (["partner", "key", "acme", "--expires", "0001-01-01T00:00:00Z"], "in the future")):
         result = run_cli(*args, env=env)
         assert result.returncode != 0 and needle in result.stderr and result.stderr.count("\n") == 1, result.stderr
 
