@@ -187,6 +187,12 @@ class FeedCache:
                 return stored
         return None  # the other renderer died or is slow: render ourselves
 
+    def in_memory(self) -> list[tuple[tuple[str, str, str, str], int]]:
+        """The pages this process holds in memory, least recently used first: ((feed, variant, format,
+        page), bytes of every encoding). Together they stay within ``memory_bytes``, but for one page
+        larger than that on its own, which is kept alone."""
+        return [(key, rendered.size) for key, (rendered, _expires) in self._memory.items()]
+
     # ----- internals -----------------------------------------------------------------------------
 
     def _raise_generation(self, name: str, generation: int) -> None:
