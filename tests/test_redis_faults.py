@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 
 import orjson
 import redis as redis_sync
@@ -18,6 +19,7 @@ JSON_HEADERS = {**AUTH, "Content-Type": "application/json"}
 
 async def test_a_paused_redis_is_a_503_with_retry_after_and_cached_polls_still_answer(aiohttp_client, settings,
                                                                                       tmp_path, seed_v1):
+    assert settings.redis_timeout_seconds == 1.0  # SYNDICATE_REDIS_TIMEOUT_MS's default, which the bound below assumes
     process, port = start_redis(tmp_path / "redis")
     try:
         url = f"redis://127.0.0.1:{port}/0"
@@ -28,16 +30,22 @@ async def test_a_paused_redis_is_a_503_with_retry_after_and_cached_polls_still_a
         assert (await client.get("/feeds/latest/atom", headers={"X-API-Key": key})).status == 200  # now cached
 
         admin = redis_sync.Redis(port=port)
-        admin.execute_command("CLIENT", "PAUSE", "4000", "ALL")
+        admin.execute_command("CLIENT", "PAUSE", "6000", "ALL")
         try:
+            asked = time.monotonic()
             refused = await client.post("/api/articles", data=orjson.dumps({**seed_v1, "uri": seed_v1["uri"] + "-2"}),
                                         headers=JSON_HEADERS)
+            waited = time.monotonic() - asked
             assert refused.status == 503, await refused.text()
+            # Within SYNDICATE_REDIS_TIMEOUT_MS (1 s here) and generous slack: not the pause's 6 s, not forever.
+            assert waited < 3.0, f"the 503 took {waited:.1f} s"
             assert refused.content_type == "application/problem+json"
             assert refused.headers["Retry-After"] == "1"
             assert (await refused.json())["type"].endswith("/storage-unavailable")
+            asked = time.monotonic()
             cached = await client.get("/feeds/latest/atom", headers={"X-API-Key": key})
             assert cached.status == 200  # from this process's memory: no Redis needed
+            assert time.monotonic() - asked < 1.0  # and without waiting for Redis
         finally:
             admin.execute_command("CLIENT", "UNPAUSE")
         again = await client.post("/api/articles", data=orjson.dumps({**seed_v1, "uri": seed_v1["uri"] + "-2"}),
