@@ -1,17 +1,41 @@
-"""Redis faults on the request path: a paused (or gone) Redis is a 503 problem with Retry-After, soon,
-never a 500; cached pages are still served from memory; requests work again once Redis is back."""
+"""Redis faults on the request path: a paused, stopped or read-only Redis is a 503 problem with
+Retry-After within ``SYNDICATE_REDIS_TIMEOUT_MS`` (plus slack), never a 500; cached pages are still
+served from memory; requests work again by themselves once Redis is back, the very first one included
+after a restart or ``CLIENT KILL`` (stale pooled connections are retried once); a store that came back
+empty or older is noticed and forgotten. The stopped, read-only and restart cases run a real
+``syndicate serve`` (uvloop, as deployed) on a Redis of the test's own."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import subprocess
+import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from http.client import HTTPConnection
+from pathlib import Path
 
+import http_helpers as http
 import orjson
+import pytest
 import redis as redis_sync
-from conftest import AUTH, make_partner, start_redis
+from conftest import (
+    ADMIN,
+    ADMIN_TOKEN,
+    AUTH,
+    PUBLISHER_TOKEN,
+    ROOT,
+    SEED_V1,
+    cli_env,
+    free_port,
+    make_partner,
+    start_redis,
+    stop_processes,
+)
 
 from server.core.redis_address import DirectRedis
+from server.domain.articles import article_id_for_uri
 from server.http.app import create_app
 
 JSON_HEADERS = {**AUTH, "Content-Type": "application/json"}
@@ -109,3 +133,204 @@ def test_a_transport_error_from_inside_the_redis_client_is_a_storage_fault():
         raise RuntimeError("a bug of ours")
     except RuntimeError as exc:
         assert not _raised_talking_to_redis(exc)
+
+
+# ----- a real `syndicate serve` (uvloop, as deployed) on a Redis of the test's own --------------------
+
+SERVE_HEADERS = {**JSON_HEADERS}
+ADMIN_JSON = {**ADMIN, "Content-Type": "application/json"}
+
+
+def serve(redis_port: int, tmp_path: Path, **env: str) -> tuple[subprocess.Popen, int]:
+    """``syndicate serve`` on ``REDIS_URL`` = the test's Redis, ready; its log in ``tmp_path/serve.log``."""
+    port = free_port()
+    environment = cli_env(REDIS_URL=f"redis://127.0.0.1:{redis_port}/0", SYNDICATE_DATA_DIR=str(tmp_path / "var"),
+                          SYNDICATE_PORT=str(port), SYNDICATE_PUBLISHER_TOKENS=f"newsroom:{PUBLISHER_TOKEN}",
+                          SYNDICATE_ADMIN_TOKEN=ADMIN_TOKEN, SYNDICATE_REDIS_TIMEOUT_MS="1000", **env)
+    log = open(tmp_path / "serve.log", "ab")  # noqa: SIM115 (kept open for the process)
+    process = subprocess.Popen([sys.executable, "-m", "server.cli", "serve"], cwd=ROOT, env=environment,
+                               stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    deadline = time.monotonic() + 60
+    while http.get(port, "/readyz")[0] != 200:
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop_processes([process])
+            raise AssertionError("the server did not become ready:\n" + (tmp_path / "serve.log").read_text()[-3000:])
+        time.sleep(0.05)
+    return process, port
+
+
+def eventually(predicate, timeout: float = 30.0, message: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {message}")
+        time.sleep(0.05)
+
+
+def new_partner(port: int, name: str = "reader") -> str:
+    status, body = http.request(port, "POST", "/api/partners",
+                                orjson.dumps({"name": name, "feeds": ["*"], "formats": ["*"]}), ADMIN_JSON)
+    assert status == 201, body
+    return str(orjson.loads(body)["key"])
+
+
+def timed(port: int, method: str, path: str, body: bytes | None = None,
+          headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes, float]:
+    """One request on a new connection: status, headers (lower-case names), body, seconds taken."""
+    connection = HTTPConnection("127.0.0.1", port, timeout=30)
+    asked = time.monotonic()
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        answer = response.read()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, answer, time.monotonic() - asked
+    finally:
+        connection.close()
+
+
+def assert_storage_unavailable(answer: tuple[int, dict[str, str], bytes, float], what: str) -> None:
+    """A 503 problem+json ``storage-unavailable`` with ``Retry-After: 1``, within the 1 s timeout and slack."""
+    status, headers, body, took = answer
+    assert status == 503, f"{what}: {status} {body[:300]!r}"
+    assert headers["content-type"].startswith("application/problem+json"), what
+    assert headers.get("retry-after") == "1", what
+    assert orjson.loads(body)["type"].endswith("/storage-unavailable"), what
+    assert took < 3.0, f"{what}: the 503 took {took:.1f} s"
+
+
+def test_a_stopped_redis_is_a_503_on_writes_and_reads_and_the_server_recovers_by_itself(tmp_path, seed_v2):
+    directory = tmp_path / "redis"
+    redis, redis_port = start_redis(directory)
+    started = [redis]
+    try:
+        server, port = serve(redis_port, tmp_path)
+        started.insert(0, server)
+        key = new_partner(port)
+        assert http.request(port, "POST", "/api/articles", SEED_V1.read_bytes(), SERVE_HEADERS)[0] == 201
+        article = article_id_for_uri(orjson.loads(SEED_V1.read_bytes())["uri"])
+        feed = {"X-API-Key": key}
+        assert eventually(lambda: http.get(port, "/feeds/latest/json", feed)[0] == 200, 10, "the partner's key")
+
+        redis.terminate()  # stopped: every connection is refused from now on
+        redis.wait(10)
+        assert_storage_unavailable(timed(port, "POST", "/api/articles", orjson.dumps(seed_v2), SERVE_HEADERS),
+                                   "a write")
+        assert_storage_unavailable(timed(port, "POST", "/api/partners", orjson.dumps(
+            {"name": "other", "feeds": ["*"], "formats": ["*"]}), ADMIN_JSON), "a partner write")
+        assert_storage_unavailable(timed(port, "GET", f"/api/articles/{article}", None, AUTH), "a read")
+        assert_storage_unavailable(timed(port, "GET", "/feeds/latest/json?since=0", None, feed), "an uncached poll")
+        status, _headers, _body, took = timed(port, "GET", "/feeds/latest/json", None, feed)
+        assert status == 200 and took < 1.0  # the cached page, from memory
+        assert http.get(port, "/readyz")[0] == 503
+        assert http.get(port, "/healthz")[0] == 200  # alive: an external Redis is not this process's to restart
+
+        redis, _port = start_redis(directory, port=redis_port)  # back, on the same port and data
+        started[-1] = redis
+        assert eventually(lambda: http.get(port, "/readyz")[0] == 200, 30, "ready again")
+        assert http.request(port, "POST", "/api/articles?signal=correction", orjson.dumps(seed_v2),
+                            SERVE_HEADERS)[0] == 200
+        assert http.get(port, f"/api/articles/{article}", AUTH)[0] == 200
+        assert server.poll() is None
+        assert "unhandled error" not in (tmp_path / "serve.log").read_text()
+    finally:
+        stop_processes(started)
+
+
+def test_a_read_only_redis_is_a_503_on_writes_never_a_500_and_the_server_recovers_by_itself(tmp_path, seed_v2):
+    """The store Redis turned into a replica (``REPLICAOF`` a copy of itself, so the data stays as it
+    was): every write meets ``READONLY``."""
+    primary, primary_port = start_redis(tmp_path / "primary")
+    started = [primary]
+    try:
+        server, port = serve(primary_port, tmp_path)
+        started.insert(0, server)
+        key = new_partner(port)
+        feed = {"X-API-Key": key}
+        assert http.request(port, "POST", "/api/articles", SEED_V1.read_bytes(), SERVE_HEADERS)[0] == 201
+        article = article_id_for_uri(orjson.loads(SEED_V1.read_bytes())["uri"])
+        assert eventually(lambda: http.get(port, "/feeds/latest/json", feed)[0] == 200, 10, "the partner's key")
+
+        # A copy of the store (a replica, then promoted), and the store made its replica.
+        copy, copy_port = start_redis(tmp_path / "copy")
+        started.append(copy)
+        store, other = redis_sync.Redis(port=primary_port), redis_sync.Redis(port=copy_port)
+        other.replicaof("127.0.0.1", primary_port)
+        eventually(lambda: other.info("replication").get("master_link_status") == "up"
+                   and other.dbsize() >= store.dbsize() - 5, 30, "the copy to sync")
+        other.replicaof("NO", "ONE")
+        store.replicaof("127.0.0.1", copy_port)
+        eventually(lambda: store.info("replication").get("master_link_status") == "up", 30, "the store to follow the copy")
+        with pytest.raises(redis_sync.ReadOnlyError):
+            store.set("probe", "1")
+
+        assert_storage_unavailable(timed(port, "POST", "/api/articles", orjson.dumps(seed_v2), SERVE_HEADERS),
+                                   "a write")
+        assert_storage_unavailable(timed(port, "POST", "/api/partners", orjson.dumps(
+            {"name": "other", "feeds": ["*"], "formats": ["*"]}), ADMIN_JSON), "a partner write")
+        # Reads are answered from the replica's data, or refused like a write when they write (a render's
+        # lock in the cache): never a 500.
+        for path, headers in ((f"/api/articles/{article}", AUTH), ("/feeds/latest/json?since=0", feed),
+                              ("/feeds/latest/atom", feed), ("/feeds/latest/json", feed)):
+            answer = timed(port, "GET", path, None, headers)
+            if answer[0] != 200:
+                assert_storage_unavailable(answer, f"GET {path}")
+        assert timed(port, "GET", f"/api/articles/{article}", None, AUTH)[0] == 200
+
+        store.replicaof("NO", "ONE")  # writable again
+        assert eventually(lambda: http.request(port, "POST", "/api/articles?signal=correction", orjson.dumps(seed_v2),
+                                               SERVE_HEADERS)[0] == 200, 30, "writes to work again")
+        assert eventually(lambda: http.get(port, "/readyz")[0] == 200, 30, "ready again")
+        assert server.poll() is None
+        assert "unhandled error" not in (tmp_path / "serve.log").read_text()
+        store.close()
+        other.close()
+    finally:
+        stop_processes(started)
+
+
+def test_the_first_request_after_a_redis_restart_or_a_client_kill_succeeds(tmp_path, seed_v2):
+    """Every pooled connection made stale at once (``CLIENT KILL TYPE normal``, or the Redis stopped and
+    started again on the same port and data): the very next request, with no retry by the client, is a
+    2xx (the server's Redis client retries a connection the server closed, once)."""
+    directory = tmp_path / "redis"
+    redis, redis_port = start_redis(directory)
+    started = [redis]
+    try:
+        server, port = serve(redis_port, tmp_path)
+        started.insert(0, server)
+        key = new_partner(port)
+        feed = {"X-API-Key": key}
+        article = article_id_for_uri(orjson.loads(SEED_V1.read_bytes())["uri"])
+        assert eventually(lambda: http.get(port, "/feeds/latest/json", feed)[0] == 200, 10, "the partner's key")
+        with ThreadPoolExecutor(16) as pool:  # several connections in the pools
+            assert set(pool.map(lambda _: http.get(port, "/api/articles", AUTH)[0], range(64))) == {200}
+        admin = redis_sync.Redis(port=redis_port)
+
+        def kill_every_client() -> None:
+            assert admin.client_kill_filter(_type="normal", skipme=True) >= 1
+
+        kill_every_client()
+        assert http.request(port, "POST", "/api/articles", SEED_V1.read_bytes(), SERVE_HEADERS)[0] == 201
+        kill_every_client()
+        assert http.get(port, f"/api/articles/{article}", AUTH)[0] == 200
+        kill_every_client()
+        assert http.get(port, "/feeds/latest/json?since=0", feed)[0] == 200  # a page not rendered yet
+        admin.close()
+
+        for request in (lambda: http.request(port, "POST", "/api/articles?signal=correction", orjson.dumps(seed_v2),
+                                             SERVE_HEADERS)[0] == 200,
+                        lambda: http.get(port, f"/api/articles/{article}/versions", AUTH)[0] == 200,
+                        lambda: http.get(port, "/feeds/latest/atom?since=0", feed)[0] == 200):
+            redis.terminate()
+            redis.wait(10)
+            redis, _port = start_redis(directory, port=redis_port)  # the same port and data
+            started[-1] = redis
+            assert request()
+        status, body = http.get(port, f"/api/articles/{article}/versions", AUTH)
+        assert status == 200 and [v["version"] for v in orjson.loads(body)["versions"]] == [1, 2]
+    finally:
+        stop_processes(started)
