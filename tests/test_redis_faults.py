@@ -34,6 +34,7 @@ from conftest import (
     stop_processes,
 )
 
+from server.core import keys
 from server.core.redis_address import DirectRedis
 from server.domain.articles import article_id_for_uri
 from server.http.app import create_app
@@ -111,6 +112,82 @@ async def test_a_store_that_came_back_empty_is_noticed_and_nothing_from_before_i
 
 async def _accepted(client, key: str) -> bool:
     return (await client.get("/feeds/latest/json", headers={"X-API-Key": key})).status == 200
+
+
+async def _feed(client, key: str) -> list[tuple[str, int]] | None:
+    """(uri, version) of every item of ``latest`` as the partner reads it, or None when refused."""
+    answer = await client.get("/feeds/latest/json", headers={"X-API-Key": key})
+    if answer.status != 200:
+        return None
+    return [(item["id"], item["_syndicate"]["version"]) for item in (await answer.json())["items"]]
+
+
+@pytest.mark.parametrize("copy_epoch", ["same", "other"])
+async def test_a_store_restored_from_an_older_copy_is_noticed_by_every_process(aiohttp_client, settings, redis_url,
+                                                                              seed_v1, seed_v2, copy_epoch):
+    """An older copy of the store put back under two running processes: with the epoch it had (only
+    the change log's sequence went backwards) or another one. Each process forgets its rendered pages,
+    feed generations and key table, and serves what the copy holds, then what is written after it."""
+    from push_helpers import wait_for
+
+    processes = [await aiohttp_client(create_app(settings)), await aiohttp_client(create_app(settings))]
+    raw = redis_sync.Redis.from_url(redis_url)
+    try:
+        old_key = await make_partner(redis_url, "before")
+        for process in processes:
+            await wait_for(lambda p=process: _accepted(p, old_key), timeout=10, message="the first partner's key")
+        assert (await processes[0].post("/api/articles", data=orjson.dumps(seed_v1), headers=JSON_HEADERS)).status == 201
+        first = [(seed_v1["uri"], 1)]
+        for process in processes:
+            await wait_for(lambda p=process: _feed_is(p, old_key, first), timeout=10, message="the first article")
+
+        epoch_of_the_copy = raw.get(keys.store_epoch())
+        copy = {key: (max(raw.pttl(key), 0), raw.dump(key)) for key in raw.keys("*")
+                if not key.startswith(b"syn:lock:")}
+
+        # The store moves on: a second partner, a second story, a correction; every process serves them.
+        new_key = await make_partner(redis_url, "after")
+        later = {**seed_v1, "uri": seed_v1["uri"] + "-later"}
+        assert (await processes[0].post("/api/articles", data=orjson.dumps(later), headers=JSON_HEADERS)).status == 201
+        assert (await processes[0].post("/api/articles?signal=correction", data=orjson.dumps(seed_v2),
+                                        headers=JSON_HEADERS)).status == 200
+        moved_on = [(seed_v1["uri"], 2), (later["uri"], 1)]
+        for process in processes:
+            await wait_for(lambda p=process: _accepted(p, new_key), timeout=10, message="the second partner's key")
+            await wait_for(lambda p=process: _feed_is(p, old_key, moved_on), timeout=10, message="the later changes")
+
+        # The older copy replaces the store at once (one transaction: no process sees it empty).
+        with raw.pipeline(transaction=True) as pipe:
+            pipe.flushall()
+            for key, (ttl, value) in copy.items():
+                pipe.restore(key, ttl, value)
+            if copy_epoch == "other":
+                pipe.set(keys.store_epoch(), "a-copy-of-another-store")
+            pipe.execute()
+
+        for process in processes:
+            await wait_for(lambda p=process: _refused(p, new_key), timeout=10,
+                           message="the key of a partner the copy does not hold to be refused")
+            # Not the pages rendered before, nor what the generations counted since the copy.
+            await wait_for(lambda p=process: _feed_is(p, old_key, first), timeout=10, message="the copy's feed")
+        assert raw.get(keys.store_epoch()) != epoch_of_the_copy  # a new epoch, or the other store's
+        # A write after the restore reaches every process (its generations are the copy's, not the old higher ones).
+        fresh = {**seed_v1, "uri": seed_v1["uri"] + "-after-the-restore"}
+        assert (await processes[0].post("/api/articles", data=orjson.dumps(fresh), headers=JSON_HEADERS)).status == 201
+        for process in processes:
+            await wait_for(lambda p=process: _feed_is(p, old_key, [(fresh["uri"], 1), *first]), timeout=10,
+                           message="the write made after the restore")
+        assert [g["name"] for g in raw.xinfo_groups(keys.changelog())] == [keys.DISPATCH_GROUP.encode()]
+    finally:
+        raw.close()
+
+
+async def _feed_is(client, key: str, expected: list[tuple[str, int]]) -> bool:
+    return await _feed(client, key) == expected
+
+
+async def _refused(client, key: str) -> bool:
+    return (await client.get("/feeds/latest/json", headers={"X-API-Key": key})).status == 401
 
 
 def test_a_transport_error_from_inside_the_redis_client_is_a_storage_fault():

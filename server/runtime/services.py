@@ -259,7 +259,8 @@ async def _running(services: Services, clients: RedisClients) -> AsyncIterator[N
     async def reconcile_the_new_store(_epoch: str) -> None:
         retention.wake()  # an older copy's indexes are made whole by the maintenance, now not in an hour
 
-    epoch_watch = EpochWatch(services.metrics, services.store, [forget_the_old_store, reconcile_the_new_store])
+    epoch_watch = EpochWatch(services.metrics, services.store, [forget_the_old_store, reconcile_the_new_store],
+                             heard=lambda: cache.newest_change)
     try:
         cache.epoch = await epoch_watch.start()
         await access.reload(force=True)
