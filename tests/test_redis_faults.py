@@ -182,6 +182,59 @@ async def test_a_store_restored_from_an_older_copy_is_noticed_by_every_process(a
         raw.close()
 
 
+async def test_after_a_wipe_the_push_group_is_made_again_and_ready_means_pushes_are_delivered(
+        aiohttp_client, push_settings, sync_redis, receivers, seed_v1):
+    """FLUSHALL under a running process: the dispatcher's read fails (NOGROUP) and /readyz says so until
+    the epoch watch has made the change log's consumer group again; then a partner, its webhook and a
+    story made after the wipe are dispatched and delivered."""
+    from push_helpers import wait_for
+
+    client = await aiohttp_client(create_app(dataclasses.replace(push_settings, heartbeat_seconds=0.2)))
+    assert (await client.get("/readyz")).status == 200
+
+    sync_redis.flushall()
+    answers: list[tuple[bool, int, dict]] = []  # (the group existed before the request, status, checks)
+
+    async def readiness() -> tuple[int, dict]:
+        existed = _dispatch_group_exists(sync_redis)
+        response = await client.get("/readyz")
+        checks = (await response.json())["checks"]
+        answers.append((existed, response.status, checks))
+        return response.status, checks
+
+    async def dispatch_failing() -> bool:
+        status, checks = await readiness()
+        return status == 503 and checks.get("pushDispatch", "").startswith("failed")
+
+    await wait_for(dispatch_failing, timeout=10, message="/readyz to say the dispatcher cannot read the change log")
+    # Made at once after the wipe, possibly before the group is made again: it must be fanned out all the same.
+    response = await client.post("/api/partners", data=orjson.dumps({"name": "acme", "feeds": ["*"], "formats": ["*"]}),
+                                 headers={**ADMIN, "Content-Type": "application/json"})
+    assert response.status == 201, await response.text()
+    receiver = await receivers()
+    response = await client.post("/api/partners/acme/endpoints", data=orjson.dumps(
+        {"url": receiver.url(), "format": "ninjs", "secret": "a-webhook-secret-0123456789"}),
+        headers={**ADMIN, "Content-Type": "application/json"})
+    assert response.status == 201, await response.text()
+    assert (await client.post("/api/articles", data=orjson.dumps(seed_v1), headers=JSON_HEADERS)).status == 201
+
+    async def ready() -> bool:
+        return (await readiness())[0] == 200
+
+    await wait_for(ready, timeout=20, message="/readyz to be ready again")
+    assert all(existed for existed, status, _checks in answers if status == 200), answers  # never ready without it
+    await wait_for(lambda: receiver.delivered, timeout=20, message="the story pushed after the wipe")
+    assert [orjson.loads(post.body)["uri"] for post in receiver.delivered] == [seed_v1["uri"]]
+    assert _dispatch_group_exists(sync_redis)
+
+
+def _dispatch_group_exists(redis) -> bool:
+    try:
+        return any(group["name"] == keys.DISPATCH_GROUP for group in redis.xinfo_groups(keys.changelog()))
+    except redis_sync.ResponseError:  # no change log at all
+        return False
+
+
 async def _feed_is(client, key: str, expected: list[tuple[str, int]]) -> bool:
     return await _feed(client, key) == expected
 

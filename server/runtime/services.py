@@ -251,7 +251,7 @@ async def _running(services: Services, clients: RedisClients) -> AsyncIterator[N
         await cache.resync()
         services.partners.forget()
         await access.reload(force=True)
-        await ensure_dispatch_group(clients.store)
+        await ensure_dispatch_group(clients.store, from_start=True)  # changes since the wipe are fanned out
 
     retention = RetentionJob(services.metrics, services.store, services.settings, services.ops.requirements,
                              services.ledger)
