@@ -239,7 +239,7 @@ async def open_services(settings: Settings, role: Role, metrics: Metrics | None 
 @contextlib.asynccontextmanager
 async def _running(services: Services, clients: RedisClients) -> AsyncIterator[None]:
     access, cache, worker, jobs = services.access, services.cache, services.worker, services.jobs
-    subscriber = Subscriber(clients.pubsub)
+    subscriber = Subscriber(clients.pubsub, services.metrics)
     subscriber.on(keys.CHANGES_CHANNEL, cache.apply_notice, cache.resync)
     subscriber.on(keys.PARTNERS_CHANNEL, access.apply_notice, access.reload)
     if worker is not None:
