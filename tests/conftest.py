@@ -47,29 +47,31 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_redis(directory: Path, *extra: str) -> tuple[subprocess.Popen, int]:
-    """A redis-server of the tests' own, durable like the embedded one."""
+def start_redis(directory: Path, *extra: str, port: int | None = None) -> tuple[subprocess.Popen, int]:
+    """A redis-server of the tests' own, durable like the embedded one; on ``port`` (one it had before, to
+    start it again on the same port and data) or a free one."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.exit("redis-server is not installed: run `make test`, which installs it", returncode=3)
     directory.mkdir(parents=True, exist_ok=True)
+    fixed = port
     for _attempt in range(5):
-        port = free_port()
+        port = fixed or free_port()
         assert port != 6379
         process = subprocess.Popen(
             [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory), "--save", "",
              "--appendonly", "yes", "--appendfsync", "always", "--maxmemory-policy", "volatile-lru",
              "--logfile", str(directory / "redis.log"), *extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis_sync.Redis(port=port)
-        for _ in range(200):
-            if process.poll() is not None:
-                break
-            try:
-                client.ping()
-                return process, port
-            except redis_sync.ConnectionError:
-                time.sleep(0.02)
+        with redis_sync.Redis(port=port) as client:
+            for _ in range(200):
+                if process.poll() is not None:
+                    break
+                try:
+                    client.ping()
+                    return process, port
+                except redis_sync.ConnectionError:
+                    time.sleep(0.02)
         process.kill()
         process.wait()
     raise RuntimeError("could not start a test redis-server")

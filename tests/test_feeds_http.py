@@ -12,7 +12,7 @@ import feedparser
 import orjson
 import pytest
 import redis as redis_sync
-from conftest import AUTH, make_partner
+from conftest import AUTH, app_server, make_partner
 from render_helpers import newsml_errors, parse_xml
 from yarl import URL
 
@@ -389,6 +389,66 @@ async def test_only_head_pages_and_recent_cursor_pages_are_cached(partner_client
     assert (await partner_client.get("/feeds/latest/json")).status == 200
     heads = sync_redis.keys("syn:cache:feed:*:latest:*:head")
     assert len(heads) == 1  # the render at the previous generation went when the new one was stored
+
+
+@pytest.mark.parametrize("bound", [16_000, 1])
+async def test_the_memory_cache_stays_within_its_bound_and_evicts_the_least_recently_used(
+        aiohttp_client, settings, redis_url, bound):
+    """SYNDICATE_MEMORY_CACHE_MB as bytes: more distinct pages than fit are rendered; the pages held in
+    memory never add up to more than the bound (but for one page larger than the bound, kept alone),
+    the oldest go first, a page read again moves to the back, and an evicted page is still served."""
+    import dataclasses
+
+    from server.http.state import FEED_CACHE
+
+    key = await make_partner(redis_url)
+    client = await aiohttp_client(app_server(dataclasses.replace(settings, memory_cache_bytes=bound)),
+                                  headers={"X-API-Key": key})
+    cache = client.server.app[FEED_CACHE]
+    for n in range(1, 4):
+        await post(client, other_article(n))
+
+    def held() -> list[str]:
+        return [page_url(*memory_key) for memory_key, _size in cache.in_memory()]
+
+    def within_bound() -> None:
+        sizes = [size for _key, size in cache.in_memory()]
+        assert sum(sizes) <= bound or len(sizes) == 1, sizes
+
+    requested, etags, rendered = [], {}, 0
+    for fmt in ("atom", "rss", "json", "newsml"):
+        for since in (None, 0, 1, 2):
+            url = f"/feeds/latest/{fmt}" + ("" if since is None else f"?since={since}")
+            response = await client.get(url)
+            assert response.status == 200, url
+            requested.append(url)
+            etags[url] = response.headers["ETag"]
+            assert held()[-1] == url  # the newest page is always kept
+            rendered += dict(cache.in_memory())[("latest", "full", fmt, "head" if since is None else f"since-{since}")]
+            within_bound()
+    assert rendered > 2 * bound  # far more was rendered than fits
+    kept = held()
+    assert 1 <= len(kept) < len(requested) and kept == requested[-len(kept):]  # the oldest were evicted
+    if bound == 1:
+        assert kept == requested[-1:]
+
+    if len(kept) >= 2:  # read the oldest kept page again: it moves to the back, and is not the next to go
+        touched = kept[0]
+        assert (await client.get(touched)).status == 200
+        assert held() == [*kept[1:], touched]
+        assert (await client.get("/feeds/world/atom")).status in (200, 204)
+        after = held()
+        assert touched in after and after[-1] == "/feeds/world/atom"
+        evicted = [url for url in kept[1:] if url not in after]
+        assert evicted == kept[1:1 + len(evicted)]  # a prefix: least recently used first
+        within_bound()
+    first = await client.get(requested[0])  # evicted long ago: rendered again from Redis, the same bytes
+    assert first.status == 200 and first.headers["ETag"] == etags[requested[0]]
+    within_bound()
+
+
+def page_url(feed: str, _variant: str, fmt: str, page: str) -> str:
+    return f"/feeds/{feed}/{fmt}" + ("" if page == "head" else f"?since={page.removeprefix('since-')}")
 
 
 async def test_a_public_answer_varies_on_the_key_headers(client, seed_v1):

@@ -1,13 +1,14 @@
 """Documents that once broke feeds: character references that decode to characters XML forbids
 (``&#x1;``, ``&#xb;``, ``&#xFFFE;``) in an HTML body, and tabs, newlines or blanks in the one-line
 fields of NewsML-G2 (names, slugline, creditline). Every feed in every format stays 200, well-formed,
-and (NewsML-G2) valid against the XSD."""
+and (NewsML-G2) valid against the XSD. The one-line fields are stored on one line (a blank one left
+out), and a retry that differs from the stored document only there is recognised as the same."""
 
 from __future__ import annotations
 
 import orjson
 import pytest
-from conftest import AUTH, make_partner
+from conftest import ADMIN, AUTH, make_partner
 from feed_validation import errors_for
 from lxml import etree
 from render_helpers import SAFE_PARSER, g2_schema
@@ -16,6 +17,7 @@ from server.domain.articles import article_id_for_uri
 from server.domain.ninjs import read_document
 
 JSON_HEADERS = {**AUTH, "Content-Type": "application/json"}
+NAR_NS = "http://iptc.org/std/nar/2006-10-01/"
 XML_FORMATS = ("rss", "atom", "newsml")
 
 
@@ -79,12 +81,109 @@ async def test_tabs_newlines_and_blanks_in_one_line_fields_keep_newsml_valid(cli
     await assert_every_feed_is_sound(client, key, schema, article_id_for_uri(document["uri"]))
 
 
+async def stored_document(client, article_id: str, version: int = 1) -> dict:
+    response = await client.get(f"/api/articles/{article_id}/versions/{version}", headers=ADMIN)
+    assert response.status == 200, await response.text()
+    return (await response.json())["document"]
+
+
+def with_photo_credit(seed: dict, by: str) -> dict:
+    photos = [{**association, "by": by} for association in seed["associations"]]
+    return hostile(seed, associations=photos)
+
+
+def with_photo_holder(seed: dict, holder: str) -> dict:
+    photos = [{**association, "copyrightHolder": holder} for association in seed["associations"]]
+    return hostile(seed, associations=photos)
+
+
+# (the document, where the field is stored, what is stored there: None for left out, and the NewsML-G2
+# elements, by path in the item's newsMessage, that show it)
+ONE_LINE_CASES = {
+    "a photo credit with a tab and a newline": (
+        lambda seed: with_photo_credit(seed, "AP\tPhotos\n by Jo"), ("associations", 0, "by"), "AP Photos by Jo",
+        ".//{NAR}newsItem[2]/{NAR}contentMeta/{NAR}creditline"),
+    "a blank photo credit": (
+        lambda seed: with_photo_credit(seed, " \n\t "), ("associations", 0, "by"), None,
+        ".//{NAR}newsItem[2]/{NAR}contentMeta/{NAR}creditline"),
+    "a blank slugline": (
+        lambda seed: hostile(seed, slugline="\t \n"), ("slugline",), None,
+        ".//{NAR}newsItem[1]/{NAR}contentMeta/{NAR}slugline"),
+    "a blank copyright holder": (
+        lambda seed: hostile(seed, copyrightHolder="   "), ("copyrightHolder",), None,
+        ".//{NAR}newsItem[1]/{NAR}contentMeta/{NAR}creditline"),
+    "a multi-line copyright holder": (
+        lambda seed: hostile(seed, copyrightHolder="The\nAssociated\r\n\tPress "), ("copyrightHolder",),
+        "The Associated Press", ".//{NAR}newsItem[1]/{NAR}rightsInfo/{NAR}copyrightHolder/{NAR}name"),
+    "a multi-line photo copyright holder": (
+        lambda seed: with_photo_holder(seed, "The\nAssociated\u2003Press"), ("associations", 1, "copyrightHolder"),
+        "The Associated Press", ".//{NAR}newsItem[3]/{NAR}rightsInfo/{NAR}copyrightHolder/{NAR}name"),
+}
+
+
+@pytest.mark.parametrize("case", list(ONE_LINE_CASES))
+async def test_a_one_line_field_is_stored_on_one_line_and_a_blank_one_left_out(client, redis_url, seed_v1, schema,
+                                                                                case):
+    make, path, expected, newsml_path = ONE_LINE_CASES[case]
+    key = await make_partner(redis_url)
+    document = make(seed_v1)
+    response = await client.post("/api/articles", data=orjson.dumps(document), headers=JSON_HEADERS)
+    assert response.status == 201, await response.text()
+    article_id = article_id_for_uri(document["uri"])
+    stored = await stored_document(client, article_id)
+    *parents, field = path
+    for part in parents:
+        stored = stored[part]
+    assert stored.get(field) == expected, stored
+    await assert_every_feed_is_sound(client, key, schema, article_id)
+    item = await client.get(f"/items/{article_id}/newsml", headers={"X-API-Key": key})
+    shown = etree.fromstring(await item.read(), SAFE_PARSER).find(newsml_path.format(NAR=f"{{{NAR_NS}}}"))
+    assert (shown.text if shown is not None else None) == expected
+
+
+async def test_a_retry_that_differs_only_in_one_line_whitespace_is_unchanged(client, seed_v1):
+    photos = [{**seed_v1["associations"][0], "by": "AP\nPhotos"}, *seed_v1["associations"][1:]]
+    first = hostile(seed_v1, slugline="RUSSIA-\tCONVICTS", copyrightHolder=" ", associations=photos,
+                    subjects=[{"name": "armed\nconflict", "literal": "a\tb"}])
+    response = await client.post("/api/articles", data=orjson.dumps(first), headers=JSON_HEADERS)
+    assert response.status == 201, await response.text()
+    photos_again = [{**seed_v1["associations"][0], "by": " AP  Photos\t"}, *seed_v1["associations"][1:]]
+    again = {**first, "slugline": "RUSSIA- CONVICTS ", "associations": photos_again,
+             "subjects": [{"name": "armed conflict", "literal": "a b"}]}
+    del again["copyrightHolder"]
+    for retry in (first, again):
+        response = await client.post("/api/articles", data=orjson.dumps(retry), headers=JSON_HEADERS)
+        assert response.status == 200, await response.text()
+        answer = await response.json()
+        assert (answer["outcome"], answer["version"]) == ("unchanged", 1)
+    stored = await stored_document(client, article_id_for_uri(first["uri"]))
+    assert stored["slugline"] == "RUSSIA- CONVICTS" and "copyrightHolder" not in stored
+    assert stored["subjects"] == [{"name": "armed conflict", "literal": "a b"}]
+    assert stored["associations"][0]["by"] == "AP Photos"
+
+
+def test_the_one_line_rule_holds_for_every_dialect_and_nested_associations(seed_v1):
+    picture = {"uri": "https://media.example.com/p", "type": "picture", "name": "inner", "by": "Jo\nSmith",
+               "subjects": [{"name": "a\tb"}]}
+    outer = {"uri": "https://media.example.com/o", "type": "picture", "name": "outer", "associations": [picture],
+             "copyrightholder": " \n", "renditions": [{"name": "original", "href": "https://media.example.com/o.jpg"}]}
+    version2 = {"uri": seed_v1["uri"] + "-v2", "type": "text", "versioncreated": "2024-01-01T00:00:00Z",
+                "headlines": [{"value": "Head\nline"}], "slugline": "a\nb", "associations": [outer]}
+    document = read_document(version2).document
+    assert document["slugline"] == "a b" and document["headlines"] == [{"value": "Head\nline"}]  # not one line
+    assert "copyrightHolder" not in document["associations"][0]
+    inner = document["associations"][0]["associations"][0]
+    assert inner["by"] == "Jo Smith" and inner["subjects"] == [{"name": "a b"}]
+
+
 def test_a_control_character_in_a_feed_file_is_cleaned(tmp_path):
     from server.domain.feeds import load_feed_definitions
 
-    (tmp_path / "odd.toml").write_text('title = "Odd\\u0001 feed\\nname"\ndescription = "Line one\\u000b\\tline two"\n')
+    (tmp_path / "odd.toml").write_text('title = "Odd\\u0001 feed\\nname"\ndescription = "Line one\\u000b\\tline two"\n'
+                                       '[filters]\nsubjects = ["armed\\tconflict\\n", "war\\u0001"]\n')
     feed = load_feed_definitions(tmp_path)["odd"]
     assert feed.title == "Odd feed name" and feed.description == "Line one line two"
+    assert feed.filters.subjects == ("armed conflict", "war")  # as ingest stores the names they match
 
 
 async def test_a_lowercase_z_is_a_valid_date_time(client, seed_v1):

@@ -10,7 +10,7 @@ import feedparser
 import orjson
 import pytest
 import redis as redis_sync
-from conftest import ADMIN, AUTH, cli_env, make_partner, room_in_rate_window, run_cli, snapshot
+from conftest import ADMIN, AUTH, app_server, cli_env, make_partner, room_in_rate_window, run_cli, snapshot
 
 from server.domain.articles import article_id_for_uri
 from server.http.app import create_app
@@ -55,11 +55,98 @@ async def test_admin_api_creates_lists_changes_and_revokes(client, redis_url):
     assert [k["revokedAt"] is not None for k in shown["keys"]] == [True, False]
     assert shown["keys"][1]["lastUsed"] is None or shown["keys"][1]["lastUsed"]
 
-    # The key itself is nowhere in Redis: only its digest.
+    # The keys themselves are nowhere in Redis, in a key of any type: only their digests.
+    assert not clear_text_in_redis(redis_url, [key, second_key, *(secret_of(k) for k in (key, second_key))])
+
+
+def secret_of(key: str) -> str:
+    """The secret part of ``syn_<key id>_<secret>``."""
+    prefix, key_id, secret = key.split("_", 2)
+    assert prefix == "syn" and len(key_id) == 8 and len(secret) == 43
+    return secret
+
+
+def redis_contents(url: str) -> dict[bytes, tuple[bytes, list[bytes]]]:
+    """Every key of every type with every byte string it holds: its name, a string's value, a hash's field
+    names and values, a list's, set's or sorted set's members (and scores), a stream's entry ids, field
+    names and values."""
+    def stream(raw, name):
+        return [part for entry_id, fields in raw.xrange(name) for part in (entry_id, *fields, *fields.values())]
+
+    readers = {
+        b"string": lambda raw, name: [raw.get(name)],
+        b"hash": lambda raw, name: [part for item in raw.hgetall(name).items() for part in item],
+        b"list": lambda raw, name: raw.lrange(name, 0, -1),
+        b"set": lambda raw, name: list(raw.smembers(name)),
+        b"zset": lambda raw, name: [part for member, score in raw.zrange(name, 0, -1, withscores=True)
+                                    for part in (member, repr(score).encode())],
+        b"stream": stream,
+    }
+    with redis_sync.Redis.from_url(url) as raw:
+        found = {}
+        for name in raw.scan_iter(count=1000):
+            kind = raw.type(name)
+            assert kind in readers, f"{name!r} is a {kind!r}, which this scan cannot read"
+            found[name] = (kind, [name, *readers[kind](raw, name)])
+        return found
+
+
+def clear_text_in_redis(url: str, needles: list[str]) -> list[tuple[bytes, str]]:
+    """(Redis key, needle) for each needle found anywhere in Redis."""
+    return [(name, needle) for name, (_kind, parts) in redis_contents(url).items() for needle in needles
+            if any(needle.encode() in part for part in parts)]
+
+
+async def test_a_key_is_never_stored_in_clear_after_polls_subscriptions_and_pushes(
+        aiohttp_client, push_settings, redis_url, receivers, seed_v1, seed_v2):
+    """After ?key= polls, X-API-Key polls, a failed key of the same key id, a WebSub subscription by
+    ?key= topic and one by bearer key, a webhook and the pushes of a correction to all three, no Redis
+    key of any type holds the whole key or its secret part (its key id may be stored)."""
+    from push_helpers import wait_for
+
+    from server.core import keys
+
+    app = await aiohttp_client(app_server(push_settings))
+    await publish(app, seed_v1)
+    acme = await create_partner(app, name="acme", feeds=["latest", "world"], formats=["atom", "json"])
+    key, key_id = acme["key"], acme["key_id"]
+    wrong = f"syn_{key_id}_{'A' * 43}"  # a failed key for the same key id: counted by key id, never stored
+    article_id = article_id_for_uri(seed_v1["uri"])
+    for path in ("/feeds/latest/atom", "/feeds/latest/atom", "/feeds/world/atom", f"/items/{article_id}"):
+        assert (await app.get(path, params={"key": key})).status == 200, path
+    for path in ("/feeds/latest/json", "/api/me/status"):
+        assert (await app.get(path, headers={"X-API-Key": key})).status == 200, path
+    assert (await app.get("/feeds/latest/atom", params={"key": wrong})).status == 401
+    assert (await app.get("/feeds/latest/json", headers={"X-API-Key": wrong})).status == 401
+
+    receiver = await receivers()
+    topic = push_settings.base_url + "/feeds/latest/atom"
+    for callback, form_topic, headers in ((receiver.url("/by-query"), f"{topic}?key={key}", {}),
+                                          (receiver.url("/by-bearer"), topic, {"Authorization": f"Bearer {key}"})):
+        response = await app.post("/hub", data={"hub.mode": "subscribe", "hub.callback": callback,
+                                                "hub.topic": form_topic, "hub.secret": "a-websub-secret"},
+                                  headers=headers)
+        assert response.status == 202, await response.text()
+    await wait_for(lambda: len(receiver.verifications) == 2 and all(v.ok for v in receiver.verifications),
+                   message="both verifications answered")
+    assert any(v.query["hub.topic"] == f"{topic}?key={key}" for v in receiver.verifications)  # the key was sent
+    endpoint = await app.post("/api/partners/acme/endpoints", headers=ADMIN_JSON, data=orjson.dumps(
+        {"url": receiver.url("/webhook"), "format": "ninjs", "secret": "a-long-shared-secret-0123"}))
+    assert endpoint.status == 201, await endpoint.text()
     with redis_sync.Redis.from_url(redis_url) as raw:
-        for name in raw.keys("*"):
-            if raw.type(name) == b"string":
-                assert key.encode() not in raw.get(name) and second_key.encode() not in raw.get(name)
+        await wait_for(lambda: raw.scard(keys.destination_ids()) == 3, message="the three destinations")
+
+    await publish(app, seed_v2, "?signal=correction")
+    await wait_for(lambda: {p.path for p in receiver.posts if p.ok} == {"/by-query", "/by-bearer", "/webhook"},
+                   message="the correction pushed to the two subscriptions and the webhook")
+    assert (await app.get("/feeds/latest/atom", params={"key": key})).status == 200
+    status = await (await app.get("/api/partners/acme/status", headers=ADMIN)).json()  # flushes the ledger
+    assert [(a["version"], a["received"]) for a in status["articles"]] == [(2, True)]
+
+    contents = redis_contents(redis_url)
+    assert {kind for kind, _parts in contents.values()} >= {b"string", b"hash", b"set", b"zset", b"stream"}
+    assert any(key_id.encode() in part for _kind, parts in contents.values() for part in parts)  # the scan reads
+    assert not clear_text_in_redis(redis_url, [key, secret_of(key), wrong, secret_of(wrong)])
 
 
 @pytest.mark.parametrize(("body", "pointer"), [
@@ -74,6 +161,13 @@ async def test_admin_api_creates_lists_changes_and_revokes(client, redis_url):
     ({"name": "ok", "feeds": ["latest"], "formats": ["atom"], "media": "yes"}, "/media"),
     ({"name": "ok", "feeds": ["latest"], "formats": ["atom"], "expires_at": "2001-01-01T00:00:00Z"}, "/expires_at"),
     ({"name": "ok", "feeds": ["latest"], "formats": ["atom"], "expires_at": "tomorrow"}, "/expires_at"),
+    # Extreme years: outside the years 1 to 9999 once in UTC, or in the past (year 1 in UTC)
+    ({"name": "ok", "feeds": ["latest"], "formats": ["atom"], "expires_at": "0001-01-01T00:00:00+01:00"}, "/expires_at"),
+    ({"name": "ok", "feeds": ["latest"], "formats": ["atom"], "expires_at": "9999-12-31T23:59:59-01:00"}, "/expires_at"),
+    ({"name": "ok", "feeds": ["latest"], "formats": ["atom"], "expires_at": "0001-01-01T00:00:00Z"}, "/expires_at"),
+    ({"name": "ok", "feeds": ["latest"], "formats": ["atom"], "expires_at": "0001-01-01T00:00:00-01:00"}, "/expires_at"),
+    ({"name": "ok", "feeds": ["latest"], "formats": ["atom"], "expires_at": "+10000-01-01T00:00:00Z"}, "/expires_at"),
+    ({"name": "ok", "feeds": ["latest"], "formats": ["atom"], "expires_at": 99999999999}, "/expires_at"),
     ({"feeds": ["latest"], "formats": ["atom"]}, "/name"),
 ])
 async def test_bad_partner_input_is_422_and_changes_nothing(client, redis_url, body, pointer):
@@ -83,6 +177,31 @@ async def test_bad_partner_input_is_422_and_changes_nothing(client, redis_url, b
     assert response.content_type == "application/problem+json"
     assert pointer in [e["pointer"] for e in (await response.json())["errors"]]
     assert snapshot(redis_url) == before
+
+
+@pytest.mark.parametrize("expires_at", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00",
+                                        "0001-01-01T00:00:00Z", "2001-01-01T00:00:00Z", "tomorrow"])
+async def test_a_new_key_with_an_extreme_or_past_expiry_is_422_and_changes_nothing(client, redis_url, expires_at):
+    await create_partner(client, name="acme", feeds=["latest"], formats=["atom"])
+    before = snapshot(redis_url)
+    response = await client.post("/api/partners/acme/keys", data=orjson.dumps({"expires_at": expires_at}),
+                                 headers=ADMIN_JSON)
+    assert response.status == 422 and response.content_type == "application/problem+json"
+    assert [e["pointer"] for e in (await response.json())["errors"]] == ["/expires_at"]
+    assert snapshot(redis_url) == before
+
+
+async def test_a_key_expiring_at_the_last_second_of_year_9999_works_and_is_shown(client):
+    """The latest expiry there is: stored, shown as it was given (in UTC), and the key reads feeds."""
+    created = await create_partner(client, name="acme", feeds=["latest"], formats=["atom"],
+                                   expires_at="9999-12-31T23:59:59Z")
+    issued = await client.post("/api/partners/acme/keys", data=orjson.dumps({"expires_at": "9999-12-31T23:59:59+00:00"}),
+                               headers=ADMIN_JSON)
+    assert issued.status == 201
+    for key in (created["key"], (await issued.json())["key"]):
+        assert (await client.get("/feeds/latest/atom", headers={"X-API-Key": key})).status == 200
+    shown = await (await client.get("/api/partners/acme", headers=ADMIN)).json()
+    assert [k["expiresAt"][:19] for k in shown["keys"]] == ["9999-12-31T23:59:59"] * 2
 
 
 async def test_admin_api_needs_the_admin_token_and_odd_names_are_clean_4xx(client, redis_url):
@@ -297,7 +416,11 @@ def test_partner_cli(redis_url, tmp_path):
     for args, needle in ((["partner", "add", "acme", "--feeds", "latest", "--formats", "atom"], "exists"),
                          (["partner", "add", "x", "--feeds", "nope", "--formats", "atom"], "No feed"),
                          (["partner", "show", "ghost"], "No partner"),
-                         (["partner", "revoke", "acme", "nokey"], "no key")):
+                         (["partner", "revoke", "acme", "nokey"], "no key"),
+                         (["partner", "add", "y", "--feeds", "latest", "--formats", "atom",
+                           "--expires", "0001-01-01T00:00:00+01:00"], "years 1 to 9999"),
+                         (["partner", "key", "acme", "--expires", "9999-12-31T23:59:59-01:00"], "years 1 to 9999"),
+                         (["partner", "key", "acme", "--expires", "0001-01-01T00:00:00Z"], "in the future")):
         result = run_cli(*args, env=env)
         assert result.returncode != 0 and needle in result.stderr and result.stderr.count("\n") == 1, result.stderr
 

@@ -202,3 +202,25 @@ def test_header() -> None:
 def test_media_types() -> None:
     assert NEWSML_MESSAGE_MEDIA_TYPE == "application/vnd.iptc.g2.newsmessage+xml"
     assert NEWSML_ITEM_MEDIA_TYPE == "application/vnd.iptc.g2.newsitem+xml"
+
+
+def test_the_renderer_keeps_one_line_fields_on_one_line_whatever_the_store_holds() -> None:
+    """Ingest stores these fields on one line (server.domain.ninjs.one_line_fields); a record written
+    another way (an older server, a hand-made revision) still gives a valid document: the renderer puts
+    them on one line again, and leaves a blank one out."""
+    import dataclasses
+
+    document = seed_document(2)
+    document |= {"slugline": "a\tb\nc", "copyrightHolder": "The\nAgency", "by": "A\tReporter"}
+    document["subjects"] = [{"name": "armed\tconflict", "literal": "x\ny"}, {"name": " \n"}]
+    document["places"] = [{"name": "Kyiv\n"}]
+    document["associations"][0] |= {"by": "AP\nPhotos", "copyrightHolder": "\t"}
+    document["associations"][1] |= {"by": " \n "}
+    item = view(dataclasses.replace(seed_v2_revision(), document=document))
+    data = render_newsml_message(feed_view(), [item])
+    assert newsml_errors(data) == []
+    root = parse_xml(data)
+    assert root.findtext(f".//{nar('slugline')}") == "a b c"
+    assert root.findtext(f".//{nar('contentMeta')}/{nar('creditline')}") == "The Agency"
+    pictures = root.findall(f".//{nar('newsItem')}")[1:]
+    assert [p.findtext(f".//{nar('creditline')}") for p in pictures] == ["AP Photos", None]

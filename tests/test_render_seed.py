@@ -121,6 +121,34 @@ def test_ed_note_reaches_the_partner_in_every_format_but_not_its_readers(fmt: st
         assert "Beta V.1.0" not in content
 
 
+@pytest.mark.parametrize("fmt", ["atom", "rss", "jsonfeed", "newsml"])
+@pytest.mark.parametrize("tombstone", ["killed", "killed-document-dropped", "body-dropped"])
+def test_a_tombstones_ed_note_reaches_the_partner_in_every_format(fmt: str, tombstone: str) -> None:
+    """A kill's editorial note (a CMS's "remove at once: legal", here the seed's note kept by the kill) is
+    for the partner's editors like any other: a tombstone carries it in every format, beside its notice."""
+    import dataclasses
+
+    from render_helpers import killed_revision, nar, newsml_items
+
+    revision = (dataclasses.replace(seed_v2_revision(), document=None) if tombstone == "body-dropped"
+                else killed_revision(keep_document=tombstone == "killed"))
+    ed_note = expected(2)["ed_note"]
+    assert revision.ed_note == ed_note
+    item = view(revision)
+    assert item.is_tombstone
+    data = FORMATS[fmt][0](feed_view(), [item])
+    if fmt == "jsonfeed":
+        [entry] = orjson.loads(data)["items"]
+        assert entry["_syndicate"]["edNote"] == ed_note
+        assert "Beta V.1.0" not in entry.get("content_text", "") + entry.get("summary", "")
+    elif fmt == "newsml":
+        notes = [e.text for e in newsml_items(data)[0].iterfind(nar("itemMeta/edNote"))]
+        assert notes == [ed_note, item.tombstone_notice]
+    else:
+        notes = etree.fromstring(data).findall(".//{urn:x-syndicate:feed-extension:1}edNote")
+        assert [n.text for n in notes] == [ed_note]
+
+
 @pytest.mark.parametrize("version", [1, 2])
 def test_ed_note_goes_to_newsml_ed_note(version: int) -> None:
     from render_helpers import nar, newsml_items

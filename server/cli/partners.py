@@ -40,7 +40,8 @@ def _expiry(text: str | None) -> datetime | None:
     try:
         return parse_iso(text)
     except ValueError:
-        raise CommandError(f"--expires: {text!r} is not an RFC 3339 date-time with a timezone") from None
+        raise CommandError(f"--expires: {text!r} is not an RFC 3339 date-time with a timezone, in the years 1 "
+                           "to 9999 once in UTC") from None
 
 
 def _print_issued(issued: IssuedKey) -> None:

@@ -154,9 +154,10 @@ def _string(data: dict[str, Any], key: str, fail: Any, prefix: str = "") -> str 
 
 def _string_list(data: dict[str, Any], key: str, fail: Any) -> tuple[str, ...]:
     value = data.get(key, [])
-    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+    if not isinstance(value, list) or not all(isinstance(v, str) and single_line(xml_safe(v)) for v in value):
         raise fail(f"filters.{key}", "must be a list of non-empty strings")
-    return tuple(v.strip() for v in value)
+    # One line, as ingest stores the names and literals they are compared with (server.domain.ninjs).
+    return tuple(single_line(xml_safe(v)) for v in value)
 
 
 def _any_concept(concepts: Any, wanted: tuple[str, ...]) -> bool:

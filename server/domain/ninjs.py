@@ -6,7 +6,9 @@ Accepts IPTC ninjs 3.x (camelCase property names), 2.x (lowercase) and 1.x (lowe
 rules). A 2.x document is renamed to 3.x names and a 1.x document converted (:mod:`server.domain.ninjs1`),
 so the rest of the server sees one shape; what of a 1.x document has no 3.x home is kept as the
 revision's ``extra`` (JSON pointer -> value), never dropped silently. Characters XML 1.0 forbids
-are removed (and counted) so that no feed can ever be malformed, and HTML bodies are sanitised with nh3.
+are removed (and counted) so that no feed can ever be malformed, HTML bodies are sanitised with nh3,
+and the fields the formats hold on one line (:data:`ONE_LINE_FIELDS`) are put on one line, last, on
+the form that is stored.
 
 Every problem raises :class:`DocumentError`, which names the field as a JSON pointer.
 """
@@ -24,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import nh3
 import orjson
 
-from server.core.text import scrub_xml
+from server.core.text import scrub_xml, single_line
 from server.core.values import parse_iso
 from server.domain import ninjs1
 
@@ -62,6 +64,18 @@ KEYED_IN_1 = ("renditions", "associations", "altids")  # objects keyed by name i
 # XML 1.0 allows tab, LF, CR, U+0020-U+D7FF, U+E000-U+FFFD and U+10000-U+10FFFF; everything else goes.
 
 HTML_CONTENT_TYPES = ("text/html", "application/xhtml+xml", "body_xhtml")
+
+# The fields the formats hold on one line, in the document and in each of its associations (a picture is
+# a ninjs object too). NewsML-G2 writes them as g2normalizedString (the XSD's ``[\S ]*``: no tab, no
+# newline): the slugline as ``slugline``, the copyright holder as ``copyrightHolder/@literal``, its
+# ``name`` and the ``creditline``, a picture's ``by`` (its credit) as ``creditline`` and the provider's
+# ``name``, subjects' and places' names as ``name`` and their literal codes as ``@literal``; and every
+# format shows ``by`` as a person's name (Atom ``author/name``, RSS ``dc:creator``, JSON Feed
+# ``authors[].name``). Headlines, descriptions, the edNote and the usage terms are not among them: no
+# format limits them to one line (NewsML-G2's Label1Type and BlockType, Atom text constructs).
+ONE_LINE_FIELDS = ("slugline", "by", "copyrightHolder")
+ONE_LINE_CONCEPTS = ("subjects", "places")  # lists of concepts whose ``name`` and ``literal`` are one line
+ONE_LINE_CONCEPT_FIELDS = ("name", "literal")
 
 
 class DocumentError(Exception):
@@ -143,6 +157,7 @@ def read_document(value: dict[str, Any], *, dialect: str | None = None, keep_unk
     _check_moments(document)
     # The sanitiser decodes character references (``&#x1;``): clean again, on the form that is stored.
     document, removed_after = scrub_xml_forbidden(sanitise_bodies(document))
+    document = one_line_fields(document)
     kept = leftovers or None
     return IncomingDocument(document, dialect, removed + removed_after, content_hash(document, kept), kept)
 
@@ -226,6 +241,35 @@ def scrub_xml_forbidden(value: Any) -> tuple[Any, int]:
         return node
 
     return clean(value), removed
+
+
+def one_line_fields(document: dict[str, Any]) -> dict[str, Any]:
+    """``document`` with each of :data:`ONE_LINE_FIELDS` (and the names and literals of its subjects and
+    places) on one line: every run of whitespace, tabs and newlines included, as one space, trimmed; a
+    field left blank is dropped, as absent. The same in each association, at any depth. What is stored
+    (and hashed) is this form, so a retry that differs only there is recognised as the same document."""
+    cleaned = _one_line(document, ONE_LINE_FIELDS)
+    for name in ONE_LINE_CONCEPTS:
+        concepts = cleaned.get(name)
+        if isinstance(concepts, list):
+            cleaned[name] = [_one_line(c, ONE_LINE_CONCEPT_FIELDS) if isinstance(c, dict) else c for c in concepts]
+    associations = cleaned.get("associations")
+    if isinstance(associations, list):
+        cleaned["associations"] = [one_line_fields(a) if isinstance(a, dict) else a for a in associations]
+    return cleaned
+
+
+def _one_line(node: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
+    cleaned = dict(node)
+    for name in fields:
+        value = cleaned.get(name)
+        if isinstance(value, str):
+            line = single_line(value)
+            if line:
+                cleaned[name] = line
+            else:
+                del cleaned[name]
+    return cleaned
 
 
 def rename_keys(value: Any, names: dict[str, str]) -> Any:

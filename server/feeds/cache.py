@@ -81,6 +81,7 @@ class FeedCache:
         self.ttl_seconds = ttl_seconds
         self.memory_bytes = memory_bytes
         self.generations: dict[str, int] = {}
+        self.newest_change = 0  # the highest change-log sequence a notice announced (since the last forget)
         self.epoch = ""  # the store's (keys.store_epoch), set by the epoch watch
         self._memory: OrderedDict[tuple[str, str, str, str], tuple[RenderedFeed, float]] = OrderedDict()
         self._memory_used = 0
@@ -101,11 +102,13 @@ class FeedCache:
         an older copy): drop them all, and name Redis-cached pages by the new epoch from now on."""
         self.epoch = epoch
         self.generations.clear()
+        self.newest_change = 0
         self._memory.clear()
         self._memory_used = 0
 
     def apply_notice(self, message: str) -> None:
         notice = ChangeNotice.parse(message)
+        self.newest_change = max(self.newest_change, notice.seq)
         for name, generation in notice.generations.items():
             self._raise_generation(name, generation)
 
@@ -186,6 +189,12 @@ class FeedCache:
             if stored:
                 return stored
         return None  # the other renderer died or is slow: render ourselves
+
+    def in_memory(self) -> list[tuple[tuple[str, str, str, str], int]]:
+        """The pages this process holds in memory, least recently used first: ((feed, variant, format,
+        page), bytes of every encoding). Together they stay within ``memory_bytes``, but for one page
+        larger than that on its own, which is kept alone."""
+        return [(key, rendered.size) for key, (rendered, _expires) in self._memory.items()]
 
     # ----- internals -----------------------------------------------------------------------------
 

@@ -102,6 +102,11 @@ class Metrics:
                                            "reason (over-address, over-process, dropped).", ("reason",), registry=r)
         self.job_restarts = Counter("syndicate_job_restarts", "Background jobs restarted after they crashed or "
                                     "ended early, by job.", ("job",), registry=r)
+        self.pubsub_subscriptions = Counter("syndicate_pubsub_subscriptions", "Pub/sub subscriptions made: 1 at "
+                                            "start, one more after each lost connection or moved primary.",
+                                            registry=r)
+        self.pubsub_notices = Counter("syndicate_pubsub_notices", "Pub/sub notices received, by channel.",
+                                      ("channel",), registry=r)
         # Present from the start (at 0), so rate() and increase() see the first increment.
         for kind in ("webhook", "websub"):
             for outcome in DELIVERY_OUTCOMES:
@@ -134,6 +139,15 @@ class Metrics:
 
     def job_restarted(self, job: str) -> None:
         self.job_restarts.labels(job=job).inc()
+
+    def subscribed(self, channels: Iterable[str]) -> None:
+        """A pub/sub subscription was made (again) to ``channels``."""
+        self.pubsub_subscriptions.inc()
+        for channel in channels:
+            self.pubsub_notices.labels(channel=channel).inc(0)
+
+    def notice_received(self, channel: str) -> None:
+        self.pubsub_notices.labels(channel=channel).inc()
 
     def count_redis_error(self, where: str) -> None:
         """Call in an ``except`` block: counts the exception being handled if it is a Redis error."""

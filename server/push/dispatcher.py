@@ -55,11 +55,16 @@ BATCH = 100
 TAKE_OVER_AFTER_MS = 30_000  # entries another consumer read this long ago and never acknowledged
 
 
-async def ensure_dispatch_group(redis: Redis) -> None:
+async def ensure_dispatch_group(redis: Redis, *, from_start: bool = False) -> None:
     """The change log's consumer group, made by every process that can write changes before it takes
-    any (not only by workers): a change stored before the first worker starts is still fanned out."""
+    any (not only by workers): a change stored before the first worker starts is still fanned out.
+
+    At start-up a new group starts at the log's end. ``from_start`` (the store came back empty or
+    from a copy without the group, ``EpochWatch``): at its first entry, since every entry there was
+    written on this store after it came back and none has been fanned out."""
     with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists already
-        await redis.xgroup_create(keys.changelog(), keys.DISPATCH_GROUP, id="$", mkstream=True)
+        await redis.xgroup_create(keys.changelog(), keys.DISPATCH_GROUP, id="0" if from_start else "$",
+                                  mkstream=True)
 
 
 # ----- who gets what --------------------------------------------------------------------------------
@@ -165,6 +170,9 @@ class Dispatcher:
         # the receipts of everything served before it are in Redis ("had the story" reads them).
         self.settle_seconds = settle_seconds
         self._forget_note = redis.register_script(_FORGET_NOTE_LUA)
+        # Why the last round failed (the exception's type), None once a round succeeded: /readyz is not
+        # ready while the change log cannot be read (Redis down, or its consumer group gone: NOGROUP).
+        self.failing: str | None = None
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Fan out changes until ``stopping`` is set; every ``SWEEP_SECONDS`` also sweep (in this same
@@ -177,7 +185,9 @@ class Dispatcher:
                     last_sweep = time.monotonic()
                     await self.keeper.sweep()
                     await self.owe_reactivated()
-            except Exception:
+                self.failing = None
+            except Exception as exc:
+                self.failing = type(exc).__name__
                 self.metrics.count_redis_error("push")
                 log.exception("fanning out changes failed; will try again")
                 await asyncio.sleep(1)

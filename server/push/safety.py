@@ -2,7 +2,13 @@
 registries (loopback, private, link-local, carrier-grade NAT, documentation, benchmarking, 6to4, NAT64
 or IPv4-mapped forms of any of those, Teredo, ...), multicast or a cloud-metadata address (SSRF),
 unless an operator allows a network with ``SYNDICATE_PUSH_ALLOW_NETWORKS``. Checked when a callback is registered and again before each
-delivery (a name can be re-pointed at an internal address after it was checked)."""
+delivery (a name can be re-pointed at an internal address after it was checked).
+
+Every block of both registries is refused, those IANA marks "globally reachable" included (AS112
+``192.31.196.0/24``, ``192.175.48.0/24``, ``2001:4:112::/48``, ``2620:4f:8000::/48``; AMT ``192.52.193.0/24``,
+``2001:3::/32``; the PCP, TURN and DNS-SD anycast addresses; ORCHIDv2 ``2001:20::/28``; DRIP ``2001:30::/28``):
+none is a partner's web server. The exceptions are the blocks that carry an IPv4 address (IPv4-mapped
+``::ffff:0:0/96``, 6to4 ``2002::/16``, NAT64 ``64:ff9b::/96``): judged by the address they carry."""
 
 from __future__ import annotations
 
@@ -95,16 +101,17 @@ class SafeResolver(aiohttp.abc.AbstractResolver):
         await self._resolver.close()
 
 
-# The IANA special-purpose address registries (IPv4 and IPv6), plus multicast: nothing here is a partner's
-# public web server. Written out, rather than taken from ``ipaddress``'s ``is_global``, whose lists have
-# changed between Python releases.
+# The IANA special-purpose address registries (IPv4 and IPv6, as of 2026: every block, or a larger one that holds
+# it), plus multicast and the deprecated site-local fec0::/10: nothing here is a partner's public web server.
+# Written out, rather than taken from ``ipaddress``'s ``is_global``, whose lists have changed between Python
+# releases. tests/test_push_safety.py holds the registries entry by entry.
 SPECIAL_PURPOSE = tuple(ipaddress.ip_network(n) for n in (
     "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
     "192.0.0.0/24", "192.0.2.0/24", "192.31.196.0/24", "192.52.193.0/24", "192.88.99.0/24", "192.168.0.0/16",
     "192.175.48.0/24", "198.18.0.0/15", "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4",
     "255.255.255.255/32",
-    "::/128", "::1/128", "64:ff9b:1::/48", "100::/64", "2001::/23", "2001:db8::/32", "3fff::/20", "5f00::/16",
-    "fc00::/7", "fe80::/10", "fec0::/10", "ff00::/8",
+    "::/128", "::1/128", "64:ff9b:1::/48", "100::/64", "100:0:0:1::/64", "2001::/23", "2001:db8::/32",
+    "2620:4f:8000::/48", "3fff::/20", "5f00::/16", "fc00::/7", "fe80::/10", "fec0::/10", "ff00::/8",
 ))
 # IPv6 prefixes that carry an IPv4 address: judged by the address they carry.
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")

@@ -135,15 +135,17 @@ class EmbeddedRedisJob(PeriodicJob):
 
 class EpochWatch(PeriodicJob):
     """Notice that the store Redis came back empty or from an older copy (its epoch is gone or another,
-    or its change-log sequence went backwards), and make this process forget what it knew: rendered
-    pages and generations, the key table (partners that no longer exist), the consumer groups."""
+    or its change-log sequence is behind a change this process has seen: read at a tick, or announced
+    by a commit's notice, ``heard``), and make this process forget what it knew: rendered pages and
+    generations, the key table (partners that no longer exist), the consumer groups."""
 
     name = where = "epoch"
     interval = 1.0
 
-    def __init__(self, metrics: Metrics, store: ArticleStore, on_new_store: list[Callable[[str], Awaitable[None]]]) -> None:
+    def __init__(self, metrics: Metrics, store: ArticleStore, on_new_store: list[Callable[[str], Awaitable[None]]],
+                 heard: Callable[[], int] = lambda: 0) -> None:
         super().__init__(metrics)
-        self.store, self.on_new_store = store, on_new_store
+        self.store, self.on_new_store, self.heard = store, on_new_store, heard
         self.epoch: str | None = None
         self.highest_seq = 0
 
@@ -155,15 +157,17 @@ class EpochWatch(PeriodicJob):
 
     async def tick(self) -> None:
         redis = self.store.redis
+        # A change announced since the last tick counts: a copy taken just before it is older too.
+        seen = max(self.highest_seq, self.heard())
         epoch, seq = await redis.get(keys.store_epoch()), await self.store.last_change_seq()
-        if epoch is not None and epoch == self.epoch and seq >= self.highest_seq:
+        if epoch is not None and epoch == self.epoch and seq >= seen:
             self.highest_seq = seq
             return
         if epoch == self.epoch:  # same store, but its change log went backwards: an older copy
             await redis.delete(keys.store_epoch())
         new = await self._current()
         log.error("the store Redis is not the one this process knew (epoch %s -> %s, change %d -> %d): "
-                  "dropping cached pages, generations and the key table", self.epoch, new, self.highest_seq, seq)
+                  "dropping cached pages, generations and the key table", self.epoch, new, seen, seq)
         self.metrics.job_restarted(self.name)
         self.epoch, self.highest_seq = new, await self.store.last_change_seq()
         for callback in self.on_new_store:

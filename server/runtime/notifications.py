@@ -3,7 +3,9 @@
 Handlers are registered per channel; ``on_connect`` callbacks run after every (re)subscription (after
 a lost connection, or a Sentinel failover: the pool moved to the new primary), so
 whatever was announced while the connection was down is caught up by re-reading state (generation
-numbers), and every ``resync_seconds`` without a message as a cheap safety net.
+numbers), and every ``resync_seconds`` without a message as a cheap safety net. Each subscription and
+each notice received is counted (``syndicate_pubsub_subscriptions_total``,
+``syndicate_pubsub_notices_total``).
 """
 
 from __future__ import annotations
@@ -17,13 +19,15 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from server.core.redis_connection import on_current_primary
+from server.observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 
 class Subscriber:
-    def __init__(self, redis: Redis, resync_seconds: float = 1.0) -> None:
+    def __init__(self, redis: Redis, metrics: Metrics, resync_seconds: float = 1.0) -> None:
         self.redis = redis
+        self.metrics = metrics
         self.resync_seconds = resync_seconds
         self._handlers: dict[str, Callable[[str], None]] = {}
         self._on_connect: list[Callable[[], Awaitable[None]]] = []
@@ -57,6 +61,7 @@ class Subscriber:
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(*self._handlers)
+                self.metrics.subscribed(self._handlers)
                 await self._resync()
                 ready.set()
                 delay = 0.1
@@ -72,6 +77,7 @@ class Subscriber:
                     elif message.get("type") == "message":
                         handler = self._handlers.get(message["channel"])
                         if handler is not None:
+                            self.metrics.notice_received(message["channel"])
                             handler(message["data"])
             except asyncio.CancelledError:
                 raise

@@ -239,7 +239,7 @@ async def open_services(settings: Settings, role: Role, metrics: Metrics | None 
 @contextlib.asynccontextmanager
 async def _running(services: Services, clients: RedisClients) -> AsyncIterator[None]:
     access, cache, worker, jobs = services.access, services.cache, services.worker, services.jobs
-    subscriber = Subscriber(clients.pubsub)
+    subscriber = Subscriber(clients.pubsub, services.metrics)
     subscriber.on(keys.CHANGES_CHANNEL, cache.apply_notice, cache.resync)
     subscriber.on(keys.PARTNERS_CHANNEL, access.apply_notice, access.reload)
     if worker is not None:
@@ -251,7 +251,7 @@ async def _running(services: Services, clients: RedisClients) -> AsyncIterator[N
         await cache.resync()
         services.partners.forget()
         await access.reload(force=True)
-        await ensure_dispatch_group(clients.store)
+        await ensure_dispatch_group(clients.store, from_start=True)  # changes since the wipe are fanned out
 
     retention = RetentionJob(services.metrics, services.store, services.settings, services.ops.requirements,
                              services.ledger)
@@ -259,7 +259,8 @@ async def _running(services: Services, clients: RedisClients) -> AsyncIterator[N
     async def reconcile_the_new_store(_epoch: str) -> None:
         retention.wake()  # an older copy's indexes are made whole by the maintenance, now not in an hour
 
-    epoch_watch = EpochWatch(services.metrics, services.store, [forget_the_old_store, reconcile_the_new_store])
+    epoch_watch = EpochWatch(services.metrics, services.store, [forget_the_old_store, reconcile_the_new_store],
+                             heard=lambda: cache.newest_change)
     try:
         cache.epoch = await epoch_watch.start()
         await access.reload(force=True)

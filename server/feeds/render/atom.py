@@ -7,8 +7,8 @@ links ``self``, ``alternate``, ``hub`` (WebSub) and, when paged, ``next``/``prev
 is when the story was first created and ``updated`` when this revision was. The body goes into
 ``content type="html"`` (sanitised on ingest), opened by a visible correction-note paragraph when the
 revision carries one; photos go in as Media RSS. The editorial note (edNote, e.g. a machine-translation notice) goes in
-as ``syndicate:edNote``: it is for the partner's editors (ninjs: "not published to the end-user"), not
-its readers.
+as ``syndicate:edNote`` whenever the revision has one (a kill's and a withdrawal's too): it is for the
+partner's editors (ninjs: "not published to the end-user"), not its readers.
 
 Atom has no element for a revision number or its signal, so each entry also carries three elements
 of our own namespace (:data:`SYNDICATE_NS`, prefix ``syndicate``; readers ignore what they do not
@@ -94,8 +94,8 @@ class RevisionEntryExtension(BaseEntryExtension):
         if item.signal:
             self._fields.append(("signal", item.signal))
         self._fields.append(("pubStatus", item.pub_status))
-        if item.ed_note and not item.is_tombstone:
-            self._fields.append(("edNote", item.ed_note))  # for the partner's editors, not its readers
+        if item.ed_note:  # for the partner's editors, not its readers: a kill's or withdrawal's too
+            self._fields.append(("edNote", item.ed_note))
 
     def extend_atom(self, entry: etree._Element) -> etree._Element:
         return self._append(entry)

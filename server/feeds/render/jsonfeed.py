@@ -12,8 +12,9 @@ correction note) and ``content_text`` (the plain-text body, when the CMS sent on
 JSON Feed has no place for captions, credits or revision data, so each item carries a ``_syndicate``
 extension object (the spec lets publishers add keys starting with an underscore, which readers ignore):
 ``version``, ``kind``, ``signal``, ``pubStatus``, ``correction`` (the reader-facing correction note),
-``withdrawn``, ``killReason`` (or ``edNote``), and ``photos`` with caption, credit and copyright holder.
-The editorial note goes in as ``edNote``: for the partner's editors, not its readers.
+``withdrawn``, ``killReason`` (a withdrawn story's), ``edNote``, and ``photos`` with caption, credit and
+copyright holder. The editorial note goes in as ``edNote`` whenever the revision has one, a kill's
+included: for the partner's editors, not its readers.
 
 A withdrawn story is a tombstone item: "Withdrawn: <headline>" as title, the withdrawal notice as
 ``content_text`` and ``summary``, no HTML, no photos.
@@ -104,8 +105,8 @@ def _extension(item: ItemView, photos: tuple[Photo, ...]) -> dict[str, Any]:
     }
     if item.withdrawn:
         extension["killReason"] = item.kill_reason
-    elif item.ed_note:
-        extension["edNote"] = item.ed_note  # for the partner's editors, not its readers
+    if item.ed_note:
+        extension["edNote"] = item.ed_note  # for the partner's editors, not its readers: a kill's too
     if photos:
         extension["photos"] = [
             {"uri": photo.uri, "url": photo.href, "caption": photo.caption, "credit": photo.credit,

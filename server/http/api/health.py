@@ -1,5 +1,5 @@
 """Liveness and readiness: ``/healthz`` does no I/O; ``/readyz`` checks Redis with a short timeout, the
-push workers' heartbeats and the embedded Redis child."""
+push workers' heartbeats, this process's push dispatcher and the embedded Redis child."""
 
 from __future__ import annotations
 
@@ -44,6 +44,10 @@ async def readyz(request: web.Request) -> web.Response:
                 checks["workerHeartbeat"] = "ok" if alive else "missing"
         except Exception as exc:
             checks["workerHeartbeat"] = f"failed: {type(exc).__name__}"
+    worker = request.app[PUSH_WORKER]
+    if worker is not None:  # its dispatcher reads the change log (not while its consumer group is gone)
+        failing = worker.dispatcher.failing
+        checks["pushDispatch"] = "ok" if failing is None else f"failed: {failing}"
     embedded = request.app[EMBEDDED_REDIS]
     if embedded is not None:
         checks["embeddedRedis"] = "ok" if embedded.running else "not running"

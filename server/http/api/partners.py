@@ -147,8 +147,8 @@ def _time(body: dict[str, Any], field: str):
 
 
 def _bad_time(field: str):
-    raise Problem(f"{field} must be an RFC 3339 date-time with a timezone.", status=422,
-                  errors=[{"pointer": f"/{field}", "detail": "not a date-time with a timezone"}])
+    raise Problem(f"{field} must be an RFC 3339 date-time with a timezone, in the years 1 to 9999 once in UTC.",
+                  status=422, errors=[{"pointer": f"/{field}", "detail": "not a date-time with a timezone"}])
 
 
 def _issued(issued: IssuedKey, headers: dict[str, str] | None = None) -> web.Response:
