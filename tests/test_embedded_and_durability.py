@@ -166,7 +166,7 @@ def test_a_dead_embedded_redis_is_restarted_and_healthz_tells_meanwhile(tmp_path
         assert wait_until(lambda: http.request(port, "POST", "/api/articles?signal=correction",
                                                orjson.dumps(seed_v2), HEADERS)[0] == 200, 20)
         assert _versions(port, article_id) == [1, 2]
-        assert http.get(port, "/readyz")[0] == 200
+        assert wait_until(lambda: http.get(port, "/readyz")[0] == 200, 20)  # once the groups are made again
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(20)
