@@ -8,10 +8,12 @@ empty or older is noticed and forgotten. The stopped, read-only and restart case
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from http.client import HTTPConnection
 from pathlib import Path
@@ -332,21 +334,51 @@ def assert_storage_unavailable(answer: tuple[int, dict[str, str], bytes, float],
     assert took < 3.0, f"{what}: the 503 took {took:.1f} s"
 
 
-def test_a_stopped_redis_is_a_503_on_writes_and_reads_and_the_server_recovers_by_itself(tmp_path, seed_v2):
-    directory = tmp_path / "redis"
-    redis, redis_port = start_redis(directory)
-    started = [redis]
+@dataclasses.dataclass
+class OwnRedis:
+    """A test redis-server of its own and a ``syndicate serve`` on it, with a partner, for the tests
+    that stop the Redis under the server and start it again on the same port and data."""
+
+    directory: Path
+    started: list[subprocess.Popen]  # the server, then the current redis-server
+    redis_port: int
+    port: int = 0
+    key: str = ""
+
+    @property
+    def server(self) -> subprocess.Popen:
+        return self.started[0]
+
+    def stop_redis(self) -> None:
+        self.started[-1].terminate()
+        self.started[-1].wait(10)
+
+    def start_redis_again(self) -> None:
+        self.started[-1], _port = start_redis(self.directory, port=self.redis_port)
+
+
+@contextlib.contextmanager
+def own_redis_and_server(tmp_path: Path) -> Iterator[OwnRedis]:
+    redis, redis_port = start_redis(tmp_path / "redis")
+    served = OwnRedis(tmp_path / "redis", [redis], redis_port)
     try:
-        server, port = serve(redis_port, tmp_path)
-        started.insert(0, server)
-        key = new_partner(port)
+        server, served.port = serve(redis_port, tmp_path)
+        served.started.insert(0, server)
+        served.key = new_partner(served.port)
+        yield served
+    finally:
+        stop_processes(served.started)
+
+
+def test_a_stopped_redis_is_a_503_on_writes_and_reads_and_the_server_recovers_by_itself(tmp_path, seed_v2):
+    with own_redis_and_server(tmp_path) as served:
+        port, key = served.port, served.key
         assert http.request(port, "POST", "/api/articles", SEED_V1.read_bytes(), SERVE_HEADERS)[0] == 201
         article = article_id_for_uri(orjson.loads(SEED_V1.read_bytes())["uri"])
         feed = {"X-API-Key": key}
         assert eventually(lambda: http.get(port, "/feeds/latest/json", feed)[0] == 200, 10, "the partner's key")
 
-        redis.terminate()  # stopped: every connection is refused from now on
-        redis.wait(10)
+        served.stop_redis()  # stopped: every connection is refused from now on
         assert_storage_unavailable(timed(port, "POST", "/api/articles", orjson.dumps(seed_v2), SERVE_HEADERS),
                                    "a write")
         assert_storage_unavailable(timed(port, "POST", "/api/partners", orjson.dumps(
@@ -358,16 +390,13 @@ def test_a_stopped_redis_is_a_503_on_writes_and_reads_and_the_server_recovers_by
         assert http.get(port, "/readyz")[0] == 503
         assert http.get(port, "/healthz")[0] == 200  # alive: an external Redis is not this process's to restart
 
-        redis, _port = start_redis(directory, port=redis_port)  # back, on the same port and data
-        started[-1] = redis
+        served.start_redis_again()  # back, on the same port and data
         assert eventually(lambda: http.get(port, "/readyz")[0] == 200, 30, "ready again")
         assert http.request(port, "POST", "/api/articles?signal=correction", orjson.dumps(seed_v2),
                             SERVE_HEADERS)[0] == 200
         assert http.get(port, f"/api/articles/{article}", AUTH)[0] == 200
-        assert server.poll() is None
+        assert served.server.poll() is None
         assert "unhandled error" not in (tmp_path / "serve.log").read_text()
-    finally:
-        stop_processes(started)
 
 
 def test_a_read_only_redis_is_a_503_on_writes_never_a_500_and_the_server_recovers_by_itself(tmp_path, seed_v2):
@@ -426,19 +455,14 @@ def test_the_first_request_after_a_redis_restart_or_a_client_kill_succeeds(tmp_p
     """Every pooled connection made stale at once (``CLIENT KILL TYPE normal``, or the Redis stopped and
     started again on the same port and data): the very next request, with no retry by the client, is a
     2xx (the server's Redis client retries a connection the server closed, once)."""
-    directory = tmp_path / "redis"
-    redis, redis_port = start_redis(directory)
-    started = [redis]
-    try:
-        server, port = serve(redis_port, tmp_path)
-        started.insert(0, server)
-        key = new_partner(port)
+    with own_redis_and_server(tmp_path) as served:
+        port, key = served.port, served.key
         feed = {"X-API-Key": key}
         article = article_id_for_uri(orjson.loads(SEED_V1.read_bytes())["uri"])
         assert eventually(lambda: http.get(port, "/feeds/latest/json", feed)[0] == 200, 10, "the partner's key")
         with ThreadPoolExecutor(16) as pool:  # several connections in the pools
             assert set(pool.map(lambda _: http.get(port, "/api/articles", AUTH)[0], range(64))) == {200}
-        admin = redis_sync.Redis(port=redis_port)
+        admin = redis_sync.Redis(port=served.redis_port)
 
         def kill_every_client() -> None:
             assert admin.client_kill_filter(_type="normal", skipme=True) >= 1
@@ -455,12 +479,8 @@ def test_the_first_request_after_a_redis_restart_or_a_client_kill_succeeds(tmp_p
                                              SERVE_HEADERS)[0] == 200,
                         lambda: http.get(port, f"/api/articles/{article}/versions", AUTH)[0] == 200,
                         lambda: http.get(port, "/feeds/latest/atom?since=0", feed)[0] == 200):
-            redis.terminate()
-            redis.wait(10)
-            redis, _port = start_redis(directory, port=redis_port)  # the same port and data
-            started[-1] = redis
+            served.stop_redis()
+            served.start_redis_again()  # the same port and data
             assert request()
         status, body = http.get(port, f"/api/articles/{article}/versions", AUTH)
         assert status == 200 and [v["version"] for v in orjson.loads(body)["versions"]] == [1, 2]
-    finally:
-        stop_processes(started)

@@ -129,6 +129,14 @@ class Tally:
     answers: list[tuple[float, int | str, str]] = field(default_factory=list)  # (sent at, status, uri)
 
 
+def start_writers(session: aiohttp.ClientSession, base: str, seed: dict,
+                  prefix: str) -> tuple[Tally, asyncio.Event, list[asyncio.Task]]:
+    """WRITERS writers posting until the event is set, their tally, and their tasks."""
+    tally, stop = Tally(), asyncio.Event()
+    return tally, stop, [asyncio.create_task(writer(session, base, seed, f"{prefix}-{i}", tally, stop))
+                         for i in range(WRITERS)]
+
+
 async def writer(session: aiohttp.ClientSession, base: str, seed: dict, name: str, tally: Tally,
                  stop: asyncio.Event) -> None:
     number = 0
@@ -199,9 +207,7 @@ async def test_slow_no_acknowledged_write_is_lost_in_a_failover(cluster, tmp_pat
                 session, base_b, server_b.pid, "syndicate_pubsub_subscriptions_total"), timeout=10,
                 message="B's pub/sub metrics")
 
-            tally, stop = Tally(), asyncio.Event()
-            writers = [asyncio.create_task(writer(session, base, seed_v1, f"{how}-{i}", tally, stop))
-                       for i in range(WRITERS)]
+            tally, stop, writers = start_writers(session, base, seed_v1, how)
             await asyncio.sleep(1.5)
             before = len(tally.acknowledged)
             assert before > 0 and not tally.other, tally.other
@@ -305,9 +311,7 @@ async def test_slow_a_crash_failover_with_a_replica_that_stopped_receiving_loses
     try:
         async with aiohttp.ClientSession() as session:
             await wait_ready(session, {base: server})
-            tally, stop = Tally(), asyncio.Event()
-            writers = [asyncio.create_task(writer(session, base, seed_v1, f"lag-{i}", tally, stop))
-                       for i in range(WRITERS)]
+            tally, stop, writers = start_writers(session, base, seed_v1, "lag")
             await asyncio.sleep(1.0)
             before = len(tally.acknowledged)
             assert before > 0 and not tally.other, tally.other

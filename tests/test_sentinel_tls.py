@@ -12,7 +12,6 @@ import datetime as dt
 import ipaddress
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from push_helpers import wait_for
-from sentinel_helpers import DOWN_AFTER_MS, FAILOVER_TIMEOUT_MS, SERVICE
+from sentinel_helpers import DOWN_AFTER_MS, FAILOVER_TIMEOUT_MS, SERVICE, wait_until
 
 from server.core.redis_address import parse_redis_address
 from server.http.app import create_app
@@ -83,18 +82,6 @@ def start(directory: Path, lines: list[str], sentinel: bool = False) -> tuple[su
     conf.write_text("\n".join([f"tls-port {port}", f"dir {directory}", f"logfile {directory / 'log'}", *lines, ""]))
     command = [shutil.which("redis-server") or "redis-server", str(conf), *(["--sentinel"] if sentinel else [])]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), port
-
-
-def wait_until(predicate, timeout: float, message: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return
-        except redis_sync.RedisError:
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {message}")
 
 
 @pytest.fixture(scope="module")
