@@ -20,7 +20,7 @@ from redis.exceptions import WatchError
 
 from server.core import keys
 from server.core.errors import Conflict, NotFound, PreconditionFailed, Problem
-from server.core.replication import ReplicaAcks
+from server.core.replication import ReplicaAcks, WriteNotConfirmed
 from server.core.values import iso, parse_iso, to_micros, utc_now
 from server.domain.articles import (
     CANCELED,
@@ -536,7 +536,14 @@ class ArticleStore:
                       len(field_items), *field_items, embargo, *touched, keys.CHANGES_CHANNEL],
                 client=pipe)
             # Acknowledged only once on enough replicas (server.core.replication): same connection.
-            [result] = await self.acks.execute(pipe)
+            try:
+                [result] = await self.acks.execute(pipe)
+            except WriteNotConfirmed as unconfirmed:
+                # Stored on the primary all the same: this process serves it at once, as for any commit
+                # (its retry answers 'unchanged', which announces nothing).
+                if unconfirmed.replies and int(unconfirmed.replies[0][0]):
+                    self._announce(unconfirmed.replies[0][2])
+                raise
         seq = int(result[0])
         if seq == 0:
             return None

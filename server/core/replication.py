@@ -48,6 +48,7 @@ RETRY_AFTER_SECONDS = 1
 class WriteNotConfirmed(Problem):
     status = 503
     slug = "write-not-confirmed"
+    replies: list[Any] = []  # the writes' replies: they were carried out on the primary, only not confirmed
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,9 +169,11 @@ class ReplicaAcks:
         acked = int(reply[1]) if isinstance(reply, list) else int(reply)
         if acked < needed:
             await self.refresh()
-            raise WriteNotConfirmed(
+            unconfirmed = WriteNotConfirmed(
                 f"The write reached {acked} of the {needed} replica(s) it needs within "
                 f"{self.timeout_ms} ms (Redis is failing over, or a replica is behind). It may still have been "
                 "stored: retry it; an identical retry answers 'unchanged' if it was.",
                 headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+            unconfirmed.replies = results
+            raise unconfirmed
         return results
